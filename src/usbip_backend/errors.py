@@ -1,0 +1,121 @@
+"""Exception hierarchy of usbip_backend.
+
+::
+
+    UsbipError
+     +-- ProtocolError            malformed or unexpected bytes from the peer
+     +-- ImportRefusedError       OP_REP_IMPORT / OP_REP_DEVLIST carried a non-zero ST_* status
+     +-- ConnectionLostError      the TCP connection closed or failed (also a ConnectionError)
+     +-- UsbipTimeoutError        an operation did not finish in time (also a TimeoutError)
+     +-- UrbError                 a URB completed with a negative errno status
+
+At the PyUSB boundary (:mod:`usbip_backend.backend`) these become ``usb.core.USBError`` /
+``usb.core.USBTimeoutError`` with a real ``errno``, the way PyUSB's libusb1 backend raises them.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class UsbipError(Exception):
+    """Root of every error raised by usbip_backend."""
+
+
+class ProtocolError(UsbipError):
+    """The peer sent bytes that do not follow the USB/IP protocol."""
+
+
+class ImportRefusedError(UsbipError):
+    """The server refused an OP_REQ_IMPORT (or DEVLIST) with an ST_* status."""
+
+    def __init__(self, message: str, *, busid: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.busid = busid
+        self.status = status
+
+
+class ConnectionLostError(UsbipError, ConnectionError):
+    """The connection to the server is gone; every pending and later URB fails with this."""
+
+
+class UsbipTimeoutError(UsbipError, TimeoutError):
+    """An operation (connect, OP_* exchange, URB) did not complete in time."""
+
+    def __init__(self, message: str, *, transferred: int = 0) -> None:
+        super().__init__(message)
+        #: bytes moved before the timeout (libusb1 reports partial transfers the same way)
+        self.transferred = transferred
+
+
+class UrbError(UsbipError):
+    """A URB completed with a non-zero status (a negative Linux errno, e.g. -32 for a stall)."""
+
+    def __init__(self, message: str, *, status: int, actual_length: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.actual_length = actual_length
+
+    @property
+    def errno(self) -> int:  # type: ignore[override]
+        return -self.status
+
+
+# Linux errno numbers as they travel on the wire. Python's errno module uses the host's numbers,
+# which differ on macOS and Windows, so the wire values are spelled out here.
+LINUX_ERRNO_NAMES = {
+    1: "EPERM", 2: "ENOENT", 5: "EIO", 11: "EAGAIN", 12: "ENOMEM", 16: "EBUSY", 19: "ENODEV",
+    22: "EINVAL", 27: "EFBIG", 28: "ENOSPC", 32: "EPIPE", 61: "ENODATA", 62: "ETIME",
+    70: "ECOMM", 71: "EPROTO", 75: "EOVERFLOW", 84: "EILSEQ", 90: "EMSGSIZE", 95: "EOPNOTSUPP",
+    104: "ECONNRESET", 108: "ESHUTDOWN", 110: "ETIMEDOUT", 115: "EINPROGRESS", 121: "EREMOTEIO",
+    18: "EXDEV",
+}
+
+#: What a URB status means for a USB transfer (Documentation/driver-api/usb/error-codes.rst).
+URB_STATUS_TEXT = {
+    -1: "operation not permitted",
+    -2: "URB was unlinked (ENOENT)",
+    -5: "input/output error",
+    -11: "resource temporarily unavailable",
+    -12: "out of memory on the server",
+    -16: "device busy",
+    -18: "isochronous transfer not completed (EXDEV)",
+    -19: "no such device (ENODEV)",
+    -22: "invalid request (EINVAL)",
+    -27: "transfer too large (EFBIG)",
+    -32: "endpoint stalled (EPIPE)",
+    -61: "no data",
+    -62: "device did not respond (ETIME)",
+    -70: "data overrun/underrun (ECOMM)",
+    -71: "bitstuff or unknown USB error (EPROTO)",
+    -75: "babble: device sent more data than requested (EOVERFLOW)",
+    -84: "CRC or timeout error (EILSEQ)",
+    -90: "URB larger than the server accepts (EMSGSIZE)",
+    -95: "operation not supported by the server (EOPNOTSUPP)",
+    -104: "URB was cancelled (ECONNRESET)",
+    -108: "device or host controller shut down (ESHUTDOWN)",
+    -110: "server-side timeout (ETIMEDOUT)",
+    -121: "short packet (EREMOTEIO)",
+}
+
+
+def linux_errno_name(err: int) -> str:
+    """``32 -> 'EPIPE'``; unknown numbers come back as ``'errno 123'``."""
+    return LINUX_ERRNO_NAMES.get(abs(err), f"errno {abs(err)}")
+
+
+def describe_status(status: int) -> str:
+    """A readable text for a negative URB status."""
+    text = URB_STATUS_TEXT.get(status)
+    if text is None:
+        text = f"{linux_errno_name(status)} ({os.strerror(-status) if status < 0 else 'ok'})"
+    return f"{text}, status {status}"
+
+
+def host_errno(linux_err: int) -> int:
+    """Translate a positive Linux errno number to this host's errno number (same on Linux)."""
+    name = LINUX_ERRNO_NAMES.get(linux_err)
+    if name is None:
+        return linux_err
+    return getattr(_errno, name, linux_err)
