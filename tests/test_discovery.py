@@ -1,0 +1,118 @@
+"""Discovery against real zeroconf advertisements, kept on 127.0.0.1 (no multicast elsewhere)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+
+import pytest
+
+zeroconf = pytest.importorskip("zeroconf", reason="pip install zeroconf")
+
+from usbip_backend.discovery import (  # noqa: E402
+    SERVICE_TYPE,
+    DiscoveryError,
+    ServerInfo,
+    discover,
+    discover_usbip_servers,
+    resolve_single_server,
+)
+
+LOOPBACK = ["127.0.0.1"]
+
+#: What an ESP32 USB/IP bridge publishes in its TXT record.
+ESP32_TXT = {
+    "transport": "tcp",
+    "state": "idle",
+    "count": "2",
+    "busid": "multi",
+    "vid": "0x303a",
+    "pid": "0x1001",
+    "target": "esp32s3",
+    "board_id": "a1b2c3",
+}
+
+_counter = itertools.count()
+
+
+def unique_type() -> str:
+    """A service type of this test's own, so tests never see each other's advertisements."""
+    return f"_ut{os.getpid() % 10000}{next(_counter)}._tcp.local."
+
+
+@contextlib.contextmanager
+def advertise(services, service_type: str = SERVICE_TYPE):
+    """Register ``services`` [(instance, host, port, addresses, txt)] on 127.0.0.1 only."""
+    zc = zeroconf.Zeroconf(interfaces=LOOPBACK, ip_version=zeroconf.IPVersion.V4Only)
+    try:
+        infos = []
+        for instance, host, port, addresses, txt in services:
+            info = zeroconf.ServiceInfo(
+                service_type, f"{instance}.{service_type}", port=port,
+                parsed_addresses=addresses, server=f"{host}.", properties=txt,
+            )
+            zc.register_service(info)
+            infos.append(info)
+        yield zc
+        for info in infos:
+            zc.unregister_service(info)
+    finally:
+        zc.close()
+
+
+def test_discover_finds_esp32_style_advertisement():
+    with advertise([("usbip-a1b2c3", "usbip-a1b2c3.local", 3240, ["127.0.0.1", "fd00::1"], ESP32_TXT)]):
+        servers = discover(timeout=2.0, interfaces=LOOPBACK)
+    assert len(servers) == 1
+    server = servers[0]
+    assert isinstance(server, ServerInfo)
+    assert server.name == "usbip-a1b2c3"
+    assert server.host == "usbip-a1b2c3.local"
+    assert server.port == 3240
+    assert server.addresses == ("127.0.0.1", "fd00::1")  # IPv4 first, IPv6 kept
+    assert server.address == "127.0.0.1"
+    assert server.properties == ESP32_TXT  # every TXT key, decoded to str
+    assert server.to_json()["properties"]["board_id"] == "a1b2c3"
+    assert "busid=multi" in server.describe()
+
+
+def test_seed_compatible_name_and_resolve_single():
+    stype = unique_type()
+    with advertise([("bench", "bench-host.local", 4000, ["127.0.0.1"], {"state": "ready", "flag": None})], stype):
+        assert discover_usbip_servers is discover
+        server = resolve_single_server(timeout=1.5, interfaces=LOOPBACK, service_type=stype)
+    assert (server.name, server.host, server.port) == ("bench", "bench-host.local", 4000)
+    assert server.properties == {"state": "ready", "flag": ""}  # a key without value decodes to ""
+
+
+def test_resolve_single_with_several_lists_them():
+    stype = unique_type()
+    services = [
+        ("alpha", "alpha.local", 3240, ["127.0.0.1"], {"busid": "1-1"}),
+        ("beta", "beta.local", 3241, ["127.0.0.1"], {"busid": "2-1"}),
+    ]
+    with advertise(services, stype):
+        with pytest.raises(DiscoveryError) as err:
+            resolve_single_server(timeout=2.0, interfaces=LOOPBACK, service_type=stype)
+    text = str(err.value)
+    assert "2 USB/IP servers" in text and "--host" in text
+    assert "alpha at 127.0.0.1:3240" in text and "beta at 127.0.0.1:3241" in text
+    assert [s.name for s in err.value.servers] == ["alpha", "beta"]
+
+
+def test_nothing_found_is_a_clear_error():
+    stype = unique_type()
+    assert discover(timeout=0.5, interfaces=LOOPBACK, service_type=stype) == []
+    with pytest.raises(DiscoveryError, match="no USB/IP server answered mDNS .* --host"):
+        resolve_single_server(timeout=0.5, interfaces=LOOPBACK, service_type=stype)
+
+
+def test_bad_timeout_rejected():
+    with pytest.raises(ValueError):
+        discover(timeout=-1, interfaces=LOOPBACK)
+
+
+def test_server_info_address_falls_back():
+    assert ServerInfo("n", "h.local", 1).address == "h.local"
+    assert ServerInfo("n", "h.local", 1, ("fe80::1%2",)).address == "fe80::1%2"
