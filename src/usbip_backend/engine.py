@@ -1,0 +1,593 @@
+"""The URB engine: one TCP connection per imported device, many URBs in flight.
+
+A :class:`Connection` owns the socket left over from OP_REQ_IMPORT. Callers on any thread
+:meth:`~Connection.submit` URBs; each gets a seqnum and goes straight onto the wire under a
+send lock. One named daemon reader thread reads RET_SUBMIT / RET_UNLINK replies and completes the
+matching :class:`Urb` by seqnum, in whatever order the server answers. IN data is received
+straight into the caller's buffer.
+
+Timeouts and cancellation follow the kernel's unlink rules (usbip_protocol.rst, "USBIP_CMD_UNLINK"
+and "USBIP_RET_UNLINK"): the URB is never abandoned by closing the socket — Linux's usbip-host
+resets the real device when the connection drops. Instead a CMD_UNLINK goes out and
+
+* RET_UNLINK status -ECONNRESET: the URB was cancelled; no RET_SUBMIT follows for it;
+* RET_UNLINK status 0: the URB had completed first; its RET_SUBMIT is (or was) on the wire and is
+  delivered normally — so data that won the race is never lost;
+* nothing within ``unlink_grace`` seconds: the caller gets its timeout anyway and the seqnum is
+  remembered as abandoned, so a late reply is read and dropped, never delivered to another URB.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence
+
+from . import protocol as P
+from .errors import (
+    ConnectionLostError, ProtocolError, UrbError, UsbipTimeoutError, describe_status,
+)
+from .hooks import UrbHook
+
+_log = logging.getLogger(__name__)
+
+ECONNRESET = -104
+ESHUTDOWN = -108
+ENOENT = -2
+
+_allocate_lock = threading.Lock  # the cheapest waitable primitive CPython has
+_HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
+_IOV_MAX = 1024
+
+#: Largest transfer_buffer_length a URB may ask for. The kernel warns and drops the connection
+#: on absurd lengths (PROTOCOL-NOTES, "Hostile or broken input"); we refuse before sending.
+MAX_URB_LENGTH = 64 * 1024 * 1024
+
+_SUBMIT_PACK = P.CMD_SUBMIT_STRUCT.pack
+_UNLINK_PACK = P.CMD_UNLINK_STRUCT.pack
+_RET_SUBMIT_UNPACK = P.RET_SUBMIT_STRUCT.unpack_from
+_RET_UNLINK_UNPACK = P.RET_UNLINK_STRUCT.unpack_from
+_BASIC_UNPACK = P.HEADER_BASIC_STRUCT.unpack_from
+_ISO_UNPACK = P.ISO_PACKET_STRUCT.unpack_from
+
+
+class Urb:
+    """One USB request block in flight (or done). Attributes are read-only for users/hooks."""
+
+    __slots__ = (
+        "conn", "seqnum", "devid", "busnum", "devnum", "transfer_type", "endpoint", "direction",
+        "setup", "transfer_flags", "length", "interval", "start_frame", "out_data", "iso_packets",
+        "buffer", "submit_time", "status", "actual_length", "in_data", "iso_results",
+        "error_count", "complete_time", "_done", "_unlink_seqnum", "_error",
+    )
+
+    def __init__(self) -> None:
+        self.status: Optional[int] = None
+        self.actual_length = 0
+        self.in_data: Optional[memoryview] = None
+        self.iso_results: Optional[List[P.IsoPacket]] = None
+        self.error_count = 0
+        self.complete_time = 0.0
+        self._unlink_seqnum = 0
+        self._error: Optional[BaseException] = None
+        self._done = _allocate_lock()
+        self._done.acquire()
+
+    def __repr__(self) -> str:
+        return (f"<Urb seq={self.seqnum} {self.transfer_type.name.lower()} ep=0x{self.endpoint:02x} "
+                f"len={self.length} status={self.status} actual={self.actual_length}>")
+
+    # -- completion ------------------------------------------------------------------------------
+    def done(self) -> bool:
+        return self.status is not None
+
+    def wait(self, timeout: Optional[float] = None) -> "Urb":
+        """Wait for completion; ``None`` or ``0`` waits forever (as PyUSB's timeout=0).
+
+        Raises:
+            UsbipTimeoutError: not complete in time; a CMD_UNLINK was sent first.
+            UrbError: completed with a non-zero status.
+            ConnectionLostError: the connection went away.
+        """
+        if self.status is None:
+            if not timeout or timeout < 0:
+                self._done.acquire()
+                self._done.release()
+            elif self._done.acquire(True, timeout):
+                self._done.release()
+            else:
+                self.conn._timed_out(self)
+        return self._result()
+
+    def _result(self) -> "Urb":
+        status = self.status
+        if status == 0:
+            return self
+        if self._error is not None:
+            raise self._error
+        if status == ECONNRESET and self._unlink_seqnum:
+            raise UsbipTimeoutError(
+                f"URB {self.seqnum} to endpoint 0x{self.endpoint:02x} of {self.conn.name} timed out "
+                f"(cancelled with CMD_UNLINK)", transferred=self.actual_length,
+            )
+        raise UrbError(
+            f"URB to endpoint 0x{self.endpoint:02x} of {self.conn.name} failed: {describe_status(status)}",
+            status=status, actual_length=self.actual_length,
+        )
+
+    def cancel(self) -> None:
+        """Ask the server to unlink this URB (no-op if it already completed)."""
+        self.conn._send_unlink(self)
+
+
+class Connection:
+    """An imported device: its socket, reader thread and table of URBs in flight."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        device: P.UsbDevice,
+        *,
+        name: Optional[str] = None,
+        hook: Optional[UrbHook] = None,
+        unlink_grace: float = 0.25,
+    ) -> None:
+        self.sock = sock
+        self.device = device
+        self.busid = device.busid
+        self.busnum = device.busnum
+        self.devnum = device.devnum
+        self.devid = device.devid
+        self.speed = device.speed
+        self.name = name or f"device {device.busid}"
+        self.hook = hook
+        self.unlink_grace = unlink_grace
+        self._send_lock = threading.Lock()
+        self._pending: Dict[int, Urb] = {}  # seqnum -> URB awaiting RET_SUBMIT
+        self._unlinks: Dict[int, Urb] = {}  # CMD_UNLINK seqnum -> URB it targets
+        # seqnum -> URB given up on (timed out with no unlink verdict, or cancelled): a reply that
+        # still arrives for it is read into scratch space and dropped. Bounded; see _retire().
+        self._retired: "OrderedDict[int, Urb]" = OrderedDict()
+        self._seq = 0
+        self._receiving: Optional[Urb] = None  # popped from _pending, reply being read
+        self._closing = False
+        self._lost: Optional[ConnectionLostError] = None
+        sock.settimeout(None)
+        self._reader = threading.Thread(target=self._read_loop, name=f"usbip-reader-{self.busid}", daemon=True)
+        self._reader.start()
+
+    # -- public API -------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None
+
+    def submit(
+        self,
+        transfer_type: P.TransferType,
+        endpoint: int,
+        *,
+        setup: Optional[bytes] = None,
+        data=None,
+        buffer=None,
+        length: Optional[int] = None,
+        interval: int = 0,
+        iso_packet_lengths: Optional[Sequence[int]] = None,
+        transfer_flags: int = 0,
+    ) -> Urb:
+        """Send one CMD_SUBMIT and return its :class:`Urb` at once (see module docstring)."""
+        if self._lost is not None:
+            raise self._lost
+        urb = Urb()
+        urb.conn = self
+        urb.devid = self.devid
+        urb.busnum = self.busnum
+        urb.devnum = self.devnum
+        urb.transfer_type = transfer_type
+        urb.transfer_flags = transfer_flags
+        urb.interval = interval
+        urb.start_frame = 0
+        urb.setup = setup
+        if transfer_type == P.TransferType.CONTROL:
+            if setup is None or len(setup) != 8:
+                raise ValueError("a control URB needs an 8-byte setup packet")
+            direction = 1 if setup[0] & 0x80 else 0
+            endpoint = (endpoint & 0x0F) | (0x80 if direction else 0)
+        else:
+            direction = 1 if endpoint & 0x80 else 0
+            if transfer_type in (P.TransferType.INTERRUPT, P.TransferType.ISOCHRONOUS) and interval <= 0:
+                # The kernel rejects interval 0 for these (usb_submit_urb -EINVAL) and the stub
+                # then drops the whole connection.
+                raise ValueError(f"{transfer_type.name.lower()} URBs need a positive interval")
+        urb.endpoint = endpoint
+        urb.direction = direction
+        if direction:
+            if buffer is None:
+                if length is None:
+                    raise ValueError("an IN URB needs a buffer or a length")
+                buffer = bytearray(length)
+            mv = memoryview(buffer).cast("B")
+            if mv.readonly:
+                raise ValueError("the IN buffer must be writable")
+            if length is None:
+                length = mv.nbytes
+            elif length > mv.nbytes:
+                raise ValueError(f"length {length} exceeds the buffer ({mv.nbytes} bytes)")
+            urb.buffer = mv
+            urb.out_data = None
+            payload = None
+        else:
+            payload = memoryview(data if data is not None else b"").cast("B")
+            if length is not None and length != payload.nbytes:
+                raise ValueError(f"length {length} differs from the OUT data ({payload.nbytes} bytes)")
+            length = payload.nbytes
+            urb.buffer = None
+            urb.out_data = payload
+        if length < 0 or length > MAX_URB_LENGTH:
+            raise ValueError(f"URB length {length} outside 0..{MAX_URB_LENGTH}")
+        urb.length = length
+        iso_raw = b""
+        npackets = 0
+        if transfer_type == P.TransferType.ISOCHRONOUS:
+            lengths = list(iso_packet_lengths or [length])
+            if not 0 < len(lengths) <= P.MAX_ISO_PACKETS:
+                raise ValueError(f"an ISO URB needs 1..{P.MAX_ISO_PACKETS} packets")
+            packets, offset = [], 0
+            for plen in lengths:
+                packets.append(P.IsoPacket(offset, plen))
+                offset += plen
+            if offset != length:
+                raise ValueError(f"ISO packet lengths add up to {offset}, not the URB length {length}")
+            urb.iso_packets = packets
+            npackets = len(packets)
+            iso_raw = P.pack_iso_packets(packets)
+            urb.transfer_flags |= P.USBIP_URB_ISO_ASAP
+        else:
+            urb.iso_packets = None
+        if direction:
+            urb.transfer_flags |= P.USBIP_URB_DIR_IN
+        ep_num = endpoint & 0x0F
+        hook = self.hook
+        with self._send_lock:
+            if self._lost is not None:
+                raise self._lost
+            seq = self._next_seqnum()
+            urb.seqnum = seq
+            header = _SUBMIT_PACK(
+                P.USBIP_CMD_SUBMIT, seq, self.devid, direction, ep_num, urb.transfer_flags,
+                length, 0, npackets, interval, setup if setup is not None else bytes(8),
+            )
+            self._pending[seq] = urb
+            urb.submit_time = time.time()
+            if hook is not None:
+                self._call_hook(hook.urb_submitted, urb)
+            parts = [header]
+            if payload is not None and length:
+                parts.append(payload)
+            if iso_raw:
+                parts.append(iso_raw)
+            try:
+                self._send(parts)
+            except OSError as exc:
+                self._pending.pop(seq, None)
+                lost = self._fail_all(f"send failed: {exc}")
+                raise lost from exc
+        return urb
+
+    def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None, **kw) -> Urb:
+        """Submit one URB and wait for it (see :meth:`submit` and :meth:`Urb.wait`)."""
+        return self.submit(transfer_type, endpoint, **kw).wait(timeout)
+
+    def control_transfer(self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
+                         data_or_length=0, timeout: Optional[float] = None):
+        """One control transfer: returns the bytes read (IN) or the count written (OUT)."""
+        if bmRequestType & 0x80:
+            length = int(data_or_length)
+            setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, length)
+            urb = self.transfer(P.TransferType.CONTROL, 0x80, setup=setup, length=length, timeout=timeout)
+            return bytes(urb.buffer[: urb.actual_length])
+        data = bytes(data_or_length or b"")
+        setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(data))
+        urb = self.transfer(P.TransferType.CONTROL, 0x00, setup=setup, data=data, timeout=timeout)
+        return urb.actual_length
+
+    def close(self) -> None:
+        """Close the connection: fail pending URBs, join the reader thread, close the socket."""
+        self._closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._reader is not threading.current_thread():
+            self._reader.join()
+        self._fail_all("connection closed")
+        self.sock.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._pending)} URBs in flight"
+        return f"<Connection {self.name} devid=0x{self.devid:08x} {state}>"
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _next_seqnum(self) -> int:
+        # uint32, wraps; 0 is skipped and so is any seqnum still in use (called under _send_lock).
+        seq = self._seq
+        while True:
+            seq = (seq + 1) & 0xFFFFFFFF
+            if seq and seq not in self._pending and seq not in self._unlinks and seq not in self._retired:
+                self._seq = seq
+                return seq
+
+    def _send(self, parts: list) -> None:
+        sock = self.sock
+        if len(parts) == 1:
+            sock.sendall(parts[0])
+            return
+        if not _HAVE_SENDMSG:
+            for part in parts:
+                sock.sendall(part)
+            return
+        # One syscall for header + payload; loop on partial sends without copying the payload.
+        views = [memoryview(p).cast("B") for p in parts]
+        while views:
+            sent = sock.sendmsg(views[:_IOV_MAX])
+            while views and sent >= views[0].nbytes:
+                sent -= views[0].nbytes
+                views.pop(0)
+            if sent:
+                views[0] = views[0][sent:]
+
+    def _send_unlink(self, urb: Urb) -> Optional[int]:
+        hook = self.hook
+        with self._send_lock:
+            if urb.status is not None or self._lost is not None:
+                return None
+            if urb._unlink_seqnum:
+                return urb._unlink_seqnum
+            seq = self._next_seqnum()
+            urb._unlink_seqnum = seq
+            self._unlinks[seq] = urb
+            try:
+                self.sock.sendall(_UNLINK_PACK(P.USBIP_CMD_UNLINK, seq, self.devid, urb.direction,
+                                               urb.endpoint & 0x0F, urb.seqnum))
+            except OSError as exc:
+                self._unlinks.pop(seq, None)
+                self._fail_all(f"send failed: {exc}")
+                return None
+        if hook is not None:
+            self._call_hook(hook.urb_unlink_sent, urb, seq)
+        return seq
+
+    def _timed_out(self, urb: Urb) -> None:
+        """The caller's timeout expired: unlink, wait a bounded grace for the verdict."""
+        self._send_unlink(urb)
+        if urb._done.acquire(True, self.unlink_grace):
+            urb._done.release()
+            return
+        # No verdict in time (a stub may hold a status-0 RET_UNLINK back). Give up on the URB
+        # without closing the socket. Retire it first, then take it out of the pending table: of
+        # this thread and the reader, exactly one gets it out of _pending (dict.pop is atomic).
+        seq = urb.seqnum
+        self._retire(seq, urb)
+        if self._pending.pop(seq, None) is None:
+            # The reader got there first and is receiving the reply right now; let it finish.
+            self._retired.pop(seq, None)
+            if urb._done.acquire(True, self.unlink_grace):
+                urb._done.release()
+                return
+        _log.debug("%s: URB %d abandoned after its timeout; a late reply will be dropped", self.name, seq)
+        raise UsbipTimeoutError(
+            f"URB {seq} to endpoint 0x{urb.endpoint:02x} of {self.name} timed out "
+            f"(CMD_UNLINK sent, no answer within {self.unlink_grace:.3f} s)",
+            transferred=0,
+        )
+
+    def _retire(self, seq: int, urb: Urb, limit: int = 1024) -> None:
+        self._retired[seq] = urb
+        while len(self._retired) > limit:
+            self._retired.popitem(last=False)
+
+
+    # -- completion -------------------------------------------------------------------------------
+    def _complete(self, urb: Urb, status: int, error: Optional[BaseException] = None) -> None:
+        if urb.status is not None:
+            return
+        urb._error = error
+        urb.complete_time = time.time()
+        urb.status = status
+        hook = self.hook
+        if hook is not None:
+            self._call_hook(hook.urb_completed, urb)
+        urb._done.release()
+
+    def _fail_all(self, reason: str) -> ConnectionLostError:
+        """Mark the connection lost and fail every pending URB at once."""
+        with self._send_lock:
+            if self._lost is None:
+                self._lost = ConnectionLostError(f"{self.name}: connection lost ({reason})")
+                if not self._closing:
+                    _log.warning("%s", self._lost)
+            lost = self._lost
+            victims = list(self._pending.values())
+            if self._receiving is not None:
+                victims.append(self._receiving)
+            self._pending.clear()
+            victims += [u for u in self._unlinks.values() if u not in victims]
+            victims += [u for u in self._retired.values() if u not in victims]
+            self._unlinks.clear()
+            self._retired.clear()
+        for urb in victims:
+            if urb.status is None:
+                self._complete(urb, ESHUTDOWN, lost)
+        return lost
+
+    def _call_hook(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a broken observer must never break USB traffic
+            _log.exception("%s: capture hook %r failed", self.name, fn)
+
+    # -- reader thread ----------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        reason = "server closed the connection"
+        try:
+            self._read_replies()
+        except ProtocolError as exc:
+            reason = f"protocol error: {exc}"
+            _log.error("%s: %s; closing the connection", self.name, exc)
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        except EOFError:
+            pass
+        except OSError as exc:
+            reason = str(exc) or type(exc).__name__
+        finally:
+            self._fail_all("closed" if self._closing else reason)
+
+    def _read_replies(self) -> None:
+        rd = _Reader(self.sock)
+        header = bytearray(P.URB_HEADER_SIZE)
+        hview = memoryview(header)
+        pending = self._pending
+        unlinks = self._unlinks
+        retired = self._retired
+        while True:
+            rd.read_into(hview)
+            command, seq = _BASIC_UNPACK(header)[:2]
+            if command == P.USBIP_RET_SUBMIT:
+                (_, _, _, _, _, status, actual, start_frame, npackets, error_count) = _RET_SUBMIT_UNPACK(header)
+                urb = pending.pop(seq, None)
+                if urb is not None:
+                    self._receiving = urb
+                    self._receive_submit(rd, urb, urb.buffer, status, actual, start_frame, npackets, error_count)
+                    self._receiving = None
+                    continue
+                urb = self._receiving = retired.pop(seq, None)
+                if urb is None:
+                    # vhci_rx treats this as fatal too: we cannot know how many bytes follow.
+                    raise ProtocolError(f"RET_SUBMIT for unknown seqnum {seq}")
+                # A late reply to a URB the caller gave up on: read it into scratch, drop it.
+                scratch = memoryview(bytearray(urb.length)) if urb.direction else None
+                self._receive_submit(rd, urb, scratch, status, actual, start_frame, npackets, error_count)
+                self._receiving = None
+                _log.warning("%s: late reply to abandoned URB %d dropped (status %d, %d bytes)",
+                             self.name, seq, status, actual if urb.direction else 0)
+            elif command == P.USBIP_RET_UNLINK:
+                status = _RET_UNLINK_UNPACK(header)[5]
+                urb = unlinks.pop(seq, None)
+                if urb is None:
+                    _log.warning("%s: RET_UNLINK for unknown seqnum %d ignored", self.name, seq)
+                    continue
+                if self.hook is not None:
+                    self._call_hook(self.hook.urb_unlink_returned, urb, seq, status)
+                if status != 0:
+                    # Cancelled (-ECONNRESET from the kernel): per "USBIP_RET_UNLINK" no
+                    # RET_SUBMIT follows. Keep the seqnum retired in case a server sends one
+                    # anyway, so its bytes are dropped instead of breaking the stream.
+                    if pending.pop(urb.seqnum, None) is not None or retired.get(urb.seqnum) is urb:
+                        self._retire(urb.seqnum, urb)
+                        self._complete(urb, status)
+                # status 0: the URB completed before the unlink; its RET_SUBMIT is delivered
+                # (or was already) by the RET_SUBMIT branch.
+            else:
+                raise ProtocolError(f"unexpected command 0x{command:08x} from server (seqnum {seq})")
+
+    def _receive_submit(self, rd: "_Reader", urb: Urb, dest: Optional[memoryview], status: int, actual: int,
+                        start_frame: int, npackets: int, error_count: int) -> None:
+        if actual < 0 or actual > urb.length:
+            raise ProtocolError(
+                f"RET_SUBMIT seqnum {urb.seqnum}: actual_length {actual} outside 0..{urb.length}"
+            )
+        urb.actual_length = actual
+        urb.error_count = error_count
+        iso = urb.iso_packets
+        if urb.direction and actual:
+            rd.read_into(dest[:actual])
+        if iso is not None:
+            if npackets != len(iso):
+                # The kernel's usbip_recv_iso checks this too.
+                raise ProtocolError(
+                    f"RET_SUBMIT seqnum {urb.seqnum}: {npackets} ISO descriptors, {len(iso)} were sent"
+                )
+            raw = bytearray(npackets * P.ISO_PACKET_SIZE)
+            rd.read_into(memoryview(raw))
+            results = [P.IsoPacket(*_ISO_UNPACK(raw, i * P.ISO_PACKET_SIZE)) for i in range(npackets)]
+            for req, res in zip(iso, results):
+                if res.actual_length > req.length:
+                    raise ProtocolError(f"ISO packet actual_length {res.actual_length} > length {req.length}")
+            urb.iso_results = results
+            urb.start_frame = start_frame
+            if urb.direction:
+                _spread_iso_in(dest, iso, results, actual)
+        if urb.direction:
+            urb.in_data = dest[: (urb.length if iso is not None else actual)]
+        self._complete(urb, status)
+
+
+def _spread_iso_in(buf: memoryview, requested: List[P.IsoPacket], results: List[P.IsoPacket], packed: int) -> None:
+    """ISO IN data arrives back to back (only actual lengths); move each packet to its offset.
+
+    Same as the kernel's usbip_pad_iso(): walk from the last packet so nothing is overwritten.
+    """
+    total = sum(r.actual_length for r in results)
+    if total != packed:
+        raise ProtocolError(f"ISO IN: descriptors account for {total} bytes, {packed} were sent")
+    pos = packed
+    for req, res in zip(reversed(requested), reversed(results)):
+        pos -= res.actual_length
+        if res.actual_length and pos != req.offset:
+            buf[req.offset: req.offset + res.actual_length] = bytes(buf[pos: pos + res.actual_length])
+
+
+class _Reader:
+    """Buffered exact reads: small replies come out of one recv, big ones go straight to the
+    caller's buffer (no copy through an intermediate buffer)."""
+
+    __slots__ = ("sock", "buf", "view", "start", "end")
+
+    def __init__(self, sock: socket.socket, size: int = 65536) -> None:
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+
+    def read_into(self, dest: memoryview) -> None:
+        need = dest.nbytes
+        have = self.end - self.start
+        if have >= need:
+            dest[:] = self.view[self.start: self.start + need]
+            self.start += need
+            return
+        if have:
+            dest[:have] = self.view[self.start: self.end]
+        self.start = self.end = 0
+        got = have
+        recv_into = self.sock.recv_into
+        if need - got >= 4096:
+            # Large remainder: receive directly into the destination.
+            while got < need:
+                n = recv_into(dest[got:], need - got)
+                if not n:
+                    raise EOFError
+                got += n
+            return
+        view = self.view
+        while got < need:
+            n = recv_into(view, len(self.buf))
+            if not n:
+                raise EOFError
+            take = min(n, need - got)
+            dest[got: got + take] = view[:take]
+            got += take
+            self.start, self.end = take, n

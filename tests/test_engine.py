@@ -1,0 +1,358 @@
+"""URB engine against a scripted peer over real TCP sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from usbip_backend import protocol as P
+from usbip_backend.client import import_device, list_devices
+from usbip_backend.errors import (
+    ConnectionLostError, ImportRefusedError, UrbError, UsbipTimeoutError,
+)
+from scripted import DEVICE, ScriptedServer, read_cmd, recv_exact, ret_submit, ret_unlink
+
+BULK, CTRL, INTR, ISO = (P.TransferType.BULK, P.TransferType.CONTROL, P.TransferType.INTERRUPT,
+                         P.TransferType.ISOCHRONOUS)
+GET_DEVICE_DESCRIPTOR = P.pack_setup(0x80, 6, 0x0100, 0, 18)
+
+
+def connect(server: ScriptedServer, **kw):
+    return import_device("127.0.0.1", server.port, "2-1", timeout=5, **kw)
+
+
+def echo_script(sock):
+    """Answer every IN URB with its seqnum repeated, every OUT with its length."""
+    while True:
+        cmd, _, data, _ = read_cmd(sock)
+        if isinstance(cmd, P.CmdUnlink):
+            sock.sendall(ret_unlink(cmd.seqnum, 0))
+        elif cmd.direction:
+            sock.sendall(ret_submit(cmd.seqnum, data=bytes([cmd.seqnum & 0xFF]) * cmd.transfer_buffer_length))
+        else:
+            sock.sendall(ret_submit(cmd.seqnum, actual=len(data)))
+
+
+def test_request_fields_on_the_wire():
+    seen = []
+
+    def script(sock):
+        for _ in range(3):
+            cmd, raw, data, _ = read_cmd(sock)
+            seen.append((cmd, raw, data))
+            sock.sendall(ret_submit(cmd.seqnum, data=bytes(cmd.transfer_buffer_length) if cmd.direction else b"",
+                                    actual=None if cmd.direction else len(data)))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        conn.control_transfer(0x80, 6, 0x0100, 0, 18, timeout=2)
+        conn.transfer(BULK, 0x02, data=b"abc", timeout=2)
+        conn.transfer(INTR, 0x83, length=8, interval=8, timeout=2)
+    ctrl, bulk, intr = seen
+    devid = (2 << 16) | 5
+    # control IN: devid from the import reply, direction IN, ep 0, URB_DIR_IN, setup as given
+    assert (ctrl[0].devid, ctrl[0].direction, ctrl[0].ep) == (devid, 1, 0)
+    assert ctrl[0].transfer_flags & P.USBIP_URB_DIR_IN
+    assert ctrl[0].setup == GET_DEVICE_DESCRIPTOR and ctrl[0].transfer_buffer_length == 18
+    assert ctrl[0].number_of_packets == 0
+    # bulk OUT to endpoint 2: the number without the direction bit, data follows the header
+    assert (bulk[0].direction, bulk[0].ep, bulk[2]) == (0, 2, b"abc")
+    assert bulk[0].transfer_flags & P.USBIP_URB_DIR_IN == 0
+    # interrupt IN carries its interval (the kernel rejects 0)
+    assert (intr[0].direction, intr[0].ep, intr[0].interval) == (1, 3, 8)
+
+
+def test_out_of_order_replies_reach_their_urbs():
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(3)]
+        for cmd in reversed(cmds):
+            sock.sendall(ret_submit(cmd.seqnum, data=bytes([cmd.seqnum]) * 4))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, length=4) for _ in range(3)]
+        for urb in urbs:
+            urb.wait(2)
+            assert bytes(urb.in_data) == bytes([urb.seqnum]) * 4
+
+
+def test_hundred_urbs_in_flight_answered_in_random_order():
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(100)]
+        random.Random(7).shuffle(cmds)
+        sock.sendall(b"".join(ret_submit(c.seqnum, data=c.seqnum.to_bytes(4, "big") * 16) for c in cmds))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, length=64) for _ in range(100)]
+        assert len({u.seqnum for u in urbs}) == 100
+        for urb in urbs:
+            urb.wait(5)
+            assert bytes(urb.in_data) == urb.seqnum.to_bytes(4, "big") * 16
+
+
+def test_timeout_unlinks_and_server_cancels():
+    unlinks = []
+
+    def script(sock):
+        sub = read_cmd(sock)[0]
+        unl = read_cmd(sock)[0]
+        unlinks.append((sub, unl))
+        sock.sendall(ret_unlink(unl.seqnum, -104))  # cancelled: no RET_SUBMIT follows
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"next"))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(UsbipTimeoutError, match="timed out"):
+            conn.transfer(BULK, 0x81, length=4, timeout=0.1)
+        elapsed = time.monotonic() - t0
+        assert 0.1 <= elapsed < 0.2
+        assert bytes(conn.transfer(BULK, 0x81, length=4, timeout=2).in_data) == b"next"
+    sub, unl = unlinks[0]
+    assert isinstance(unl, P.CmdUnlink) and unl.unlink_seqnum == sub.seqnum and unl.seqnum != sub.seqnum
+
+
+def test_timeout_race_lost_by_unlink_delivers_the_data():
+    """RET_UNLINK status 0: the RET_SUBMIT won the race and its data must not be lost."""
+    def script(sock):
+        sub = read_cmd(sock)[0]
+        unl = read_cmd(sock)[0]
+        sock.sendall(ret_submit(sub.seqnum, data=b"late but kept") + ret_unlink(unl.seqnum, 0))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"second"))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urb = conn.transfer(BULK, 0x81, length=13, timeout=0.05)
+        assert bytes(urb.in_data) == b"late but kept"
+        assert bytes(conn.transfer(BULK, 0x81, length=6, timeout=2).in_data) == b"second"
+
+
+def test_unanswered_unlink_then_late_reply_is_dropped_not_misdelivered():
+    go_late = threading.Event()
+
+    def script(sock):
+        sub = read_cmd(sock)[0]
+        unl = read_cmd(sock)[0]
+        go_late.wait(10)
+        nxt = read_cmd(sock)[0]
+        # the late reply for the abandoned URB, its RET_UNLINK, then the new URB's reply
+        sock.sendall(ret_submit(sub.seqnum, data=b"STALE") + ret_unlink(unl.seqnum, 0)
+                     + ret_submit(nxt.seqnum, data=b"fresh"))
+
+    with ScriptedServer(script) as srv, connect(srv, unlink_grace=0.05) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(UsbipTimeoutError):
+            conn.transfer(BULK, 0x81, length=5, timeout=0.1)
+        assert time.monotonic() - t0 < 0.3
+        go_late.set()
+        assert bytes(conn.transfer(BULK, 0x81, length=5, timeout=2).in_data) == b"fresh"
+        assert not conn.closed
+
+
+def test_double_unlink_answers_are_tolerated():
+    def script(sock):
+        sub = read_cmd(sock)[0]
+        unl = read_cmd(sock)[0]
+        # cancelled, and (non-compliant) a RET_SUBMIT anyway: its bytes must be dropped cleanly
+        sock.sendall(ret_unlink(unl.seqnum, -104) + ret_submit(sub.seqnum, data=b"xx"))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"ok"))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urb = conn.submit(BULK, 0x81, length=2)
+        urb.cancel()
+        with pytest.raises(UsbipTimeoutError):
+            urb.wait(2)
+        assert urb.status == -104
+        assert bytes(conn.transfer(BULK, 0x81, length=2, timeout=2).in_data) == b"ok"
+
+
+def test_server_closing_mid_transfer_fails_all_pending_and_later_calls_fast():
+    def script(sock):
+        read_cmd(sock)
+        read_cmd(sock)
+        # half a reply, then gone
+        sock.sendall(ret_submit(1, data=b"abcd")[:30])
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, length=4), conn.submit(CTRL, 0x80, setup=GET_DEVICE_DESCRIPTOR, length=18)]
+        for urb in urbs:
+            with pytest.raises(ConnectionLostError, match="2-1"):
+                urb.wait(5)
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLostError, match="2-1"):
+            conn.submit(BULK, 0x81, length=4)
+        assert time.monotonic() - t0 < 0.05
+
+
+@pytest.mark.parametrize("reply, why", [
+    (b"\xde\xad\xbe\xef" * 12, "unexpected command"),
+    (None, "actual_length"),  # actual_length larger than requested
+    (b"", "unknown seqnum"),  # reply to a seqnum never sent
+])
+def test_hostile_replies_close_the_connection_with_a_reason(reply, why):
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        if reply is None:
+            sock.sendall(ret_submit(cmd.seqnum, data=b"x" * 8, actual=1 << 30))
+        elif reply == b"":
+            sock.sendall(ret_submit(cmd.seqnum + 1000, data=b"x"))
+        else:
+            sock.sendall(reply)
+        try:
+            recv_exact(sock, 1)
+        except (EOFError, OSError):
+            pass
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        with pytest.raises(ConnectionLostError, match=why):
+            conn.transfer(BULK, 0x81, length=8, timeout=5)
+
+
+def test_seqnum_wraps_and_skips_zero():
+    seen = []
+
+    def script(sock):
+        for _ in range(3):
+            cmd = read_cmd(sock)[0]
+            seen.append(cmd.seqnum)
+            sock.sendall(ret_submit(cmd.seqnum, data=b"z"))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        conn._seq = 0xFFFFFFFE
+        for _ in range(3):
+            conn.transfer(BULK, 0x81, length=1, timeout=2)
+    assert seen == [0xFFFFFFFF, 1, 2]
+
+
+def test_many_threads_submit_at_once():
+    with ScriptedServer(echo_script) as srv, connect(srv) as conn:
+        errors = []
+
+        def worker(n):
+            try:
+                for i in range(50):
+                    urb = conn.transfer(BULK, 0x81, length=16 + n, timeout=5)
+                    assert bytes(urb.in_data) == bytes([urb.seqnum & 0xFF]) * (16 + n)
+                    assert conn.transfer(BULK, 0x01, data=bytes(n + i), timeout=5).actual_length == n + i
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors
+
+
+def test_pending_bulk_in_does_not_delay_control():
+    def script(sock):
+        held = read_cmd(sock)[0]  # a bulk IN nobody answers yet
+        for _ in range(20):
+            cmd = read_cmd(sock)[0]
+            sock.sendall(ret_submit(cmd.seqnum, data=bytes(18)))
+        sock.sendall(ret_submit(held.seqnum, data=b"finally"))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        held = conn.submit(BULK, 0x81, length=7)
+        t0 = time.monotonic()
+        for _ in range(20):
+            assert len(conn.control_transfer(0x80, 6, 0x100, 0, 18, timeout=2)) == 18
+        assert time.monotonic() - t0 < 2
+        assert bytes(held.wait(2).in_data) == b"finally"
+
+
+def test_stall_status_is_an_urb_error():
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, status=-32))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        with pytest.raises(UrbError, match="stall") as info:
+            conn.transfer(BULK, 0x01, data=b"abc", timeout=2)
+        assert info.value.status == -32 and info.value.errno == 32
+
+
+def test_iso_in_packets_are_spread_to_their_offsets():
+    def script(sock):
+        cmd, _, _, isos = read_cmd(sock)
+        assert [p.length for p in isos] == [4, 4, 4]
+        results = [P.IsoPacket(0, 4, 2, 0), P.IsoPacket(4, 4, 4, 0), P.IsoPacket(8, 4, 1, -18)]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"aa" + b"bbbb" + b"c", isos=results))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urb = conn.transfer(ISO, 0x82, length=12, iso_packet_lengths=[4, 4, 4], interval=1, timeout=2)
+        buf = bytes(urb.in_data)
+        assert buf[0:2] == b"aa" and buf[4:8] == b"bbbb" and buf[8:9] == b"c"
+        assert [r.actual_length for r in urb.iso_results] == [2, 4, 1]
+        assert urb.iso_results[2].status == -18
+
+
+def test_interval_zero_is_refused_before_sending():
+    with ScriptedServer(echo_script) as srv, connect(srv) as conn:
+        with pytest.raises(ValueError, match="interval"):
+            conn.submit(INTR, 0x81, length=8, interval=0)
+
+
+def test_receives_into_the_callers_buffer():
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=bytes(range(256)) * 256))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        buf = bytearray(65536)
+        urb = conn.transfer(BULK, 0x81, buffer=buf, timeout=5)
+        assert urb.actual_length == 65536 and buf == bytes(range(256)) * 256
+        assert urb.in_data.obj is buf
+
+
+def test_import_refused_names_busid_and_status():
+    with ScriptedServer(echo_script, import_status=P.Status.ST_DEV_BUSY) as srv:
+        with pytest.raises(ImportRefusedError, match=r"2-1.*ST_DEV_BUSY") as info:
+            connect(srv)
+        assert info.value.status == 2 and info.value.busid == "2-1"
+
+
+def test_server_that_never_answers_times_out():
+    with ScriptedServer(echo_script, answer=False) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(UsbipTimeoutError, match="within 0.3"):
+            import_device("127.0.0.1", srv.port, "2-1", timeout=0.3)
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_connection_refused_is_clear():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    with pytest.raises(ConnectionLostError, match=f"127.0.0.1:{port} refused"):
+        list_devices("127.0.0.1", port, timeout=2)
+
+
+def test_list_devices_parses_records_and_interfaces():
+    with ScriptedServer(echo_script) as srv:
+        devs = list_devices("127.0.0.1", srv.port, timeout=2)
+    assert devs == [DEVICE]
+    assert devs[0].interfaces[0].bInterfaceClass == 0xFF
+
+
+def test_close_fails_pending_and_joins_reader():
+    def script(sock):
+        read_cmd(sock)
+        try:
+            recv_exact(sock, 1)
+        except (EOFError, OSError):
+            pass
+
+    with ScriptedServer(script) as srv:
+        conn = connect(srv)
+        urb = conn.submit(BULK, 0x81, length=4)
+        conn.close()
+        assert not conn._reader.is_alive()
+        with pytest.raises(ConnectionLostError):
+            urb.wait(1)
+        assert conn.sock.fileno() == -1
