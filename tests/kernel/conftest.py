@@ -1,0 +1,179 @@
+"""The kernel-peer VM (tools/kernelpeer): one boot for the whole session, both server flavours.
+
+Every test in tests/kernel gets the ``kernel`` marker and a generous timeout. Without QEMU the
+suite skips (saying how to install it) except under CI=true, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+TOOLS = os.path.join(ROOT, "tools", "kernelpeer")
+sys.path.insert(0, TOOLS)
+import guestcmd  # noqa: E402  (tools/kernelpeer/guestcmd.py)
+
+INSTALL_HINT = ("apt-get install qemu-system-x86 busybox-static cpio "
+                "(or run .ci/kernel-setup.sh)")
+KINDS = ("ss", "lb", "acm", "msc", "hid")
+#: the reset line the hub driver logs whenever a device is reset (stub mode resets on disconnect)
+RESET_LINE = re.compile(r"reset (?:high|full|low|super)[- ]speed.*USB device")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if str(item.fspath).startswith(HERE + os.sep):
+            item.add_marker(pytest.mark.kernel)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(180))
+
+
+@dataclass
+class Flavour:
+    """One of the two kernel servers: where it listens and what it exports."""
+
+    name: str  # "device" (usbipd --device, usbip-vudc) or "stub" (usbipd, usbip-host)
+    host: str
+    port: int
+    busids: Dict[str, str]  # kind -> busid
+    pids: Dict[str, int]  # kind -> idProduct
+    out_ep: int  # bulk/interrupt OUT endpoint address of every gadget
+    acm_notify_ep: int
+    tty: str  # guest tty of the ACM gadget
+    hidg: str  # guest hidg node of the HID gadget
+    peer: "KernelPeer" = field(repr=False)
+
+    def rebind(self, kind: str) -> None:
+        """Re-arm one export in the guest (clears halts, error states, configuration)."""
+        busid = self.busids[kind]
+        if self.name == "device":
+            gadget = "/sys/kernel/config/usb_gadget/v" + kind
+            self.peer.guest(f"echo -1 > /sys/devices/platform/{busid}/usbip_sockfd 2>/dev/null; "
+                            f"echo '' > {gadget}/UDC; echo {busid} > {gadget}/UDC")
+        else:
+            self.peer.guest(f"usbip unbind -b {busid} >/dev/null 2>&1; usbip bind -b {busid}")
+        self.peer.wait_available(self, kind)
+
+
+@dataclass
+class KernelPeer:
+    """The running VM: ports, busids, and a root shell in the guest."""
+
+    host: str
+    device_port: int
+    stub_port: int
+    busids: Dict[str, List[str]]  # "device"/"stub" -> busids as OP_REP_DEVLIST listed them
+    console_log: str
+    cache: str
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def guest(self, cmd: str, timeout: float = 20.0, check: bool = True) -> str:
+        """Run a shell command in the guest as root; return its output (stdout+stderr)."""
+        with self._lock:  # one serial shell: one command at a time
+            rc, out = guestcmd.run(cmd, port=self.device_port, timeout=timeout, cache=self.cache)
+        if check and rc != 0:
+            raise AssertionError(f"guest command failed (exit {rc}): {cmd!r}\n{out}")
+        return out
+
+    def kernel_log(self) -> str:
+        """The guest's console log (kernel messages at loglevel 7 and /init's output)."""
+        with open(self.console_log, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def count_resets(self) -> int:
+        return len(RESET_LINE.findall(self.guest("dmesg", check=True)))
+
+    def wait_available(self, flav: "Flavour", kind: str, timeout: float = 15.0) -> None:
+        """Wait until ``kind``'s export is available again (usbip_status 1: not imported, no error).
+
+        The polling runs inside the guest; the host just waits for the command's reply.
+        """
+        busid = flav.busids[kind]
+        path = (f"/sys/devices/platform/{busid}/usbip_status" if flav.name == "device"
+                else f"/sys/bus/usb/devices/{busid}/usbip_status")
+        n = int(timeout * 10)
+        out = self.guest(f"i=0; while [ \"$(cat {path} 2>/dev/null)\" != 1 ] && [ $i -lt {n} ]; do "
+                         f"sleep 0.1; i=$((i+1)); done; cat {path}", timeout=timeout + 10)
+        assert out.strip().endswith("1"), f"{busid} ({flav.name} mode) not available after {timeout} s: {out!r}"
+
+    def flavour(self, name: str) -> Flavour:
+        if name == "device":
+            return Flavour("device", self.host, self.device_port,
+                           {k: f"usbip-vudc.{i}" for i, k in enumerate(KINDS)},
+                           {k: 0x0201 + i for i, k in enumerate(KINDS)},
+                           out_ep=0x01, acm_notify_ep=0x82, tty="/dev/ttyGS0", hidg="/dev/hidg0", peer=self)
+        return Flavour("stub", self.host, self.stub_port,
+                       {k: f"{i + 1}-1" for i, k in enumerate(KINDS)},
+                       {k: 0x0301 + i for i, k in enumerate(KINDS)},
+                       out_ep=0x02, acm_notify_ep=0x85, tty="/dev/ttyGS1", hidg="/dev/hidg1", peer=self)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _unavailable(reason: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"kernel suite cannot run under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"{reason}; install with: {INSTALL_HINT}")
+
+
+@pytest.fixture(scope="session")
+def kernel_peer():
+    """Boot ONE kernel-peer VM for the session (both flavours); stop it at the end."""
+    missing = [t for t in ("qemu-system-x86_64", "cpio") if shutil.which(t) is None]
+    if not os.path.exists("/bin/busybox"):
+        missing.append("busybox-static")
+    if missing:
+        _unavailable(f"missing {', '.join(missing)}")
+    cache = os.environ.get("KERNEL_PEER_CACHE") or guestcmd.cache_dir()
+    dev_port, stub_port = _free_port(), _free_port()
+    env = dict(os.environ, KERNEL_PEER_CACHE=cache, STUB_PORT=str(stub_port), PYTHON=sys.executable)
+    t0 = time.monotonic()
+    proc = subprocess.run([os.path.join(TOOLS, "start.sh"), str(dev_port)], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=900)
+    ready = [ln for ln in proc.stdout.splitlines() if ln.startswith("READY ")]
+    if proc.returncode != 0 or not ready:
+        pytest.fail(f"kernel-peer VM did not start (exit {proc.returncode}):\n{proc.stderr[-3000:]}", pytrace=False)
+    fields = dict(kv.split("=", 1) for kv in ready[0].split()[1:])
+    peer = KernelPeer(
+        host="127.0.0.1", device_port=int(fields["port"]), stub_port=int(fields["stub_port"]),
+        busids={"device": fields["busids"].split(","), "stub": fields["stub_busids"].split(",")},
+        console_log=os.path.join(cache, "run", f"console-{dev_port}.log"), cache=cache,
+    )
+    sys.stderr.write(f"\nkernel-peer VM ready in {time.monotonic() - t0:.1f} s: {ready[0]}\n")
+    try:
+        yield peer
+    finally:
+        subprocess.run([os.path.join(TOOLS, "stop.sh"), str(dev_port)], env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+
+
+@pytest.fixture(params=["device", "stub"])
+def flavour(request, kernel_peer) -> Flavour:
+    """Each test that takes this runs against both kernel servers."""
+    return kernel_peer.flavour(request.param)
+
+
+@pytest.fixture
+def device_flavour(kernel_peer) -> Flavour:
+    return kernel_peer.flavour("device")
+
+
+@pytest.fixture
+def stub_flavour(kernel_peer) -> Flavour:
+    return kernel_peer.flavour("stub")
