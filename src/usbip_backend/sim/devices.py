@@ -1,0 +1,384 @@
+"""Stock virtual devices: loopback/source/sink, CDC-ACM echo, HID keyboard, isochronous.
+
+All use VID 0x1209 (pid.codes) with test PIDs 0x0001..0x0004.
+"""
+
+from __future__ import annotations
+
+import collections
+import struct
+from typing import Deque, Dict, List, Optional, Sequence
+
+from ..protocol import TransferType
+from .device import (
+    Bulk, Device, Function, Interface, Interrupt, Iso, Setup, Stall, cdc_acm, cdc_call_management,
+    cdc_header, cdc_union,
+)
+
+#: The source/sink pattern (as the kernel's SourceSink gadget with pattern=1): byte i is i % 63.
+PATTERN_PERIOD = 63
+_PATTERN = bytes(i % PATTERN_PERIOD for i in range(PATTERN_PERIOD * 1024))
+
+
+def pattern(length: int) -> bytes:
+    """The first ``length`` bytes of the source/sink pattern."""
+    if length <= len(_PATTERN):
+        return _PATTERN[:length]
+    reps = length // PATTERN_PERIOD + 1
+    return (_PATTERN[:PATTERN_PERIOD] * reps)[:length]
+
+
+class LoopbackDevice(Device):
+    """Vendor bulk loopback + source + sink, interrupt echo, vendor control loopback.
+
+    ========  =========  =====================================================================
+    0x01      bulk OUT   loopback: what is written comes back on 0x81 (packet by packet)
+    0x81      bulk IN    stays pending until 0x01 was written (like the Loopback gadget)
+    0x82      bulk IN    source: always returns the pattern ``i % 63``
+    0x02      bulk OUT   sink: must carry the pattern, anything else halts 0x02 (SourceSink)
+    0x03      intr OUT   interrupt echo: each report comes back on 0x83
+    0x83      intr IN    pending until 0x03 was written
+    ========  =========  =====================================================================
+
+    Vendor requests: 0x5B OUT stores up to 4096 bytes, 0x5C IN returns them (SourceSink's control
+    loopback); 0x5D IN returns wLength bytes of the pattern; 0x5F stalls (both directions).
+    """
+
+    pid = 0x0001
+    product = "USB/IP loopback/source/sink"
+    interfaces = [
+        Interface(0, name="Loopback, source and sink", endpoints=[
+            Bulk(0x01), Bulk(0x81), Bulk(0x82), Bulk(0x02),
+            Interrupt(0x03, 64), Interrupt(0x83, 64),
+        ]),
+    ]
+    REQ_WRITE, REQ_READ, REQ_PATTERN, REQ_STALL = 0x5B, 0x5C, 0x5D, 0x5F
+    MAX_QUEUED = 16 * 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.packets: Deque[bytes] = collections.deque()
+        self.queued = 0
+        self.reports: Deque[bytes] = collections.deque()
+        self.control_buffer = b""
+        self.sunk = 0
+
+    def on_reset(self) -> None:
+        self.packets.clear()
+        self.queued = 0
+        self.reports.clear()
+
+    # loopback: keep USB packet boundaries, so a read smaller than a packet babbles as on hardware
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        if self.queued + len(data) > self.MAX_QUEUED:
+            return False
+        mps = 512 if self.speed >= 3 else 64
+        view = bytes(data)
+        if not view:
+            self.packets.append(b"")
+        for i in range(0, len(view), mps):
+            self.packets.append(view[i:i + mps])
+        self.queued += len(view)
+        self.notify(0x81)
+        return None
+
+    def bulk_in_1(self, length: int) -> Optional[bytes]:
+        if not self.packets:
+            return None
+        first = self.packets[0]
+        if len(first) > length:  # babble: the packet does not fit in the buffer
+            self.packets.popleft()
+            self.queued -= len(first)
+            return first
+        out: List[bytes] = []
+        total = 0
+        while self.packets and total + len(self.packets[0]) <= length:
+            pkt = self.packets.popleft()
+            out.append(pkt)
+            total += len(pkt)
+            if len(pkt) < (512 if self.speed >= 3 else 64):  # a short packet ends the transfer
+                break
+        self.queued -= total
+        return b"".join(out)
+
+    def bulk_in_2(self, length: int) -> bytes:
+        return pattern(length)
+
+    def bulk_out_2(self, data: bytearray) -> None:
+        if data != pattern(len(data)):
+            raise Stall()  # SourceSink halts its OUT endpoint on a bad pattern
+        self.sunk += len(data)
+
+    def interrupt_out_3(self, data: bytearray) -> None:
+        if len(self.reports) < 1024:
+            self.reports.append(bytes(data))
+        self.notify(0x83)
+
+    def interrupt_in_3(self, length: int) -> Optional[bytes]:
+        return self.reports.popleft() if self.reports else None
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        if setup.bRequest == self.REQ_WRITE:
+            self.control_buffer = bytes(data[:4096])
+            return None
+        return False
+
+    def vendor_request_in(self, setup: Setup) -> Optional[bytes]:
+        if setup.bRequest == self.REQ_READ:
+            return self.control_buffer
+        if setup.bRequest == self.REQ_PATTERN:
+            return pattern(setup.wLength)
+        return None
+
+
+class CdcAcmDevice(Device):
+    """CDC-ACM serial port that echoes: bulk OUT 0x01 comes back on bulk IN 0x81.
+
+    Comm interface 0 (IAD, header/call management/ACM/union functional descriptors, interrupt IN
+    0x83 for SERIAL_STATE notifications), data interface 1 (bulk 0x01 / 0x81). SET_LINE_CODING,
+    GET_LINE_CODING, SET_CONTROL_LINE_STATE and SEND_BREAK are supported. Python code can push
+    bytes to the host with :meth:`feed`.
+    """
+
+    pid = 0x0002
+    product = "USB/IP CDC-ACM echo"
+    functions = [Function(0, 2, 0x02, 0x02, 0x01, name="CDC serial")]
+    interfaces = [
+        Interface(0, cls=0x02, subclass=0x02, protocol=0x01, name="CDC ACM control",
+                  extra=cdc_header() + cdc_call_management(0, 1) + cdc_acm(0x02) + cdc_union(0, 1),
+                  endpoints=[Interrupt(0x83, 16)]),
+        Interface(1, cls=0x0A, name="CDC ACM data", endpoints=[Bulk(0x01), Bulk(0x81)]),
+    ]
+    SET_LINE_CODING, GET_LINE_CODING, SET_CONTROL_LINE_STATE, SEND_BREAK = 0x20, 0x21, 0x22, 0x23
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.line_coding = struct.pack("<IBBB", 115200, 0, 0, 8)
+        self.control_line_state = 0
+        self.buffer = bytearray()
+        self.notifications: Deque[bytes] = collections.deque()
+
+    def on_reset(self) -> None:
+        self.buffer.clear()
+        self.notifications.clear()
+        self.control_line_state = 0
+
+    def feed(self, data: bytes) -> None:
+        """Bytes the 'serial port' sends to the host (as if typed on the other side)."""
+        with self.lock:
+            self.buffer += data
+            self.notify(0x81)
+
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        if len(self.buffer) + len(data) > self.MAX_BUFFER:
+            return False
+        self.buffer += data
+        self.notify(0x81)
+        return None
+
+    def bulk_in_1(self, length: int) -> Optional[bytes]:
+        if not self.buffer:
+            return None
+        out = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return out
+
+    def interrupt_in_3(self, length: int) -> Optional[bytes]:
+        return self.notifications.popleft() if self.notifications else None
+
+    def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        if setup.bRequest == self.SET_LINE_CODING and len(data) == 7:
+            self.line_coding = bytes(data)
+            return None
+        if setup.bRequest == self.SET_CONTROL_LINE_STATE:
+            self.control_line_state = setup.wValue & 3
+            if setup.wValue & 1 and len(self.notifications) < 64:  # DTR: report DCD + DSR
+                self.notifications.append(bytes([0xA1, 0x20, 0, 0, 0, 0, 2, 0, 0x03, 0x00]))
+                self.notify(0x83)
+            return None
+        if setup.bRequest == self.SEND_BREAK:
+            return None
+        return False
+
+    def class_request_in(self, setup: Setup) -> Optional[bytes]:
+        if setup.bRequest == self.GET_LINE_CODING:
+            return self.line_coding
+        return None
+
+    @property
+    def baudrate(self) -> int:
+        return struct.unpack_from("<I", self.line_coding)[0]
+
+
+#: The HID 1.11 boot keyboard report descriptor (appendix B.1 / E.6): 8-byte input report
+#: (modifiers, reserved, 6 key codes), 1-byte LED output report.
+KEYBOARD_REPORT_DESCRIPTOR = bytes([
+    0x05, 0x01, 0x09, 0x06, 0xA1, 0x01,              # Usage Page (Desktop), Usage (Keyboard), Collection (App)
+    0x05, 0x07, 0x19, 0xE0, 0x29, 0xE7,              # Usage Page (Keys), Usage Min/Max (modifiers)
+    0x15, 0x00, 0x25, 0x01, 0x75, 0x01, 0x95, 0x08,  # Logical 0..1, size 1, count 8
+    0x81, 0x02,                                      # Input (Data, Var, Abs): modifiers
+    0x95, 0x01, 0x75, 0x08, 0x81, 0x01,              # Input (Const): reserved byte
+    0x95, 0x05, 0x75, 0x01, 0x05, 0x08, 0x19, 0x01, 0x29, 0x05,  # 5 LEDs
+    0x91, 0x02,                                      # Output (Data, Var, Abs)
+    0x95, 0x01, 0x75, 0x03, 0x91, 0x01,              # Output (Const): LED padding
+    0x95, 0x06, 0x75, 0x08, 0x15, 0x00, 0x25, 0x65,  # 6 keys, 0..101
+    0x05, 0x07, 0x19, 0x00, 0x29, 0x65, 0x81, 0x00,  # Usage Page (Keys), Input (Data, Array)
+    0xC0,                                            # End Collection
+])
+
+_KEYCODES: Dict[str, tuple] = {}
+for _i, _c in enumerate("abcdefghijklmnopqrstuvwxyz"):
+    _KEYCODES[_c] = (0x04 + _i, 0)
+    _KEYCODES[_c.upper()] = (0x04 + _i, 0x02)
+for _i, _c in enumerate("1234567890"):
+    _KEYCODES[_c] = (0x1E + _i, 0)
+for _c, _code in (("\n", 0x28), ("\t", 0x2B), (" ", 0x2C), ("-", 0x2D), ("=", 0x2E), (".", 0x37),
+                  (",", 0x36), ("/", 0x38), (";", 0x33)):
+    _KEYCODES[_c] = (_code, 0)
+
+
+class HidKeyboard(Device):
+    """A HID boot keyboard: reports on interrupt IN 0x81, LED output reports on interrupt OUT 0x02.
+
+    Python code injects keys with :meth:`send_report`, :meth:`press` or :meth:`type_text`; the
+    reports queue up (at most 1024) until the host reads them. :attr:`leds` holds the last LED
+    report (from interrupt OUT or SET_REPORT).
+    """
+
+    pid = 0x0003
+    product = "USB/IP HID keyboard"
+    interfaces = [
+        Interface(0, cls=0x03, subclass=0x01, protocol=0x01, name="Keyboard",
+                  hid_report=KEYBOARD_REPORT_DESCRIPTOR,
+                  endpoints=[Interrupt(0x81, 8), Interrupt(0x02, 8)]),
+    ]
+    GET_REPORT, GET_IDLE, GET_PROTOCOL = 0x01, 0x02, 0x03
+    SET_REPORT, SET_IDLE, SET_PROTOCOL = 0x09, 0x0A, 0x0B
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.reports: Deque[bytes] = collections.deque(maxlen=1024)
+        self.current = bytes(8)
+        self.leds = 0
+        self.idle = 0
+        self.protocol = 1  # report protocol
+
+    def on_reset(self) -> None:
+        self.reports.clear()
+        self.current = bytes(8)
+
+    def send_report(self, modifiers: int = 0, keys: Sequence[int] = ()) -> None:
+        """Queue one 8-byte input report (safe from any thread)."""
+        keys = list(keys)[:6]
+        report = bytes([modifiers & 0xFF, 0, *keys, *([0] * (6 - len(keys)))])
+        with self.lock:
+            self.reports.append(report)
+            self.notify(0x81)
+
+    def press(self, keycode: int, modifiers: int = 0) -> None:
+        """A key press and its release: two reports."""
+        self.send_report(modifiers, [keycode])
+        self.send_report(0, [])
+
+    def type_text(self, text: str) -> None:
+        for ch in text:
+            code, mods = _KEYCODES[ch]
+            self.press(code, mods)
+
+    def interrupt_in_1(self, length: int) -> Optional[bytes]:
+        if not self.reports:
+            return None
+        self.current = self.reports.popleft()
+        return self.current
+
+    def interrupt_out_2(self, data: bytearray) -> None:
+        if data:
+            self.leds = data[0]
+
+    def class_request_in(self, setup: Setup) -> Optional[bytes]:
+        if setup.bRequest == self.GET_REPORT:
+            return self.current if setup.wValue >> 8 == 1 else None
+        if setup.bRequest == self.GET_IDLE:
+            return bytes([self.idle])
+        if setup.bRequest == self.GET_PROTOCOL:
+            return bytes([self.protocol])
+        return None
+
+    def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        if setup.bRequest == self.SET_REPORT and data:
+            self.leds = data[0]
+            return None
+        if setup.bRequest == self.SET_IDLE:
+            self.idle = setup.wValue >> 8
+            return None
+        if setup.bRequest == self.SET_PROTOCOL:
+            self.protocol = setup.wValue & 1
+            return None
+        return False
+
+
+class IsoDevice(Device):
+    """Isochronous IN 0x81 / OUT 0x01 on interface 0 alternate setting 1 (alt 0 has none).
+
+    ISO OUT packets are kept (at most 1024) and come back on ISO IN, one per requested packet;
+    when none is stored, a packet is filled with its sequence number (``seq & 0xFF``) to the full
+    requested length. :attr:`received` counts the ISO OUT packets.
+    """
+
+    pid = 0x0004
+    product = "USB/IP isochronous"
+    interfaces = [
+        Interface(0, alt=0, name="Isochronous (idle)"),
+        Interface(0, alt=1, name="Isochronous streaming",
+                  endpoints=[Iso(0x81, 1024, 1), Iso(0x01, 1024, 1)]),
+    ]
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.stored: Deque[bytes] = collections.deque(maxlen=1024)
+        self.sequence = 0
+        self.received = 0
+
+    def on_reset(self) -> None:
+        self.stored.clear()
+
+    def iso_out_1(self, packets: List[bytes]) -> None:
+        self.stored.extend(packets)
+        self.received += len(packets)
+
+    def iso_in_1(self, packet_lengths: List[int]) -> List[bytes]:
+        out = []
+        for n in packet_lengths:
+            if self.stored:
+                out.append(self.stored.popleft())
+            else:
+                out.append(bytes([self.sequence & 0xFF]) * n)
+            self.sequence += 1
+        return out
+
+
+STOCK = {
+    "loopback": LoopbackDevice,
+    "acm": CdcAcmDevice,
+    "hid": HidKeyboard,
+    "iso": IsoDevice,
+}
+
+
+def stock_devices(names: Sequence[str] = ("loopback", "acm", "hid", "iso"), count: int = 1) -> List[Device]:
+    """Fresh instances of the stock devices: copy ``c`` (0-based) on bus ``c + 1``, busids
+    ``"<bus>-<port>"`` with ports 1, 2, ... in the order of ``names``."""
+    devices: List[Device] = []
+    for copy in range(count):
+        for port, name in enumerate(names, start=1):
+            try:
+                cls = STOCK[name]
+            except KeyError:
+                raise ValueError(f"unknown stock device {name!r} (known: {', '.join(STOCK)})") from None
+            devices.append(cls(busid=f"{copy + 1}-{port}"))
+    return devices
+
+
+__all__ = ["LoopbackDevice", "CdcAcmDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
+           "pattern", "KEYBOARD_REPORT_DESCRIPTOR", "TransferType"]

@@ -1,0 +1,685 @@
+"""The virtual USB/IP server: usbipd + usbip-host (stub mode) behaviour over real TCP.
+
+One accept thread; one thread per TCP connection. A connection carries one OP_* request (as with
+usbipd) and is then closed, except a successful OP_REQ_IMPORT, after which the same connection
+carries the URB stream (CMD_SUBMIT / CMD_UNLINK) and its thread is the reader. Pending IN URBs are
+completed later from whatever thread calls ``Device.notify``; every reply goes out under the
+connection's send lock while the device lock is held, so a RET_UNLINK(0) can never overtake the
+RET_SUBMIT of the URB it names.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import threading
+from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence
+
+from .. import protocol as P
+from ..protocol import (
+    CMD_SUBMIT_STRUCT, ISO_PACKET_STRUCT, OP_COMMON_STRUCT, RET_SUBMIT_STRUCT, RET_UNLINK_STRUCT,
+    USBIP_CMD_SUBMIT, USBIP_CMD_UNLINK, USBIP_RET_SUBMIT, USBIP_RET_UNLINK, TransferType,
+)
+from .device import (
+    HUB_PORT_RESET, FEATURE_ENDPOINT_HALT, REQ_CLEAR_FEATURE, REQ_SET_CONFIGURATION, REQ_SET_FEATURE,
+    REQ_SET_INTERFACE, Device, Setup, Stall,
+)
+
+log = logging.getLogger(__name__)
+
+#: Largest transfer_buffer_length accepted; larger (or negative) drops the connection, as the
+#: kernel does for absurd lengths (it never allocates them).
+MAX_TRANSFER = 16 * 1024 * 1024
+
+# Linux errno values as sent on the wire (negative in RET_SUBMIT.status).
+EPIPE = -32
+EOVERFLOW = -75
+ECONNRESET = -104
+ESHUTDOWN = -108
+EREMOTEIO = -121
+EPROTO = -71
+
+_EMPTY = b""
+
+
+class _DropConnection(Exception):
+    """The peer broke the protocol: close the connection (as the stub does)."""
+
+
+class _Urb:
+    """A URB held by the server because the device had no data yet."""
+
+    __slots__ = ("seqnum", "address", "kind", "length", "flags", "iso", "handler")
+
+    def __init__(self, seqnum: int, address: int, kind: int, length: int, flags: int,
+                 iso: Optional[List[tuple]], handler: Any) -> None:
+        self.seqnum = seqnum
+        self.address = address
+        self.kind = kind
+        self.length = length
+        self.flags = flags
+        self.iso = iso  # [(offset, length)] for ISO IN
+        self.handler = handler  # None: nonexistent endpoint, never completes
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
+    """Fill ``view`` from the socket; False on EOF before the first byte... or mid-way."""
+    got = 0
+    size = len(view)
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
+class _Connection:
+    """One TCP connection: the OP exchange, then (after an import) the URB stream."""
+
+    def __init__(self, server: "SimServer", sock: socket.socket, peer: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.peer = peer
+        self.send_lock = threading.Lock()
+        self.device: Optional[Device] = None
+        self.devid = 0
+        self.pending: Dict[int, _Urb] = {}
+        self.queues: Dict[int, Deque[_Urb]] = collections.defaultdict(collections.deque)
+        self.frame = 0
+        self.thread = threading.Thread(target=self._run, name=f"usbip-sim-conn-{peer[1]}", daemon=True)
+
+    # -- sending -------------------------------------------------------------------------------------
+    def _send(self, header: bytes, data: Any = None) -> None:
+        with self.send_lock:
+            try:
+                if data:
+                    total = len(header) + len(data)
+                    sent = self.sock.sendmsg([header, data])
+                    if sent < total:
+                        rest = memoryview(b"".join([header, bytes(data)]))[sent:]
+                        self.sock.sendall(rest)
+                else:
+                    self.sock.sendall(header)
+            except OSError as exc:
+                log.debug("send to %s failed: %s", self.peer, exc)
+
+    def _ret_submit(self, seqnum: int, status: int, actual: int, data: Any = None,
+                    start_frame: int = 0, npk: int = 0, errors: int = 0) -> None:
+        # The stub replies with devid, direction and ep 0 (usbip_protocol.rst, USBIP_RET_SUBMIT).
+        self._send(RET_SUBMIT_STRUCT.pack(USBIP_RET_SUBMIT, seqnum, 0, 0, 0, status, actual,
+                                          start_frame, npk, errors), data)
+
+    def _ret_unlink(self, seqnum: int, status: int) -> None:
+        self._send(RET_UNLINK_STRUCT.pack(USBIP_RET_UNLINK, seqnum, 0, 0, 0, status))
+
+    # -- thread body ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self._serve_op()
+        except (OSError, _DropConnection) as exc:
+            log.debug("connection %s: %s", self.peer, exc)
+        except Exception:  # pragma: no cover - a bug in a device must not kill the server
+            log.exception("connection %s failed", self.peer)
+        finally:
+            self._detach()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.server._forget(self)
+
+    def _serve_op(self) -> None:
+        head = bytearray(OP_COMMON_STRUCT.size)
+        if not _recv_exact(self.sock, memoryview(head)):
+            return
+        version, code, _status = OP_COMMON_STRUCT.unpack(head)
+        if version != P.USBIP_VERSION:
+            # usbipd (recv_request_op_common) closes on a version mismatch without a reply.
+            log.info("%s: USB/IP version 0x%04x, closing", self.peer, version)
+            return
+        if code == P.OP_REQ_DEVLIST:
+            self.sock.sendall(P.pack_rep_devlist(self.server.exported_records()))
+            return
+        if code != P.OP_REQ_IMPORT:
+            log.info("%s: unknown OP code 0x%04x, closing", self.peer, code)
+            return
+        raw = bytearray(P.SYSFS_BUS_ID_SIZE)
+        if not _recv_exact(self.sock, memoryview(raw)):
+            return
+        try:
+            busid = P.unpack_req_import(bytes(raw))
+        except P.ProtocolError:
+            return
+        status, device = self.server._claim(busid, self)
+        if status != P.Status.ST_OK or device is None:
+            log.info("%s: import of %s refused: %s", self.peer, busid, P.status_text(status))
+            self.sock.sendall(P.pack_rep_import(None, status))
+            return
+        record = self.server.record(device)
+        self.devid = record.devid
+        self.sock.sendall(P.pack_rep_import(record))
+        log.info("%s imported %s (%s)", self.peer, busid, type(device).__name__)
+        self._serve_urbs()
+
+    def _detach(self) -> None:
+        device = self.device
+        if device is None:
+            return
+        with device.lock:
+            self.pending.clear()
+            self.queues.clear()
+            device._conn = None
+            # On disconnect the stub resets the device (usb_reset_device keeps the configuration).
+            device._bus_reset(keep_configuration=True)
+        self.device = None
+        self.server._release(device)
+        log.info("%s released %s", self.peer, device.busid)
+
+    # -- URB stream ----------------------------------------------------------------------------------
+    def _serve_urbs(self) -> None:
+        sock = self.sock
+        header = bytearray(48)
+        hview = memoryview(header)
+        unpack = CMD_SUBMIT_STRUCT.unpack_from
+        device = self.device
+        assert device is not None
+        while True:
+            if not _recv_exact(sock, hview):
+                return
+            (command, seqnum, devid, direction, ep, flags, length, start_frame, npk, interval,
+             setup) = unpack(header)
+            if command == USBIP_CMD_SUBMIT:
+                if devid != self.devid:
+                    # stub_rx.c: a devid that is not ours is a fatal protocol error.
+                    raise _DropConnection(f"CMD_SUBMIT seqnum {seqnum} has devid 0x{devid:08x}, "
+                                          f"expected 0x{self.devid:08x}")
+                if direction > 1 or ep > 15:
+                    raise _DropConnection(f"CMD_SUBMIT direction {direction} ep {ep} invalid")
+                if length < 0 or length > MAX_TRANSFER:
+                    raise _DropConnection(f"CMD_SUBMIT transfer_buffer_length {length} out of range")
+                self._submit(seqnum, direction, ep, flags, length, npk, interval, setup)
+            elif command == USBIP_CMD_UNLINK:
+                if devid != self.devid:
+                    raise _DropConnection(f"CMD_UNLINK seqnum {seqnum} has devid 0x{devid:08x}")
+                self._unlink(seqnum, flags)  # the unlink_seqnum sits where transfer_flags does
+            else:
+                raise _DropConnection(f"unknown URB command 0x{command:08x}")
+
+    def _read_data(self, length: int) -> bytearray:
+        data = bytearray(length)
+        if length and not _recv_exact(self.sock, memoryview(data)):
+            raise _DropConnection("connection closed inside OUT data")
+        return data
+
+    def _submit(self, seqnum: int, direction: int, ep: int, flags: int, length: int, npk: int,
+                interval: int, setup: bytes) -> None:
+        device = self.device
+        assert device is not None
+        if ep == 0:
+            data = self._read_data(length) if direction == 0 else None
+            self._control(seqnum, setup, direction, length, data)
+            return
+        address = ep | 0x80 if direction else ep
+        with device.lock:
+            entry = device.endpoints().get(address)
+        if entry is None:
+            self._no_endpoint(seqnum, address, direction, length, npk)
+            return
+        decl, handler = entry
+        kind = decl.type
+        if handler is None:
+            # Declared endpoint whose handler method is absent: the capability is absent (stall).
+            if direction == 0:
+                self._read_data(length)
+            if kind == TransferType.ISOCHRONOUS and 0 < npk <= P.MAX_ISO_PACKETS:
+                self._read_data(npk * P.ISO_PACKET_SIZE)
+            self._ret_submit(seqnum, EPIPE, 0, npk=max(npk, 0) if kind == TransferType.ISOCHRONOUS else 0)
+            return
+        if kind in (TransferType.INTERRUPT, TransferType.ISOCHRONOUS) and interval <= 0:
+            # usb_submit_urb() rejects interval 0 for periodic endpoints; the stub then drops the
+            # connection (SDEV_EVENT_ERROR_SUBMIT) and resets the device.
+            log.warning("%s: URB seqnum %d to periodic endpoint 0x%02x with interval %d: "
+                        "usb_submit_urb fails, dropping the connection", self.peer, seqnum, address, interval)
+            raise _DropConnection("interval 0 on a periodic endpoint")
+        iso = None
+        if kind == TransferType.ISOCHRONOUS:
+            if npk <= 0 or npk > P.MAX_ISO_PACKETS:
+                raise _DropConnection(f"ISO URB seqnum {seqnum} with {npk} packets")
+        if direction == 0:
+            data = self._read_data(length)
+            if kind == TransferType.ISOCHRONOUS:
+                iso = self._read_iso(npk, length)
+            with device.lock:
+                self._out(seqnum, address, kind, handler, data, iso)
+            return
+        if kind == TransferType.ISOCHRONOUS:
+            iso = self._read_iso(npk, length)
+        urb = _Urb(seqnum, address, kind, length, flags, iso, handler)
+        with device.lock:
+            if address in device.halted:
+                self._ret_submit(seqnum, EPIPE, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+                return
+            if self.queues.get(address) or not self._try_in(urb):
+                self.pending[seqnum] = urb
+                self.queues[address].append(urb)
+
+    def _read_iso(self, npk: int, length: int) -> List[tuple]:
+        raw = self._read_data(npk * P.ISO_PACKET_SIZE)
+        packets = []
+        for i in range(npk):
+            offset, plen, _actual, _status = ISO_PACKET_STRUCT.unpack_from(raw, i * P.ISO_PACKET_SIZE)
+            if offset + plen > length:
+                raise _DropConnection(f"ISO packet {i} ({offset}+{plen}) beyond buffer {length}")
+            packets.append((offset, plen))
+        return packets
+
+    def _frame(self, urb: _Urb) -> int:
+        return self.frame if urb.kind == TransferType.ISOCHRONOUS else 0
+
+    @staticmethod
+    def _npk(urb: _Urb) -> int:
+        return len(urb.iso) if urb.iso is not None else 0
+
+    def _no_endpoint(self, seqnum: int, address: int, direction: int, length: int, npk: int) -> None:
+        """A URB to an endpoint the active configuration lacks (stub_rx.c get_pipe fails)."""
+        if npk > 0:
+            # The stub returns without reading the ISO descriptors either: the stream desyncs.
+            log.warning("%s: ISO URB seqnum %d to nonexistent endpoint 0x%02x: dropping the "
+                        "connection as the kernel stub does", self.peer, seqnum, address)
+            raise _DropConnection("ISO URB to a nonexistent endpoint")
+        if direction == 0 and length:
+            # The stub does not read the OUT data, so the stream desynchronises and drops.
+            log.warning("%s: OUT URB seqnum %d to nonexistent endpoint 0x%02x: dropping the "
+                        "connection as the kernel stub does", self.peer, seqnum, address)
+            raise _DropConnection("OUT to a nonexistent endpoint")
+        log.info("%s: URB seqnum %d to nonexistent endpoint 0x%02x: never answered (unlink it)",
+                 self.peer, seqnum, address)
+        device = self.device
+        assert device is not None
+        with device.lock:
+            urb = _Urb(seqnum, address, TransferType.BULK, length, 0, None, None)
+            self.pending[seqnum] = urb
+            self.queues[-1].append(urb)
+
+    # -- OUT ---------------------------------------------------------------------------------------
+    def _out(self, seqnum: int, address: int, kind: int, handler: Any, data: bytearray,
+             iso: Optional[List[tuple]]) -> None:
+        device = self.device
+        assert device is not None
+        if address in device.halted:
+            self._ret_submit(seqnum, EPIPE, 0, npk=len(iso) if iso else 0,
+                             start_frame=self.frame if iso else 0)
+            return
+        if handler is None:
+            self._ret_submit(seqnum, EPIPE, 0, npk=len(iso) if iso else 0)
+            return
+        if iso is not None:
+            packets = [bytes(data[o:o + n]) for o, n in iso]
+            status = self._call(handler, address, packets)
+            descs = b"".join(ISO_PACKET_STRUCT.pack(o, n, n if status == 0 else 0, status) for o, n in iso)
+            actual = sum(n for _o, n in iso) if status == 0 else 0
+            frame = self.frame
+            self.frame = (self.frame + len(iso)) & 0x3FFF
+            self._ret_submit(seqnum, status, actual, descs, start_frame=frame, npk=len(iso),
+                             errors=0 if status == 0 else len(iso))
+            return
+        status = self._call(handler, address, data)
+        self._ret_submit(seqnum, status, len(data) if status == 0 else 0)
+
+    def _call(self, handler: Any, address: int, arg: Any) -> int:
+        """Run an OUT handler; return the URB status."""
+        device = self.device
+        assert device is not None
+        try:
+            result = handler(arg)
+        except Stall:
+            device.halted.add(address)
+            return EPIPE
+        except Exception:
+            log.exception("%r: handler for endpoint 0x%02x failed", device, address)
+            return EPROTO
+        return EPIPE if result is False else 0
+
+    # -- IN ----------------------------------------------------------------------------------------
+    def _try_in(self, urb: _Urb) -> bool:
+        """Ask the device for data; send RET_SUBMIT and return True, or False to keep it pending.
+
+        Called with the device lock held.
+        """
+        device = self.device
+        assert device is not None
+        handler = urb.handler
+        if handler is None:
+            return False
+        if urb.address in device.halted:
+            self._ret_submit(urb.seqnum, EPIPE, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            return True
+        try:
+            result = handler([n for _o, n in urb.iso] if urb.iso is not None else urb.length)
+        except Stall:
+            device.halted.add(urb.address)
+            self._ret_submit(urb.seqnum, EPIPE, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            return True
+        except Exception:
+            log.exception("%r: handler for endpoint 0x%02x failed", device, urb.address)
+            self._ret_submit(urb.seqnum, EPROTO, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            return True
+        if result is None:
+            return False
+        if urb.iso is not None:
+            self._complete_iso_in(urb, result)
+            return True
+        status = 0
+        if len(result) > urb.length:
+            # Babble: the device sent more than the buffer holds; the buffer is filled.
+            result = memoryview(result)[:urb.length]
+            status = EOVERFLOW
+        elif len(result) < urb.length and urb.flags & P.USBIP_URB_SHORT_NOT_OK:
+            status = EREMOTEIO
+        self._ret_submit(urb.seqnum, status, len(result), result)
+        return True
+
+    def _complete_iso_in(self, urb: _Urb, packets: Sequence[bytes]) -> None:
+        assert urb.iso is not None
+        chunks = []
+        descs = []
+        errors = 0
+        actual_total = 0
+        for i, (offset, plen) in enumerate(urb.iso):
+            data = packets[i] if i < len(packets) else b""
+            status = 0
+            if len(data) > plen:
+                data = data[:plen]
+                status = EOVERFLOW
+                errors += 1
+            chunks.append(data)
+            actual_total += len(data)
+            descs.append(ISO_PACKET_STRUCT.pack(offset, plen, len(data), status))
+        # ISO IN data goes back to back (only the actual bytes); the client spreads it by offset.
+        payload = b"".join(chunks) + b"".join(descs)
+        frame = self.frame
+        self.frame = (self.frame + len(urb.iso)) & 0x3FFF
+        self._ret_submit(urb.seqnum, 0, actual_total, payload, start_frame=frame,
+                         npk=len(urb.iso), errors=errors)
+
+    def drain(self, address: int) -> None:
+        """Complete pending URBs of IN ``address`` while the device has data (device lock held)."""
+        queue = self.queues.get(address)
+        while queue:
+            urb = queue[0]
+            if not self._try_in(urb):
+                return
+            queue.popleft()
+            self.pending.pop(urb.seqnum, None)
+
+    def fail_pending(self, address: int, status: int) -> None:
+        """Complete every pending URB of ``address`` with ``status`` (device lock held)."""
+        queue = self.queues.pop(address, None)
+        for urb in queue or ():
+            self.pending.pop(urb.seqnum, None)
+            self._ret_submit(urb.seqnum, status, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+
+    def _fail_all_endpoints(self, status: int) -> None:
+        for address in [a for a in self.queues if a != -1]:
+            self.fail_pending(address, status)
+
+    # -- unlink --------------------------------------------------------------------------------------
+    def _unlink(self, seqnum: int, target: int) -> None:
+        device = self.device
+        assert device is not None
+        with device.lock:
+            urb = self.pending.pop(target, None)
+            if urb is None:
+                # Already completed (its RET_SUBMIT went out first) or unknown: status 0.
+                self._ret_unlink(seqnum, 0)
+                return
+            queue = self.queues.get(urb.address if urb.handler is not None else -1)
+            if queue is not None:
+                try:
+                    queue.remove(urb)
+                except ValueError:
+                    pass
+            # Cancelled: RET_UNLINK carries the CMD_UNLINK's own seqnum and -ECONNRESET, and no
+            # RET_SUBMIT is ever sent for the unlinked URB (usbip_protocol.rst, USBIP_RET_UNLINK).
+            self._ret_unlink(seqnum, ECONNRESET)
+
+    # -- control -------------------------------------------------------------------------------------
+    def _control(self, seqnum: int, raw_setup: bytes, direction: int, length: int,
+                 data: Optional[bytearray]) -> None:
+        device = self.device
+        assert device is not None
+        setup = Setup.unpack(raw_setup)
+        with device.lock:
+            if direction == 1:
+                try:
+                    result = device._control_in(setup)
+                except Stall:
+                    result = None
+                except Exception:
+                    log.exception("%r: control IN %s failed", device, setup)
+                    result = None
+                if result is None:
+                    self._ret_submit(seqnum, EPIPE, 0)
+                    return
+                limit = min(length, setup.wLength)
+                if len(result) > limit:
+                    result = result[:limit]
+                self._ret_submit(seqnum, 0, len(result), result)
+                return
+            payload = bytes(data or b"")
+            try:
+                ok = self._control_out(device, setup, payload)
+            except Stall:
+                ok = False
+            except Exception:
+                log.exception("%r: control OUT %s failed", device, setup)
+                ok = False
+            self._ret_submit(seqnum, 0 if ok else EPIPE, len(payload) if ok else 0)
+
+    def _control_out(self, device: Device, setup: Setup, data: bytes) -> bool:
+        """The requests the stub intercepts (stub_rx.c tweak_special_requests), then the device."""
+        req, rtype = setup.bRequest, setup.bmRequestType
+        if rtype == 0x00 and req == REQ_SET_CONFIGURATION:
+            self._fail_all_endpoints(ESHUTDOWN)
+            return device._set_configuration(setup.wValue & 0xFF)
+        if rtype == 0x01 and req == REQ_SET_INTERFACE:
+            itf = device.find_interface(setup.wIndex, device.alt_settings.get(setup.wIndex, 0))
+            if not device.configuration or device.find_interface(setup.wIndex, setup.wValue) is None:
+                return False
+            for ep in itf.endpoints if itf else ():
+                self.fail_pending(ep.address, ESHUTDOWN)
+            return device._set_interface(setup.wIndex, setup.wValue)
+        if rtype == 0x02 and req == REQ_CLEAR_FEATURE and setup.wValue == FEATURE_ENDPOINT_HALT:
+            address = setup.wIndex & 0xFF
+            if address & 0x7F == 0:
+                return True
+            if address not in device.endpoints():
+                return False
+            device.halted.discard(address)
+            if address & 0x80:
+                self.drain(address)
+            return True
+        if rtype == 0x23 and req == REQ_SET_FEATURE and setup.wValue == HUB_PORT_RESET:
+            # SET_PORT_FEATURE(PORT_RESET): Linux's vhci asks the stub to reset the device.
+            self._fail_all_endpoints(ESHUTDOWN)
+            device._bus_reset(keep_configuration=self.server.reset_keeps_configuration)
+            return True
+        return device._control_out(setup, data)
+
+
+class SimServer:
+    """A virtual USB/IP server on a real TCP socket.
+
+    Args:
+        devices: the devices to export (their ``busid`` set, or assigned "1-1", "1-2", ...);
+            None exports the stock set (:func:`usbip_backend.sim.devices.stock_devices`).
+        host, port: where to listen; port 0 picks a free port (see :attr:`port`).
+        reset_keeps_configuration: what SET_PORT_FEATURE(PORT_RESET) does to the configuration.
+            True (default) is the kernel's usb_reset_device(), which re-applies the configuration
+            and alternate settings; False leaves the device unconfigured like a bare bus reset.
+    """
+
+    def __init__(self, devices: Optional[Iterable[Device]] = None, host: str = "127.0.0.1",
+                 port: int = 0, reset_keeps_configuration: bool = True) -> None:
+        if devices is None:
+            from .devices import stock_devices
+            devices = stock_devices()
+        self.devices: List[Device] = list(devices)
+        seen = set()
+        for i, dev in enumerate(self.devices):
+            if dev.busid is None:
+                dev.busid = f"1-{i + 1}"
+            if dev.busid in seen:
+                raise ValueError(f"duplicate busid {dev.busid!r}")
+            seen.add(dev.busid)
+        self.host = host
+        self._requested_port = port
+        self.reset_keeps_configuration = reset_keeps_configuration
+        self._lock = threading.Lock()
+        self._owners: Dict[str, _Connection] = {}
+        self._conns: set = set()
+        self._listener: Optional[socket.socket] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+        self.port = 0
+        self._records: Dict[str, P.UsbDevice] = {}
+        devnums: Dict[int, int] = {}
+        for dev in self.devices:
+            busnum = self._busnum(dev.busid or "1-1")
+            devnums[busnum] = devnums.get(busnum, 1) + 1
+            self._records[dev.busid or ""] = P.UsbDevice(
+                path=f"/sys/devices/platform/usbip-sim/usb{busnum}/{dev.busid}", busid=dev.busid or "",
+                busnum=busnum, devnum=devnums[busnum], speed=int(dev.speed), idVendor=dev.vid,
+                idProduct=dev.pid, bcdDevice=dev.bcd_device, bDeviceClass=dev.device_triple[0],
+                bDeviceSubClass=dev.device_triple[1], bDeviceProtocol=dev.device_triple[2],
+                bConfigurationValue=0, bNumConfigurations=1, bNumInterfaces=0)
+
+    @staticmethod
+    def _busnum(busid: str) -> int:
+        head = busid.split("-", 1)[0]
+        return int(head) if head.isdigit() else 1
+
+    def device(self, busid: str) -> Device:
+        """The exported device with this busid (KeyError if none)."""
+        for dev in self.devices:
+            if dev.busid == busid:
+                return dev
+        raise KeyError(busid)
+
+    # -- records -------------------------------------------------------------------------------------
+    def record(self, device: Device) -> P.UsbDevice:
+        """The device's current usbip_usb_device record, with interface triples when configured."""
+        from dataclasses import replace
+        with device.lock:
+            active = device.active_interfaces()
+            ifs = tuple(P.UsbInterface(i.cls, i.subclass, i.protocol) for i in active)
+            return replace(self._records[device.busid or ""], bConfigurationValue=device.configuration,
+                           bNumInterfaces=len(ifs), interfaces=ifs)
+
+    def exported_records(self) -> List[P.UsbDevice]:
+        """What OP_REP_DEVLIST lists: every device no client has imported."""
+        with self._lock:
+            free = [d for d in self.devices if d.busid not in self._owners]
+        return [self.record(d) for d in free]
+
+    def _claim(self, busid: str, conn: _Connection):
+        with self._lock:
+            try:
+                device = self.device(busid)
+            except KeyError:
+                return P.Status.ST_NODEV, None
+            if busid in self._owners or self._stopping.is_set():
+                return P.Status.ST_DEV_BUSY, None
+            self._owners[busid] = conn
+        with device.lock:
+            device._conn = conn
+        conn.device = device
+        return P.Status.ST_OK, device
+
+    def _release(self, device: Device) -> None:
+        with self._lock:
+            self._owners.pop(device.busid or "", None)
+
+    def _forget(self, conn: _Connection) -> None:
+        with self._lock:
+            self._conns.discard(conn)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> "SimServer":
+        """Bind, listen and serve in background threads; returns self."""
+        if self._listener is not None:
+            raise RuntimeError("server already started")
+        listener = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self._requested_port))
+            listener.listen(64)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._accept_thread = threading.Thread(target=self._accept_loop, name=f"usbip-sim-accept-{self.port}",
+                                               daemon=True)
+        self._accept_thread.start()
+        log.info("virtual USB/IP server on %s:%d with %d device(s)", self.host, self.port, len(self.devices))
+        return self
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._stopping.is_set():
+            try:
+                sock, peer = listener.accept()
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                continue
+            if self._stopping.is_set():
+                sock.close()
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            conn = _Connection(self, sock, peer)
+            with self._lock:
+                self._conns.add(conn)
+            conn.thread.start()
+
+    def stop(self) -> None:
+        """Close every connection and the listener; join every thread."""
+        if self._listener is None:
+            return
+        self._stopping.set()
+        listener = self._listener
+        try:
+            listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+        except OSError:
+            pass
+        if self._accept_thread is not None and self._accept_thread.is_alive():
+            try:  # elsewhere accept() may need a connection to wake up
+                with socket.create_connection((self.host, self.port), timeout=1.0):
+                    pass
+            except OSError:
+                pass
+            self._accept_thread.join(timeout=5.0)
+        listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for conn in conns:
+            conn.thread.join(timeout=5.0)
+        self._listener = None
+        self._accept_thread = None
+        log.info("virtual USB/IP server on port %d stopped", self.port)
+
+    def __enter__(self) -> "SimServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
