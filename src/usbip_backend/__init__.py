@@ -1,0 +1,50 @@
+"""A pure-Python PyUSB backend speaking the USB/IP protocol as a client.
+
+::
+
+    import usb.core
+    from usbip_backend import get_backend
+    dev = usb.core.find(backend=get_backend("192.168.1.20"), idVendor=0x303A)
+
+Names are imported lazily (PEP 562), so ``import usbip_backend`` stays cheap and an optional
+dependency (zeroconf for discovery) is only loaded when used. To export another name, add it to
+``_EXPORTS`` (name -> submodule).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict, List
+
+from . import errors
+
+__version__ = "0.1.0"
+
+#: public name -> submodule that defines it
+_EXPORTS: Dict[str, str] = {
+    "get_backend": "backend",
+    "UsbipBackend": "backend",
+    "list_devices": "client",
+    "import_device": "client",
+    "discover": "discovery",
+}
+
+__all__: List[str] = ["errors", "__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .backend import UsbipBackend, get_backend
+    from .client import import_device, list_devices
+    from .discovery import discover
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(__all__))
