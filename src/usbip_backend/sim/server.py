@@ -538,6 +538,7 @@ class SimServer:
         self._requested_port = port
         self.reset_keeps_configuration = reset_keeps_configuration
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
         self._owners: Dict[str, _Connection] = {}
         self._conns: set = set()
         self._listener: Optional[socket.socket] = None
@@ -601,6 +602,13 @@ class SimServer:
     def _release(self, device: Device) -> None:
         with self._lock:
             self._owners.pop(device.busid or "", None)
+            self._released.notify_all()
+
+    def wait_free(self, busid: str, timeout: float = 5.0) -> bool:
+        """Wait until no client holds ``busid`` (a closed client is released by the server's
+        connection thread, a moment after the client closed); True when free."""
+        with self._lock:
+            return self._released.wait_for(lambda: busid not in self._owners, timeout)
 
     def _forget(self, conn: _Connection) -> None:
         with self._lock:
