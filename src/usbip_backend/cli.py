@@ -1,0 +1,1133 @@
+"""``usbip-pyusb-test``: find USB/IP servers, list their devices and talk to one, from a shell.
+
+Also runnable as ``python -m usbip_backend``. Exit codes: 0 ok, 1 the operation failed,
+2 usage error. Ordinary failures print one line on stderr that says what to do; ``-v`` adds
+debug logging and the traceback of unexpected errors. ``--json`` output is documented in the
+README ("Command line", "JSON output") and carries ``"schema": 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import errno
+import json
+import logging
+import socket
+import sys
+import traceback
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import protocol as P
+from .errors import (
+    ConnectionLostError,
+    ImportRefusedError,
+    ProtocolError,
+    UrbError,
+    UsbipError,
+    UsbipTimeoutError,
+    describe_status,
+)
+
+log = logging.getLogger(__name__)
+
+PROG = "usbip-pyusb-test"
+JSON_SCHEMA = 1
+DEFAULT_PORT = P.USBIP_PORT
+DEFAULT_SYSLOG_PORT = 1514
+#: Largest read/control length the CLI accepts (a typo should not allocate gigabytes).
+MAX_LENGTH = 1 << 20
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Names (a few well-known vendors; device classes from usb.org "Defined Class Codes")
+# --------------------------------------------------------------------------------------------
+VENDOR_NAMES = {
+    0x0403: "Future Technology Devices International (FTDI)",
+    0x0483: "STMicroelectronics",
+    0x04B4: "Cypress Semiconductor",
+    0x0525: "Netchip Technology (Linux USB gadget)",
+    0x067B: "Prolific Technology",
+    0x0D28: "ARM (DAPLink)",
+    0x10C4: "Silicon Labs",
+    0x1209: "pid.codes (open source)",
+    0x1366: "SEGGER",
+    0x16C0: "Van Ooijen Technische Informatica (V-USB)",
+    0x1915: "Nordic Semiconductor",
+    0x1A86: "QinHeng Electronics (WCH)",
+    0x1D50: "OpenMoko (open hardware)",
+    0x1D6B: "Linux Foundation",
+    0x1FC9: "NXP Semiconductors",
+    0x2341: "Arduino",
+    0x239A: "Adafruit",
+    0x2E8A: "Raspberry Pi",
+    0x303A: "Espressif Systems",
+    0xCAFE: "TinyUSB example (unregistered)",
+}
+
+CLASS_NAMES = {
+    0x00: "Defined at interface level",
+    0x01: "Audio",
+    0x02: "Communications",
+    0x03: "Human Interface Device",
+    0x05: "Physical",
+    0x06: "Image",
+    0x07: "Printer",
+    0x08: "Mass Storage",
+    0x09: "Hub",
+    0x0A: "CDC Data",
+    0x0B: "Smart Card",
+    0x0D: "Content Security",
+    0x0E: "Video",
+    0x0F: "Personal Healthcare",
+    0x10: "Audio/Video",
+    0x11: "Billboard",
+    0x12: "USB Type-C Bridge",
+    0xDC: "Diagnostic",
+    0xE0: "Wireless Controller",
+    0xEF: "Miscellaneous",
+    0xFE: "Application Specific",
+    0xFF: "Vendor Specific",
+}
+
+SPEED_TEXT = {
+    P.Speed.UNKNOWN: ("unknown", ""),
+    P.Speed.LOW: ("low", "1.5 Mb/s"),
+    P.Speed.FULL: ("full", "12 Mb/s"),
+    P.Speed.HIGH: ("high", "480 Mb/s"),
+    P.Speed.WIRELESS: ("wireless", "480 Mb/s"),
+    P.Speed.SUPER: ("super", "5 Gb/s"),
+    P.Speed.SUPER_PLUS: ("super-plus", "10 Gb/s"),
+}
+
+TRANSFER_NAMES = {0: "control", 1: "isochronous", 2: "bulk", 3: "interrupt"}  # bmAttributes & 3
+
+
+def vendor_name(vid: int) -> Optional[str]:
+    return VENDOR_NAMES.get(vid)
+
+
+def class_name(code: int) -> str:
+    return CLASS_NAMES.get(code, f"class 0x{code:02x}")
+
+
+def speed_name(speed: int) -> str:
+    try:
+        return SPEED_TEXT[P.Speed(speed)][0]
+    except ValueError:
+        return f"speed {speed}"
+
+
+def bcd(value: int) -> str:
+    """0x0200 -> '2.00'."""
+    return f"{(value >> 8) & 0xFF:x}.{value & 0xFF:02x}"
+
+
+def hexdump(data: bytes, indent: str = "  ") -> str:
+    """``0000  12 01 00 02 ...  |......|`` lines, 16 bytes each."""
+    if not data:
+        return f"{indent}(no data)"
+    lines = []
+    for off in range(0, len(data), 16):
+        chunk = bytes(data[off:off + 16])
+        hexpart = " ".join(f"{b:02x}" for b in chunk[:8])
+        if len(chunk) > 8:
+            hexpart += "  " + " ".join(f"{b:02x}" for b in chunk[8:])
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
+        lines.append(f"{indent}{off:04x}  {hexpart:<48}  |{text}|")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and argument types
+# --------------------------------------------------------------------------------------------
+class CliError(Exception):
+    """A failure to report as one line; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def number(text: str) -> int:
+    """argparse type: ``0x1f``, ``0b101``, ``0o17`` or decimal (``010`` is ten)."""
+    text = text.strip().replace("_", "")
+    try:
+        if text.lower().startswith(("0x", "0b", "0o", "-0x")):
+            return int(text, 0)
+        return int(text, 10)
+    except ValueError:
+        hint = f" (write hex as 0x{text})" if all(c in "0123456789abcdefABCDEF" for c in text) and text else ""
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}{hint}") from None
+
+
+def _ranged(name: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = number(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{name} {text} out of range {lo:#x}..{hi:#x}")
+        return value
+    parse.__name__ = name
+    return parse
+
+
+u8 = _ranged("8-bit value", 0, 0xFF)
+u16 = _ranged("16-bit value", 0, 0xFFFF)
+port_number = _ranged("port", 0, 0xFFFF)
+length_arg = _ranged("length", 0, MAX_LENGTH)
+
+
+def endpoint_arg(text: str) -> int:
+    value = number(text)
+    if not 0 <= value <= 0xFF or (value & 0x0F) == 0 or (value & 0x70):
+        raise argparse.ArgumentTypeError(
+            f"invalid endpoint address {text!r}: use 0x01..0x0f for OUT, 0x81..0x8f for IN")
+    return value
+
+
+def hex_data(text: str) -> bytes:
+    cleaned = text.replace(" ", "").replace(":", "").replace("-", "")
+    if cleaned.lower().startswith("0x"):
+        cleaned = cleaned[2:]
+    try:
+        data = bytes.fromhex(cleaned)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid hex data {text!r} (example: --data-hex 'de ad be ef')") from None
+    if len(data) > MAX_LENGTH:
+        raise argparse.ArgumentTypeError(f"hex data longer than {MAX_LENGTH} bytes")
+    return data
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a time must be >= 0")
+    return value
+
+
+def milliseconds(text: str) -> int:
+    value = number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("a timeout must be >= 0 ms (0 waits forever)")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Run context: server address, capture, syslog, backend
+# --------------------------------------------------------------------------------------------
+class Context:
+    """What one command run needs; ``close()`` releases everything it opened."""
+
+    def __init__(self, args: argparse.Namespace, out, err) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.json = bool(getattr(args, "json", False))
+        self._server: Optional[Tuple[str, int]] = None
+        self._pcap = None
+        self._syslog = None
+        self._backends: List[Any] = []
+
+    # -- output --
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def note(self, text: str) -> None:
+        """A remark for the person (stderr), kept out of stdout so --json stays parseable."""
+        print(text, file=self.err)
+
+    def emit_json(self, obj: Dict[str, Any]) -> None:
+        doc = {"schema": JSON_SCHEMA, "command": self.args.command}
+        doc.update(obj)
+        print(json.dumps(doc, indent=2), file=self.out)
+
+    # -- server --
+    def server(self) -> Tuple[str, int]:
+        """``(host, port)`` from --host/--port, or the only server mDNS finds."""
+        if self._server is None:
+            host, port = self.args.host, self.args.port
+            if host is None:
+                from .discovery import resolve_single_server
+
+                mdns_timeout = self.args.mdns_timeout
+                self.note(f"no --host given: looking for USB/IP servers with mDNS for {mdns_timeout:g} s ...")
+                info = resolve_single_server(timeout=mdns_timeout, interfaces=self.args.mdns_interface or None)
+                host = info.address
+                if port is None:
+                    port = info.port
+                self.note(f"using {info.name} ({info.host}) at {host}:{port}, the only server found")
+            self._server = (host, DEFAULT_PORT if port is None else port)
+        return self._server
+
+    def where(self) -> str:
+        if self._server is None:
+            return f"{self.args.host or '(mDNS)'}:{self.args.port or DEFAULT_PORT}"
+        host, port = self._server
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    # -- capture --
+    def pcap(self):
+        """The PcapWriter for --pcap (created on first use), or None."""
+        if self._pcap is None and self.args.pcap:
+            from .pcap import PcapWriter
+
+            try:
+                self._pcap = PcapWriter(self.args.pcap)
+            except OSError as exc:
+                raise CliError(f"cannot open capture file {self.args.pcap}: {exc.strerror or exc}") from exc
+            self.note(f"capturing to {self.args.pcap} (open it in Wireshark)")
+        return self._pcap
+
+    def start_syslog(self) -> None:
+        if not self.args.syslog or self._syslog is not None:
+            return
+        from .syslog import SyslogReceiver
+
+        host, _ = self.server()
+        port = self.args.syslog_port
+        self._syslog = SyslogReceiver(host, port=port, pcap=self.pcap())
+        self._syslog.start()
+        log.debug("syslog receiver started for %s:%d", host, port)
+
+    def backend(self, busids: Optional[Sequence[str]] = None):
+        from .backend import get_backend
+
+        host, port = self.server()
+        be = get_backend(host, port, timeout=self.args.timeout, busids=list(busids) if busids else None,
+                         pcap=self.pcap())
+        if be is None:
+            raise CliError(f"could not create a USB/IP backend for {self.where()}")
+        self._backends.append(be)
+        return be
+
+    def close(self) -> None:
+        for be in reversed(self._backends):
+            try:
+                be.close()
+            except Exception:  # noqa: BLE001 - closing must go on
+                log.debug("closing backend failed", exc_info=True)
+        self._backends.clear()
+        if self._syslog is not None:
+            try:
+                self._syslog.stop()
+            except Exception:  # noqa: BLE001
+                log.debug("stopping syslog failed", exc_info=True)
+            self._syslog = None
+        if self._pcap is not None:
+            try:
+                self._pcap.close()
+            except Exception:  # noqa: BLE001
+                log.debug("closing capture failed", exc_info=True)
+            self._pcap = None
+
+
+# --------------------------------------------------------------------------------------------
+# Device list helpers
+# --------------------------------------------------------------------------------------------
+def device_json(dev: P.UsbDevice) -> Dict[str, Any]:
+    return {
+        "busid": dev.busid,
+        "path": dev.path,
+        "busnum": dev.busnum,
+        "devnum": dev.devnum,
+        "speed": speed_name(dev.speed),
+        "speed_code": int(dev.speed),
+        "vid": dev.idVendor,
+        "pid": dev.idProduct,
+        "id": f"{dev.idVendor:04x}:{dev.idProduct:04x}",
+        "vendor": vendor_name(dev.idVendor),
+        "product": None,
+        "bcdDevice": bcd(dev.bcdDevice),
+        "class": dev.bDeviceClass,
+        "subclass": dev.bDeviceSubClass,
+        "protocol": dev.bDeviceProtocol,
+        "class_name": class_name(dev.bDeviceClass),
+        "configuration": dev.bConfigurationValue,
+        "num_configurations": dev.bNumConfigurations,
+        "num_interfaces": dev.bNumInterfaces,
+        "interfaces": [
+            {"number": n, "class": i.bInterfaceClass, "subclass": i.bInterfaceSubClass,
+             "protocol": i.bInterfaceProtocol, "class_name": class_name(i.bInterfaceClass)}
+            for n, i in enumerate(dev.interfaces)
+        ],
+    }
+
+
+def short_device(dev: P.UsbDevice) -> str:
+    vendor = vendor_name(dev.idVendor)
+    text = f"{dev.busid} {dev.idVendor:04x}:{dev.idProduct:04x}"
+    return f"{text} ({vendor})" if vendor else text
+
+
+def _list(ctx: Context) -> List[P.UsbDevice]:
+    from .client import list_devices
+
+    host, port = ctx.server()
+    return list_devices(host, port, timeout=ctx.args.timeout)
+
+
+def _what_is_there(devices: Sequence[P.UsbDevice]) -> str:
+    if not devices:
+        return "the server exports no devices right now (an imported device is not listed until released)"
+    return "exported there: " + ", ".join(short_device(d) for d in devices)
+
+
+def select_busid(ctx: Context, vid: Optional[int], pid: Optional[int], busid: Optional[str]) -> str:
+    """The busid of the one exported device matching the filters; a clear error otherwise."""
+    devices = _list(ctx)
+    want = []
+    if vid is not None:
+        want.append(f"{vid:04x}")
+    if pid is not None:
+        want.append(f"pid {pid:04x}" if vid is None else f"{pid:04x}")
+    if busid is not None:
+        want.append(f"busid {busid}")
+    matches = [d for d in devices
+               if (vid is None or d.idVendor == vid) and (pid is None or d.idProduct == pid)
+               and (busid is None or d.busid == busid)]
+    if not matches:
+        what = ":".join(want[:2]) if vid is not None and pid is not None else " ".join(want) or "device"
+        if busid is not None and vid is not None:
+            what = f"{vid:04x}:{pid if pid is not None else 0:04x} at busid {busid}"
+        raise CliError(f"no device {what} on {ctx.where()}; {_what_is_there(devices)}")
+    if len(matches) > 1:
+        raise CliError(f"{len(matches)} devices match on {ctx.where()}; choose one with --busid: "
+                       + ", ".join(short_device(d) for d in matches), EXIT_USAGE)
+    return matches[0].busid
+
+
+def open_device(ctx: Context, args: argparse.Namespace):
+    """Import the selected device through the PyUSB backend; returns a ``usb.core.Device``."""
+    import usb.core
+
+    busid = select_busid(ctx, args.vid, args.pid, args.busid)
+    be = ctx.backend(busids=[busid])
+    dev = usb.core.find(backend=be, custom_match=lambda d: (args.vid is None or d.idVendor == args.vid)
+                        and (args.pid is None or d.idProduct == args.pid))
+    if dev is None:
+        reason = getattr(be, "skipped", {}).get(busid)
+        if reason and "ST_DEV_BUSY" in reason:
+            raise CliError(f"device {busid} on {ctx.where()} is busy: another client has imported it (USB/IP "
+                           "does not say which); release it there (usbip detach, or close that program) and retry")
+        if reason:
+            raise CliError(f"cannot use device {busid} on {ctx.where()}: {reason}")
+        raise CliError(f"device at busid {busid} on {ctx.where()} is gone (it was listed a moment ago); "
+                       "list again and retry")
+    log.debug("opened %04x:%04x at busid %s", dev.idVendor, dev.idProduct, busid)
+    return dev, busid
+
+
+def active_configuration(dev):
+    import usb.core
+
+    try:
+        return dev.get_active_configuration()
+    except usb.core.USBError:
+        dev.set_configuration()
+        return dev.get_active_configuration()
+
+
+def find_endpoint(dev, address: int):
+    """``(interface, endpoint)`` descriptors of ``address`` in the active configuration."""
+    cfg = active_configuration(dev)
+    available = []
+    for intf in cfg:
+        for ep in intf:
+            available.append(f"0x{ep.bEndpointAddress:02x} ({TRANSFER_NAMES[ep.bmAttributes & 3]})")
+            if ep.bEndpointAddress == address:
+                return intf, ep
+    raise CliError(f"no endpoint 0x{address:02x} in configuration {cfg.bConfigurationValue}; "
+                   f"endpoints: {', '.join(dict.fromkeys(available)) or 'none'}")
+
+
+def transfer(what: str, timeout_ms: int, option: str, fn: Callable[[], Any]) -> Any:
+    """Run one PyUSB transfer; a timeout or a stall becomes a one-line :class:`CliError`."""
+    import usb.core
+
+    try:
+        return fn()
+    except usb.core.USBTimeoutError as exc:
+        raise CliError(f"{what} timed out after {timeout_ms} ms (no answer from the device; "
+                       f"raise {option} if it is slow)") from exc
+    except usb.core.USBError as exc:
+        if getattr(exc, "errno", None) == errno.EPIPE:
+            raise CliError(f"{what}: the device stalled it (EPIPE): the request or endpoint is not "
+                           "supported, or the endpoint is halted") from exc
+        if getattr(exc, "errno", None) == errno.EOVERFLOW:
+            raise CliError(f"{what}: the device sent more than asked for (babble, EOVERFLOW): "
+                           "ask for a multiple of the endpoint's max packet size") from exc
+        raise
+
+
+def get_string(dev, index: int) -> Optional[str]:
+    """String descriptor ``index`` (None for 0); an error becomes a bracketed note."""
+    import usb.util
+
+    if not index:
+        return None
+    try:
+        return usb.util.get_string(dev, index)
+    except Exception as exc:  # noqa: BLE001 - a bad string must not end the probe
+        return f"[error reading string {index}: {exc}]"
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+def cmd_discover(ctx: Context) -> int:
+    from .discovery import discover
+
+    args = ctx.args
+    interfaces = args.interface or args.mdns_interface or None
+    servers = discover(timeout=args.mdns_timeout, interfaces=interfaces)
+    if ctx.json:
+        ctx.emit_json({"servers": [s.to_json() for s in servers]})
+        return EXIT_OK
+    if not servers:
+        where = ", ".join(interfaces) if interfaces else "all interfaces"
+        ctx.print(f"no USB/IP servers (_usbip._tcp) answered within {args.mdns_timeout:g} s on {where}")
+        return EXIT_OK
+    ctx.print(f"{len(servers)} USB/IP server{'s' if len(servers) != 1 else ''} found:")
+    for s in servers:
+        ctx.print(f"  {s.describe()}")
+    return EXIT_OK
+
+
+def cmd_list(ctx: Context) -> int:
+    devices = _list(ctx)
+    host, port = ctx.server()
+    if ctx.json:
+        ctx.emit_json({"host": host, "port": port, "devices": [device_json(d) for d in devices]})
+        return EXIT_OK
+    ctx.print(f"Exportable USB devices on {ctx.where()}: {len(devices)}")
+    for d in devices:
+        vendor = vendor_name(d.idVendor) or "unknown vendor"
+        ctx.print(f"  {d.busid}: {vendor} ({d.idVendor:04x}:{d.idProduct:04x})")
+        ctx.print(f"      path      {d.path}")
+        sp = SPEED_TEXT.get(d.speed, (speed_name(d.speed), ""))
+        ctx.print(f"      speed     {sp[0]}{' (' + sp[1] + ')' if sp[1] else ''}, bus {d.busnum} device {d.devnum}, "
+                  f"bcdDevice {bcd(d.bcdDevice)}")
+        ctx.print(f"      class     {class_name(d.bDeviceClass)} "
+                  f"({d.bDeviceClass:02x}/{d.bDeviceSubClass:02x}/{d.bDeviceProtocol:02x}), "
+                  f"configuration {d.bConfigurationValue} of {d.bNumConfigurations}")
+        for n, i in enumerate(d.interfaces):
+            ctx.print(f"      interface {n}: {class_name(i.bInterfaceClass)} "
+                      f"({i.bInterfaceClass:02x}/{i.bInterfaceSubClass:02x}/{i.bInterfaceProtocol:02x})")
+        if not d.interfaces:
+            ctx.print(f"      interfaces {d.bNumInterfaces} (not listed by the server)")
+    return EXIT_OK
+
+
+_DEVICE_FIELDS = ("bLength", "bDescriptorType", "bcdUSB", "bDeviceClass", "bDeviceSubClass",
+                  "bDeviceProtocol", "bMaxPacketSize0", "idVendor", "idProduct", "bcdDevice",
+                  "iManufacturer", "iProduct", "iSerialNumber", "bNumConfigurations")
+_CONFIG_FIELDS = ("bLength", "bDescriptorType", "wTotalLength", "bNumInterfaces", "bConfigurationValue",
+                  "iConfiguration", "bmAttributes", "bMaxPower")
+_INTF_FIELDS = ("bLength", "bDescriptorType", "bInterfaceNumber", "bAlternateSetting", "bNumEndpoints",
+                "bInterfaceClass", "bInterfaceSubClass", "bInterfaceProtocol", "iInterface")
+_EP_FIELDS = ("bLength", "bDescriptorType", "bEndpointAddress", "bmAttributes", "wMaxPacketSize", "bInterval")
+
+
+def _fields(obj, names: Iterable[str]) -> Dict[str, int]:
+    return {n: int(getattr(obj, n)) for n in names}
+
+
+def _extra(obj) -> List[int]:
+    return list(getattr(obj, "extra_descriptors", None) or [])
+
+
+def probe_json(dev, busid: str, strings: Dict[int, Optional[str]], raw_desc: Optional[bytes]) -> Dict[str, Any]:
+    configs = []
+    for cfg in dev:
+        intfs = []
+        for intf in cfg:
+            eps = []
+            for ep in intf:
+                e = _fields(ep, _EP_FIELDS)
+                e["transfer_type"] = TRANSFER_NAMES[ep.bmAttributes & 3]
+                e["direction"] = "in" if ep.bEndpointAddress & 0x80 else "out"
+                e["extra_hex"] = bytes(_extra(ep)).hex()
+                eps.append(e)
+            i = _fields(intf, _INTF_FIELDS)
+            i["class_name"] = class_name(intf.bInterfaceClass)
+            i["interface_string"] = strings.get(intf.iInterface)
+            i["extra_hex"] = bytes(_extra(intf)).hex()
+            i["endpoints"] = eps
+            intfs.append(i)
+        c = _fields(cfg, _CONFIG_FIELDS)
+        c["configuration_string"] = strings.get(cfg.iConfiguration)
+        c["extra_hex"] = bytes(_extra(cfg)).hex()
+        c["interfaces"] = intfs
+        configs.append(c)
+    d = _fields(dev, _DEVICE_FIELDS)
+    return {
+        "busid": busid,
+        "id": f"{dev.idVendor:04x}:{dev.idProduct:04x}",
+        "speed": _pyusb_speed(dev),
+        "device": d,
+        "strings": {
+            "manufacturer": strings.get(dev.iManufacturer),
+            "product": strings.get(dev.iProduct),
+            "serial": strings.get(dev.iSerialNumber),
+        },
+        "device_descriptor_hex": raw_desc.hex() if raw_desc is not None else None,
+        "configurations": configs,
+    }
+
+
+def _pyusb_speed(dev) -> Optional[str]:
+    import usb.util
+
+    names = {usb.util.SPEED_LOW: "low", usb.util.SPEED_FULL: "full", usb.util.SPEED_HIGH: "high",
+             usb.util.SPEED_SUPER: "super", getattr(usb.util, "SPEED_UNKNOWN", 0): "unknown"}
+    speed = getattr(dev, "speed", None)
+    return names.get(speed, None if speed is None else f"speed {speed}")
+
+
+def _line(ctx: Context, indent: int, name: str, value: Any, note: Optional[str] = None) -> None:
+    text = f"{' ' * indent}{name:<20} {value:>6}"
+    ctx.print(f"{text}  {note}" if note else text)
+
+
+def _print_extra(ctx: Context, indent: int, obj) -> None:
+    extra = bytes(_extra(obj))
+    off = 0
+    while off + 2 <= len(extra):
+        n = extra[off]
+        if n < 2:
+            break
+        chunk = extra[off:off + n]
+        ctx.print(f"{' ' * indent}** extra descriptor type 0x{chunk[1]:02x}: {chunk.hex(' ')}")
+        off += n
+    if off < len(extra):
+        ctx.print(f"{' ' * indent}** trailing bytes: {extra[off:].hex(' ')}")
+
+
+def print_probe(ctx: Context, dev, busid: str, strings: Dict[int, Optional[str]], raw_desc: Optional[bytes]) -> None:
+    vendor = vendor_name(dev.idVendor)
+    ctx.print(f"Device {dev.idVendor:04x}:{dev.idProduct:04x} at busid {busid} on {ctx.where()}, "
+              f"speed {_pyusb_speed(dev) or 'unknown'}")
+    ctx.print("Device Descriptor:")
+    i = 2
+    _line(ctx, i, "bLength", dev.bLength)
+    _line(ctx, i, "bDescriptorType", dev.bDescriptorType)
+    _line(ctx, i, "bcdUSB", bcd(dev.bcdUSB))
+    _line(ctx, i, "bDeviceClass", dev.bDeviceClass, class_name(dev.bDeviceClass))
+    _line(ctx, i, "bDeviceSubClass", dev.bDeviceSubClass)
+    _line(ctx, i, "bDeviceProtocol", dev.bDeviceProtocol)
+    _line(ctx, i, "bMaxPacketSize0", dev.bMaxPacketSize0)
+    _line(ctx, i, "idVendor", f"0x{dev.idVendor:04x}", vendor)
+    _line(ctx, i, "idProduct", f"0x{dev.idProduct:04x}", strings.get(dev.iProduct))
+    _line(ctx, i, "bcdDevice", bcd(dev.bcdDevice))
+    _line(ctx, i, "iManufacturer", dev.iManufacturer, strings.get(dev.iManufacturer))
+    _line(ctx, i, "iProduct", dev.iProduct, strings.get(dev.iProduct))
+    _line(ctx, i, "iSerialNumber", dev.iSerialNumber, strings.get(dev.iSerialNumber))
+    _line(ctx, i, "bNumConfigurations", dev.bNumConfigurations)
+    for cfg in dev:
+        i = 2
+        ctx.print(f"{' ' * i}Configuration Descriptor:")
+        i = 4
+        for name in _CONFIG_FIELDS:
+            value = getattr(cfg, name)
+            note = None
+            if name == "iConfiguration":
+                note = strings.get(value)
+            elif name == "bmAttributes":
+                value = f"0x{value:02x}"
+                bits = ["Self Powered" if cfg.bmAttributes & 0x40 else "Bus Powered"]
+                if cfg.bmAttributes & 0x20:
+                    bits.append("Remote Wakeup")
+                note = ", ".join(bits)
+            elif name == "bMaxPower":
+                note = f"{cfg.bMaxPower * 2} mA"
+            elif name == "wTotalLength":
+                value = f"0x{value:04x}"
+            _line(ctx, i, name, value, note)
+        _print_extra(ctx, i, cfg)
+        for intf in cfg:
+            ctx.print(f"{' ' * 4}Interface Descriptor:")
+            for name in _INTF_FIELDS:
+                value = getattr(intf, name)
+                note = None
+                if name == "bInterfaceClass":
+                    note = class_name(value)
+                elif name == "iInterface":
+                    note = strings.get(value)
+                _line(ctx, 6, name, value, note)
+            _print_extra(ctx, 6, intf)
+            for ep in intf:
+                ctx.print(f"{' ' * 6}Endpoint Descriptor:")
+                addr = ep.bEndpointAddress
+                _line(ctx, 8, "bLength", ep.bLength)
+                _line(ctx, 8, "bDescriptorType", ep.bDescriptorType)
+                _line(ctx, 8, "bEndpointAddress", f"0x{addr:02x}",
+                      f"EP {addr & 0x0F} {'IN' if addr & 0x80 else 'OUT'}")
+                _line(ctx, 8, "bmAttributes", ep.bmAttributes, TRANSFER_NAMES[ep.bmAttributes & 3].capitalize())
+                mps = ep.wMaxPacketSize
+                extra = (mps >> 11) & 3
+                _line(ctx, 8, "wMaxPacketSize", f"0x{mps:04x}",
+                      f"{1 + extra}x {mps & 0x7FF} bytes" if extra else f"{mps & 0x7FF} bytes")
+                _line(ctx, 8, "bInterval", ep.bInterval)
+                _print_extra(ctx, 8, ep)
+    if raw_desc is not None:
+        ctx.print("GET_DESCRIPTOR(DEVICE) raw bytes:")
+        ctx.print(hexdump(raw_desc))
+
+
+def cmd_probe(ctx: Context) -> int:
+    dev, busid = open_device(ctx, ctx.args)
+    indices = {dev.iManufacturer, dev.iProduct, dev.iSerialNumber}
+    for cfg in dev:
+        indices.add(cfg.iConfiguration)
+        for intf in cfg:
+            indices.add(intf.iInterface)
+    strings = {idx: get_string(dev, idx) for idx in sorted(indices) if idx}
+    raw = None
+    if ctx.args.get_device_desc:
+        ms = ctx.args.ctrl_timeout_ms
+        raw = bytes(transfer("GET_DESCRIPTOR(DEVICE)", ms, "--ctrl-timeout-ms",
+                             lambda: dev.ctrl_transfer(0x80, 6, 0x0100, 0, 18, timeout=ms)))
+    if ctx.json:
+        ctx.emit_json(probe_json(dev, busid, strings, raw))
+    else:
+        print_probe(ctx, dev, busid, strings, raw)
+    return EXIT_OK
+
+
+def cmd_control(ctx: Context) -> int:
+    args = ctx.args
+    is_in = args.direction == "in"
+    if bool(args.bm_request_type & 0x80) != is_in:
+        raise CliError(f"--bm-request-type 0x{args.bm_request_type:02x} says "
+                       f"{'IN' if args.bm_request_type & 0x80 else 'OUT'} but --direction is {args.direction}: "
+                       "bit 7 of bmRequestType is the direction (0x80 = IN)", EXIT_USAGE)
+    if is_in and args.data_hex is not None:
+        raise CliError("--data-hex is for --direction out; use --length N for IN", EXIT_USAGE)
+    if not is_in and args.length is not None:
+        raise CliError("--length is for --direction in; give the OUT payload with --data-hex", EXIT_USAGE)
+    if args.length is not None and args.length > 0xFFFF:
+        raise CliError("a control transfer carries at most 65535 bytes (wLength is 16 bits)", EXIT_USAGE)
+    dev, busid = open_device(ctx, args)
+    setup = (f"bmRequestType=0x{args.bm_request_type:02x} bRequest=0x{args.b_request:02x} "
+             f"wValue=0x{args.w_value:04x} wIndex=0x{args.w_index:04x}")
+    if is_in:
+        length = 64 if args.length is None else args.length
+        data = bytes(transfer(f"control IN {setup}", args.ctrl_timeout_ms, "--ctrl-timeout-ms",
+                              lambda: dev.ctrl_transfer(args.bm_request_type, args.b_request, args.w_value,
+                                                        args.w_index, length, timeout=args.ctrl_timeout_ms)))
+        if ctx.json:
+            ctx.emit_json({"busid": busid, "request": _request_json(args, length), "direction": "in",
+                           "length": len(data), "data_hex": data.hex()})
+        else:
+            ctx.print(f"control IN {setup} wLength={length}: {len(data)} byte{'s' if len(data) != 1 else ''}")
+            ctx.print(hexdump(data))
+    else:
+        payload = args.data_hex or b""
+        written = transfer(f"control OUT {setup}", args.ctrl_timeout_ms, "--ctrl-timeout-ms",
+                           lambda: dev.ctrl_transfer(args.bm_request_type, args.b_request, args.w_value,
+                                                     args.w_index, payload, timeout=args.ctrl_timeout_ms))
+        if ctx.json:
+            ctx.emit_json({"busid": busid, "request": _request_json(args, len(payload)), "direction": "out",
+                           "length": int(written), "data_hex": payload.hex()})
+        else:
+            ctx.print(f"control OUT {setup} wLength={len(payload)}: {int(written)} byte"
+                      f"{'s' if int(written) != 1 else ''} written")
+            if payload:
+                ctx.print(hexdump(payload))
+    return EXIT_OK
+
+
+def _request_json(args, length: int) -> Dict[str, int]:
+    return {"bmRequestType": args.bm_request_type, "bRequest": args.b_request,
+            "wValue": args.w_value, "wIndex": args.w_index, "wLength": length}
+
+
+def cmd_read(ctx: Context) -> int:
+    args = ctx.args
+    if not args.ep & 0x80:
+        raise CliError(f"--ep 0x{args.ep:02x} is an OUT endpoint; IN endpoints have bit 7 set "
+                       f"(0x{args.ep | 0x80:02x}), or use 'write'", EXIT_USAGE)
+    dev, busid = open_device(ctx, args)
+    _, ep = find_endpoint(dev, args.ep)
+    kind = TRANSFER_NAMES[ep.bmAttributes & 3]
+    if kind == "isochronous":
+        raise CliError(f"endpoint 0x{args.ep:02x} is isochronous; read/write handle bulk and interrupt endpoints",
+                       EXIT_USAGE)
+    data = bytes(transfer(f"{kind} read from endpoint 0x{args.ep:02x} of {busid}", args.timeout_ms, "--timeout-ms",
+                          lambda: dev.read(args.ep, args.length, timeout=args.timeout_ms)))
+    if ctx.json:
+        ctx.emit_json({"busid": busid, "endpoint": args.ep, "transfer_type": kind, "requested": args.length,
+                       "length": len(data), "data_hex": data.hex()})
+    else:
+        ctx.print(f"{kind} IN 0x{args.ep:02x}: {len(data)} of {args.length} bytes")
+        ctx.print(hexdump(data))
+    return EXIT_OK
+
+
+def cmd_write(ctx: Context) -> int:
+    args = ctx.args
+    if args.ep & 0x80:
+        raise CliError(f"--ep 0x{args.ep:02x} is an IN endpoint; OUT endpoints have bit 7 clear "
+                       f"(0x{args.ep & 0x0F:02x}), or use 'read'", EXIT_USAGE)
+    dev, busid = open_device(ctx, args)
+    _, ep = find_endpoint(dev, args.ep)
+    kind = TRANSFER_NAMES[ep.bmAttributes & 3]
+    if kind == "isochronous":
+        raise CliError(f"endpoint 0x{args.ep:02x} is isochronous; read/write handle bulk and interrupt endpoints",
+                       EXIT_USAGE)
+    written = int(transfer(f"{kind} write to endpoint 0x{args.ep:02x} of {busid}", args.timeout_ms, "--timeout-ms",
+                           lambda: dev.write(args.ep, args.data_hex, timeout=args.timeout_ms)))
+    if ctx.json:
+        ctx.emit_json({"busid": busid, "endpoint": args.ep, "transfer_type": kind, "requested": len(args.data_hex),
+                       "length": written, "data_hex": args.data_hex.hex()})
+    else:
+        ctx.print(f"{kind} OUT 0x{args.ep:02x}: {written} of {len(args.data_hex)} bytes written")
+    return EXIT_OK
+
+
+def cmd_loopback(ctx: Context) -> int:
+    args = ctx.args
+    if args.out_ep & 0x80 or not args.in_ep & 0x80:
+        raise CliError("--out-ep needs an OUT address (0x01..0x0f) and --in-ep an IN address (0x81..0x8f)",
+                       EXIT_USAGE)
+    payload = args.data_hex if args.data_hex is not None else bytes(i & 0xFF for i in range(args.size))
+    dev, busid = open_device(ctx, args)
+    _, out_ep = find_endpoint(dev, args.out_ep)
+    find_endpoint(dev, args.in_ep)
+    written = int(transfer(f"write to endpoint 0x{args.out_ep:02x}", args.timeout_ms, "--timeout-ms",
+                           lambda: dev.write(args.out_ep, payload, timeout=args.timeout_ms)))
+    back = bytearray()
+    while len(back) < written:
+        chunk = bytes(transfer(f"read back from endpoint 0x{args.in_ep:02x}", args.timeout_ms, "--timeout-ms",
+                               lambda: dev.read(args.in_ep, written - len(back), timeout=args.timeout_ms)))
+        if not chunk:
+            break
+        back += chunk
+    same = bytes(back) == payload
+    if ctx.json:
+        ctx.emit_json({"busid": busid, "out_endpoint": args.out_ep, "in_endpoint": args.in_ep,
+                       "written": written, "read": len(back), "match": same,
+                       "sent_hex": payload.hex(), "received_hex": bytes(back).hex()})
+    else:
+        ctx.print(f"loopback 0x{args.out_ep:02x} -> 0x{args.in_ep:02x}: wrote {written}, read {len(back)}, "
+                  f"{'data matches' if same else 'DATA DIFFERS'}")
+        if not same:
+            ctx.print("sent:")
+            ctx.print(hexdump(payload))
+            ctx.print("received:")
+            ctx.print(hexdump(bytes(back)))
+    return EXIT_OK if same else EXIT_FAILED
+
+
+def cmd_sim(ctx: Context) -> int:
+    from . import sim
+
+    args = ctx.args
+    argv = ["--host", args.host or "127.0.0.1", "--port", str(DEFAULT_PORT if args.port is None else args.port)]
+    if args.devices:
+        argv += ["--devices", ",".join(n for item in args.devices for n in item.split(",") if n)]
+    if args.count is not None:
+        argv += ["--count", str(args.count)]
+    argv += args.sim_args
+    rc = sim.main(argv)
+    return int(rc or 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+
+DESCRIPTION = """\
+Find USB/IP servers, list their devices and talk to one through PyUSB, with no kernel
+module, no root and no driver. Numbers accept 0x-hex and decimal. Exit codes: 0 ok,
+1 the operation failed, 2 usage error."""
+
+EPILOG = f"""\
+examples:
+  {PROG} discover                        servers announcing _usbip._tcp (mDNS)
+  {PROG} --host 192.168.1.50 list        devices a server exports
+  {PROG} --host esp.local probe --vid 0x303a --pid 0x1001
+  {PROG} --host esp.local control --vid 0x303a --pid 0x1001 --direction in \\
+      --bm-request-type 0x80 --b-request 6 --w-value 0x0100 --length 18
+  {PROG} --host esp.local --pcap usb.pcapng --syslog probe --vid 0x303a --pid 0x1001
+  {PROG} sim                             a virtual server on 127.0.0.1:3240 to try it all
+
+without --host, the one server that answers mDNS is used (it says which).
+'{PROG} COMMAND --help' shows a command's options."""
+
+
+SUB_EPILOG = f"""\
+The connection options (--host, --port, --timeout, --pcap, --syslog, --syslog-port,
+--mdns-timeout, --mdns-interface, -v) may come before or after the command; see {PROG} --help."""
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options valid before the command, and (with ``suppress``) after it too."""
+    def d(value):
+        return argparse.SUPPRESS if suppress else value
+
+    def h(text: str) -> str:  # after the command they work the same, documented once in the main help
+        return argparse.SUPPRESS if suppress else text
+
+    g = parser.add_argument_group("connection and capture (before or after the command)")
+    g.add_argument("--host", default=d(None), metavar="H",
+                   help=h("USB/IP server address or name (default: the one server mDNS finds)"))
+    g.add_argument("--port", type=port_number, default=d(None), metavar="P",
+                   help=h(f"USB/IP TCP port (default {DEFAULT_PORT})"))
+    g.add_argument("--timeout", type=seconds, default=d(5.0), metavar="S",
+                   help=h("network timeout in seconds for connecting and OP_* requests (default 5)"))
+    g.add_argument("--pcap", default=d(None), metavar="PATH",
+                   help=h("write every URB to a pcapng file (or a FIFO Wireshark reads: wireshark -k -i PATH)"))
+    g.add_argument("--syslog", action="store_true", default=d(False),
+                   help=h("also receive the server's syslog (TCP, RFC 5424) into the capture/log"))
+    g.add_argument("--syslog-port", type=port_number, default=d(DEFAULT_SYSLOG_PORT), metavar="N",
+                   help=h(f"syslog TCP port on the server (default {DEFAULT_SYSLOG_PORT})"))
+    g.add_argument("--mdns-timeout", type=seconds, default=d(2.0), metavar="S",
+                   help=h("how long to browse mDNS (default 2 s)"))
+    g.add_argument("--mdns-interface", action="append", default=d(None), metavar="ADDR",
+                   help=h("local address to use for mDNS (repeatable; default all interfaces)"))
+    g.add_argument("-v", "--verbose", action="count", default=d(0), help=h("debug logging (and tracebacks)"))
+
+
+def _device_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("device selection")
+    g.add_argument("--vid", type=u16, help="vendor ID, e.g. 0x303a")
+    g.add_argument("--pid", type=u16, help="product ID, e.g. 0x1001")
+    g.add_argument("--busid", help="the server's bus ID, e.g. 1-1 (needed when several devices match)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    def add(name: str, func, help_: str, description: str, parents=(common,)):
+        p = sub.add_parser(name, help=help_, description=description, parents=list(parents),
+                           formatter_class=_Formatter, epilog=SUB_EPILOG if parents == (common,) else None)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("discover", cmd_discover, "find USB/IP servers with mDNS (_usbip._tcp)",
+            "Browse mDNS for _usbip._tcp servers and print one line each: name, host:port, "
+            "addresses and TXT properties (ESP32 bridges publish transport, state, count, busid, vid, "
+            "pid, target, board_id).")
+    p.add_argument("--interface", action="append", metavar="ADDR",
+                   help="local address to browse on, repeatable (--interface 127.0.0.1 keeps mDNS on loopback)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("list", cmd_list, "list the devices a server exports (like 'usbip list -r')",
+            "List exported devices: busid, VID:PID, vendor when known, class, speed and interfaces. "
+            "A device imported by another client is not listed until it is released.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("probe", cmd_probe, "import a device and print its descriptors and strings",
+            "Import a device through the PyUSB backend and print its descriptors and strings as a tree, "
+            "like 'lsusb -v'.")
+    _device_options(p)
+    p.add_argument("--get-device-desc", action="store_true",
+                   help="also send GET_DESCRIPTOR(DEVICE) and hex-dump the raw 18 bytes")
+    p.add_argument("--ctrl-timeout-ms", type=milliseconds, default=1000, metavar="N",
+                   help="timeout of each control transfer (default 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("control", cmd_control, "send one control transfer",
+            "Send one control transfer on endpoint 0 and hex-dump the data.")
+    _device_options(p)
+    r = p.add_argument_group("request")
+    r.add_argument("--direction", choices=("in", "out"), required=True, help="data stage direction")
+    r.add_argument("--bm-request-type", type=u8, required=True, metavar="N",
+                   help="bmRequestType (bit 7 = IN, e.g. 0x80 standard device IN, 0xc0 vendor IN)")
+    r.add_argument("--b-request", type=u8, required=True, metavar="N", help="bRequest (e.g. 6 = GET_DESCRIPTOR)")
+    r.add_argument("--w-value", type=u16, default=0, metavar="N", help="wValue (default 0)")
+    r.add_argument("--w-index", type=u16, default=0, metavar="N", help="wIndex (default 0)")
+    data = r.add_mutually_exclusive_group()
+    data.add_argument("--length", type=length_arg, metavar="N", help="IN: bytes to read (wLength, default 64)")
+    data.add_argument("--data-hex", type=hex_data, metavar="HEX", help="OUT: payload as hex, e.g. 'de ad be ef'")
+    r.add_argument("--ctrl-timeout-ms", type=milliseconds, default=1000, metavar="N",
+                   help="transfer timeout (default 1000; 0 waits forever)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("read", cmd_read, "read from a bulk or interrupt IN endpoint",
+            "Read once from an IN endpoint (bulk or interrupt, taken from its descriptor) and hex-dump it.")
+    _device_options(p)
+    p.add_argument("--ep", type=endpoint_arg, required=True, metavar="EP", help="IN endpoint address, e.g. 0x81")
+    p.add_argument("--length", type=length_arg, required=True, metavar="N", help="bytes to ask for")
+    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N", help="timeout (default 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("write", cmd_write, "write to a bulk or interrupt OUT endpoint",
+            "Write once to an OUT endpoint (bulk or interrupt, taken from its descriptor).")
+    _device_options(p)
+    p.add_argument("--ep", type=endpoint_arg, required=True, metavar="EP", help="OUT endpoint address, e.g. 0x01")
+    p.add_argument("--data-hex", type=hex_data, required=True, metavar="HEX", help="payload as hex")
+    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N", help="timeout (default 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = add("loopback", cmd_loopback, "write to an OUT endpoint, read it back from IN, compare",
+            "Write a pattern to an OUT endpoint, read the same number of bytes back from an IN endpoint "
+            "and compare (for devices that echo, like the virtual server's loopback device). "
+            "Exit code 1 when the data differs.")
+    _device_options(p)
+    p.add_argument("--out-ep", type=endpoint_arg, default=0x01, metavar="EP", help="OUT endpoint (default 0x01)")
+    p.add_argument("--in-ep", type=endpoint_arg, default=0x81, metavar="EP", help="IN endpoint (default 0x81)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--size", type=length_arg, default=64, metavar="N", help="pattern length (default 64)")
+    size.add_argument("--data-hex", type=hex_data, metavar="HEX", help="payload as hex instead of a pattern")
+    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N", help="timeout (default 1000)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sim_common = argparse.ArgumentParser(add_help=False)
+    g = sim_common.add_argument_group("server")
+    g.add_argument("--host", default=argparse.SUPPRESS, metavar="H", help="address to listen on (default 127.0.0.1)")
+    g.add_argument("--port", type=port_number, default=argparse.SUPPRESS, metavar="P",
+                   help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    g.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="debug logging")
+    p = add("sim", cmd_sim, "run the virtual USB/IP server (try everything without hardware)",
+            "Run the virtual USB/IP server until Ctrl-C. It prints 'LISTENING <host> <port>' when ready; "
+            f"then, in another terminal: {PROG} --host 127.0.0.1 list", parents=(sim_common,))
+    p.add_argument("--devices", nargs="+", metavar="NAME",
+                   help="stock devices to export, space or comma separated (default: loopback acm hid iso)")
+    p.add_argument("--count", type=number, metavar="N", help="how many copies of each device")
+    p.add_argument("sim_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Error reporting
+# --------------------------------------------------------------------------------------------
+def _chain(exc: BaseException) -> List[BaseException]:
+    seen: List[BaseException] = []
+    while exc is not None and exc not in seen and len(seen) < 16:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _first(exc: BaseException, types) -> Optional[BaseException]:
+    for e in _chain(exc):
+        if isinstance(e, types):
+            return e
+    return None
+
+
+def explain(exc: BaseException, ctx: Context) -> str:
+    """One line for a failure: what happened, where, and what to do."""
+    try:
+        import usb.core
+        usb_error: Tuple[type, ...] = (usb.core.USBError,)
+        usb_timeout: Tuple[type, ...] = (usb.core.USBTimeoutError,)
+    except ImportError:  # pragma: no cover
+        usb_error = usb_timeout = ()
+    from .discovery import DiscoveryError
+
+    where = ctx.where()
+    if isinstance(exc, (DiscoveryError, CliError)):
+        return str(exc)
+    refused = _first(exc, ImportRefusedError)
+    if refused is not None:
+        busid = getattr(refused, "busid", "") or "?"
+        status = getattr(refused, "status", None)
+        if status == P.Status.ST_DEV_BUSY:
+            return (f"device {busid} on {where} is busy: another client has imported it (USB/IP does not say "
+                    "which); release it there (usbip detach, or close that program) and retry")
+        if status == P.Status.ST_NODEV:
+            return f"no device with busid {busid} on {where}; run '{PROG} list' to see what is exported"
+        return f"{where} refused to import {busid}: {refused}"
+    if _first(exc, ConnectionRefusedError) is not None:
+        return (f"connection refused by {where}: no USB/IP server listens there; check --host/--port "
+                f"(or start one: {PROG} sim)")
+    gai = _first(exc, socket.gaierror)
+    if gai is not None:
+        return f"cannot resolve host {ctx.args.host!r}: {gai.strerror or gai}; check --host"
+    timeout = _first(exc, (UsbipTimeoutError, socket.timeout, TimeoutError) + usb_timeout)
+    if timeout is not None:
+        what = str(timeout) or "operation timed out"
+        return f"timed out talking to {where}: {what} (raise the timeout option, or check the device)"
+    lost = _first(exc, (ConnectionLostError, ConnectionError))
+    if lost is not None:
+        return f"connection to {where} lost: {lost}; check the server and retry"
+    urb = _first(exc, UrbError)
+    if urb is not None:
+        if urb.status == -errno.EPIPE:
+            return "the device stalled the request (EPIPE): it does not support the request or its arguments"
+        return f"transfer failed: {describe_status(urb.status)}"
+    if usb_error:
+        ue = _first(exc, usb_error)
+        if ue is not None:
+            code = getattr(ue, "errno", None)
+            if code == errno.EPIPE:
+                return f"the device stalled the request (EPIPE): it does not support it or its arguments ({ue})"
+            if code == errno.ETIMEDOUT:
+                return f"timed out: {ue} (raise the timeout option, or check the device)"
+            return f"USB error: {ue}"
+    proto = _first(exc, ProtocolError)
+    if proto is not None:
+        return f"{where} does not speak USB/IP as expected: {proto}"
+    if isinstance(exc, OSError):
+        return f"{where}: {exc.strerror or exc}"
+    if isinstance(exc, UsbipError):
+        return f"{exc}"
+    return f"unexpected error: {type(exc).__name__}: {exc} (run with -v for the traceback)"
+
+
+def _setup_logging(verbosity: int) -> None:
+    level = logging.DEBUG if verbosity > 0 else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if verbosity < 2:  # zeroconf's own debug output is noisy; -vv shows it
+        logging.getLogger("zeroconf").setLevel(max(level, logging.INFO))
+    if verbosity == 0:  # the CLI reports a skipped (busy, broken) device itself, in one line
+        logging.getLogger("usbip_backend.backend").setLevel(logging.ERROR)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failed, 2 usage)."""
+    out, err = sys.stdout, sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if not args.command:
+        parser.print_usage(err)
+        print(f"{PROG}: error: a command is needed (discover, list, probe, control, read, write, loopback, sim); "
+              f"see {PROG} --help", file=err)
+        return EXIT_USAGE
+    _setup_logging(args.verbose)
+    ctx = Context(args, out, err)
+    try:
+        if args.command != "sim":
+            ctx.start_syslog()
+        return int(args.func(ctx) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=err)
+        return 130
+    except BrokenPipeError:  # output piped into head
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        code = exc.code if isinstance(exc, CliError) else EXIT_FAILED
+        message = explain(exc, ctx)
+        if args.verbose:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=err)
+        if ctx.json and code == EXIT_FAILED:
+            ctx.emit_json({"error": message})
+        print(f"{PROG}: error: {message}", file=err)
+        return code
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
