@@ -356,6 +356,11 @@ class PcapWriter(UrbHook):
         """Wait until the output is open and the header written (a FIFO has a reader)."""
         return self._opened.wait(timeout)
 
+    def wait_stopped(self, timeout: Optional[float] = None) -> bool:
+        """Wait until the writer thread has ended (after close(), or when the output failed)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def write_syslog(self, message: bytes, timestamp: Optional[float] = None,
                      src: Optional[Address] = None, dst: Optional[Address] = None) -> None:
         """Record one syslog message (the message itself, without RFC 6587 framing)."""
@@ -369,6 +374,7 @@ class PcapWriter(UrbHook):
     # -- UrbHook ---------------------------------------------------------------------------
     def urb_submitted(self, urb: "Urb") -> None:
         if self._closed or self._failed:
+            self._count_dropped()
             return
         self.write_urb(urb, EVENT_SUBMIT, urb.submit_time or time.time())
 
@@ -377,6 +383,7 @@ class PcapWriter(UrbHook):
         with self._lock:
             notes = self._unlink_notes.pop(key, None)
         if self._closed or self._failed:
+            self._count_dropped()
             return
         comment = None
         if notes:
