@@ -14,7 +14,7 @@ import pytest
 
 from usbip_backend import protocol as P
 from usbip_backend.sim import (
-    Bulk, Device, HidKeyboard, Interface, IsoDevice, LoopbackDevice, SimServer, stock_devices,
+    Bulk, Device, HidKeyboard, Interface, Iso, IsoDevice, LoopbackDevice, SimServer, stock_devices,
 )
 from usbip_backend.sim.devices import KEYBOARD_REPORT_DESCRIPTOR, pattern
 
@@ -503,3 +503,16 @@ def test_command_line_prints_listening_and_exits_on_sigterm():
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+class IsoNoHandler(Device):
+    pid = 0x0011
+    interfaces = [Interface(0, endpoints=[Iso(0x81, 256, 1)])]
+
+
+def test_iso_to_endpoint_without_handler_stalls_with_descriptors():
+    with SimServer([IsoNoHandler(busid="2-1")]) as srv, Raw(srv.port, "2-1") as c:
+        c.configure(1)
+        hdr, data, descs = c.call(1, 1, 64, iso=[32, 32], interval=1)
+        assert (hdr.status, hdr.actual_length, hdr.number_of_packets, hdr.error_count) == (-32, 0, 2, 2)
+        assert descs == [P.IsoPacket(0, 32, 0, -32), P.IsoPacket(32, 32, 0, -32)] and data == b""

@@ -9,7 +9,8 @@ import collections
 import struct
 from typing import Deque, Dict, List, Optional, Sequence
 
-from ..protocol import TransferType
+from ..protocol import Speed
+
 from .device import (
     Bulk, Device, Function, Interface, Interrupt, Iso, Setup, Stall, cdc_acm, cdc_call_management,
     cdc_header, cdc_union,
@@ -72,7 +73,7 @@ class LoopbackDevice(Device):
     def bulk_out_1(self, data: bytearray) -> Optional[bool]:
         if self.queued + len(data) > self.MAX_QUEUED:
             return False
-        mps = 512 if self.speed >= 3 else 64
+        mps = 512 if self.speed >= Speed.HIGH else 64
         view = bytes(data)
         if not view:
             self.packets.append(b"")
@@ -96,7 +97,7 @@ class LoopbackDevice(Device):
             pkt = self.packets.popleft()
             out.append(pkt)
             total += len(pkt)
-            if len(pkt) < (512 if self.speed >= 3 else 64):  # a short packet ends the transfer
+            if len(pkt) < (512 if self.speed >= Speed.HIGH else 64):  # a short packet ends the transfer
                 break
         self.queued -= total
         return b"".join(out)
@@ -381,4 +382,4 @@ def stock_devices(names: Sequence[str] = ("loopback", "acm", "hid", "iso"), coun
 
 
 __all__ = ["LoopbackDevice", "CdcAcmDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
-           "pattern", "KEYBOARD_REPORT_DESCRIPTOR", "TransferType"]
+           "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]

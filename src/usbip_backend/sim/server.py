@@ -111,6 +111,14 @@ class _Connection:
         self._send(RET_SUBMIT_STRUCT.pack(USBIP_RET_SUBMIT, seqnum, 0, 0, 0, status, actual,
                                           start_frame, npk, errors), data)
 
+    def _fail(self, seqnum: int, status: int, iso: Optional[List[tuple]]) -> None:
+        """An error RET_SUBMIT; ISO URBs still carry one descriptor per packet."""
+        if iso is None:
+            self._ret_submit(seqnum, status, 0)
+            return
+        descs = b"".join(ISO_PACKET_STRUCT.pack(o, n, 0, status) for o, n in iso)
+        self._ret_submit(seqnum, status, 0, descs, start_frame=self.frame, npk=len(iso), errors=len(iso))
+
     def _ret_unlink(self, seqnum: int, status: int) -> None:
         self._send(RET_UNLINK_STRUCT.pack(USBIP_RET_UNLINK, seqnum, 0, 0, 0, status))
 
@@ -229,14 +237,6 @@ class _Connection:
             return
         decl, handler = entry
         kind = decl.type
-        if handler is None:
-            # Declared endpoint whose handler method is absent: the capability is absent (stall).
-            if direction == 0:
-                self._read_data(length)
-            if kind == TransferType.ISOCHRONOUS and 0 < npk <= P.MAX_ISO_PACKETS:
-                self._read_data(npk * P.ISO_PACKET_SIZE)
-            self._ret_submit(seqnum, EPIPE, 0, npk=max(npk, 0) if kind == TransferType.ISOCHRONOUS else 0)
-            return
         if kind in (TransferType.INTERRUPT, TransferType.ISOCHRONOUS) and interval <= 0:
             # usb_submit_urb() rejects interval 0 for periodic endpoints; the stub then drops the
             # connection (SDEV_EVENT_ERROR_SUBMIT) and resets the device.
@@ -256,10 +256,15 @@ class _Connection:
             return
         if kind == TransferType.ISOCHRONOUS:
             iso = self._read_iso(npk, length)
+        if handler is None:
+            # Declared endpoint whose handler method is absent: the capability is absent (stall).
+            with device.lock:
+                self._fail(seqnum, EPIPE, iso)
+            return
         urb = _Urb(seqnum, address, kind, length, flags, iso, handler)
         with device.lock:
             if address in device.halted:
-                self._ret_submit(seqnum, EPIPE, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+                self._fail(seqnum, EPIPE, iso)
                 return
             if self.queues.get(address) or not self._try_in(urb):
                 self.pending[seqnum] = urb
@@ -274,13 +279,6 @@ class _Connection:
                 raise _DropConnection(f"ISO packet {i} ({offset}+{plen}) beyond buffer {length}")
             packets.append((offset, plen))
         return packets
-
-    def _frame(self, urb: _Urb) -> int:
-        return self.frame if urb.kind == TransferType.ISOCHRONOUS else 0
-
-    @staticmethod
-    def _npk(urb: _Urb) -> int:
-        return len(urb.iso) if urb.iso is not None else 0
 
     def _no_endpoint(self, seqnum: int, address: int, direction: int, length: int, npk: int) -> None:
         """A URB to an endpoint the active configuration lacks (stub_rx.c get_pipe fails)."""
@@ -308,22 +306,20 @@ class _Connection:
              iso: Optional[List[tuple]]) -> None:
         device = self.device
         assert device is not None
-        if address in device.halted:
-            self._ret_submit(seqnum, EPIPE, 0, npk=len(iso) if iso else 0,
-                             start_frame=self.frame if iso else 0)
-            return
-        if handler is None:
-            self._ret_submit(seqnum, EPIPE, 0, npk=len(iso) if iso else 0)
+        if address in device.halted or handler is None:
+            self._fail(seqnum, EPIPE, iso)
             return
         if iso is not None:
             packets = [bytes(data[o:o + n]) for o, n in iso]
             status = self._call(handler, address, packets)
-            descs = b"".join(ISO_PACKET_STRUCT.pack(o, n, n if status == 0 else 0, status) for o, n in iso)
-            actual = sum(n for _o, n in iso) if status == 0 else 0
+            if status:
+                self._fail(seqnum, status, iso)
+                return
+            descs = b"".join(ISO_PACKET_STRUCT.pack(o, n, n, 0) for o, n in iso)
+            actual = sum(n for _o, n in iso)
             frame = self.frame
             self.frame = (self.frame + len(iso)) & 0x3FFF
-            self._ret_submit(seqnum, status, actual, descs, start_frame=frame, npk=len(iso),
-                             errors=0 if status == 0 else len(iso))
+            self._ret_submit(seqnum, 0, actual, descs, start_frame=frame, npk=len(iso))
             return
         status = self._call(handler, address, data)
         self._ret_submit(seqnum, status, len(data) if status == 0 else 0)
@@ -354,17 +350,17 @@ class _Connection:
         if handler is None:
             return False
         if urb.address in device.halted:
-            self._ret_submit(urb.seqnum, EPIPE, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            self._fail(urb.seqnum, EPIPE, urb.iso)
             return True
         try:
             result = handler([n for _o, n in urb.iso] if urb.iso is not None else urb.length)
         except Stall:
             device.halted.add(urb.address)
-            self._ret_submit(urb.seqnum, EPIPE, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            self._fail(urb.seqnum, EPIPE, urb.iso)
             return True
         except Exception:
             log.exception("%r: handler for endpoint 0x%02x failed", device, urb.address)
-            self._ret_submit(urb.seqnum, EPROTO, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            self._fail(urb.seqnum, EPROTO, urb.iso)
             return True
         if result is None:
             return False
@@ -419,7 +415,7 @@ class _Connection:
         queue = self.queues.pop(address, None)
         for urb in queue or ():
             self.pending.pop(urb.seqnum, None)
-            self._ret_submit(urb.seqnum, status, 0, start_frame=self._frame(urb), npk=self._npk(urb))
+            self._fail(urb.seqnum, status, urb.iso)
 
     def _fail_all_endpoints(self, status: int) -> None:
         for address in [a for a in self.queues if a != -1]:
