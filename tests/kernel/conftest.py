@@ -17,7 +17,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import contextlib
+
 import pytest
+import usb.core
+import usb.util
+
+from usbip_backend import get_backend
+from usbip_backend.hooks import UrbHook
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -120,6 +127,48 @@ class KernelPeer:
                        out_ep=0x02, acm_notify_ep=0x85, tty="/dev/ttyGS1", hidg="/dev/hidg1", peer=self)
 
 
+class Recorder(UrbHook):
+    """A capture hook that remembers every URB event (called from the engine's threads)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.submitted: list = []
+        self.completed: list = []  # (seqnum, status, actual_length)
+        self.unlinks: list = []  # (urb seqnum, unlink seqnum, status)
+
+    def urb_submitted(self, urb) -> None:
+        with self.lock:
+            self.submitted.append(urb.seqnum)
+
+    def urb_completed(self, urb) -> None:
+        with self.lock:
+            self.completed.append((urb.seqnum, urb.status, urb.actual_length))
+
+    def urb_unlink_returned(self, urb, unlink_seqnum: int, status: int) -> None:
+        with self.lock:
+            self.unlinks.append((urb.seqnum, unlink_seqnum, status))
+
+
+@contextlib.contextmanager
+def open_device(flav: Flavour, kind: str, configure: bool = True, hook: Optional[UrbHook] = None,
+                timeout: float = 10.0):
+    """Import one gadget through get_backend(busids=[...]); close it and wait until the
+    server offers it again at the end, so the next test can import it."""
+    be = get_backend(flav.host, flav.port, busids=[flav.busids[kind]], timeout=timeout, pcap=hook)
+    dev = None
+    try:
+        dev = usb.core.find(backend=be)
+        assert dev is not None, f"{flav.busids[kind]} not found: {be.skipped}"
+        if configure:
+            dev.set_configuration()
+        yield dev
+    finally:
+        if dev is not None:
+            usb.util.dispose_resources(dev)
+        be.close()
+        flav.peer.wait_available(flav, kind)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,6 +190,15 @@ def kernel_peer():
     if missing:
         _unavailable(f"missing {', '.join(missing)}")
     cache = os.environ.get("KERNEL_PEER_CACHE") or guestcmd.cache_dir()
+    reuse = os.environ.get("KERNEL_PEER_REUSE")  # "PORT": use a VM started by hand (start.sh PORT)
+    if reuse:
+        from devlist import devlist
+        port = int(reuse)
+        yield KernelPeer("127.0.0.1", port, port + 1,
+                         {"device": [d.busid for d in devlist("127.0.0.1", port)],
+                          "stub": [d.busid for d in devlist("127.0.0.1", port + 1)]},
+                         os.path.join(cache, "run", f"console-{port}.log"), cache)
+        return
     dev_port, stub_port = _free_port(), _free_port()
     env = dict(os.environ, KERNEL_PEER_CACHE=cache, STUB_PORT=str(stub_port), PYTHON=sys.executable)
     t0 = time.monotonic()
