@@ -209,8 +209,12 @@ def test_get_descriptor_device_config_string(server):
         hdr, config = c.ctrl(0x80, 6, 0x0200, 0, total)
         assert len(config) == total and config[:9] == head
         assert config[4] == 1 and config[5] == 1  # one interface, bConfigurationValue 1
-        eps = [config[i + 2] for i in range(len(config) - 6) if config[i:i + 2] == b"\x07\x05"]
-        assert sorted(eps) == [0x01, 0x02, 0x03, 0x81, 0x82, 0x83]
+        eps = {config[i + 2]: config[i + 3:i + 7] for i in range(len(config) - 6)
+               if config[i:i + 2] == b"\x07\x05"}
+        # bmAttributes 2 = bulk (wMaxPacketSize 512), 3 = interrupt (64, bInterval 4)
+        assert eps == {0x01: bytes.fromhex("02 0002 00"), 0x81: bytes.fromhex("02 0002 00"),
+                       0x82: bytes.fromhex("02 0002 00"), 0x02: bytes.fromhex("02 0002 00"),
+                       0x03: bytes.fromhex("03 4000 04"), 0x83: bytes.fromhex("03 4000 04")}
         hdr, langs = c.ctrl(0x80, 6, 0x0300, 0, 255)
         assert langs == bytes.fromhex("0403 0904")
         hdr, s = c.ctrl(0x80, 6, 0x0302, 0x0409, 255)
@@ -230,6 +234,7 @@ def test_acm_descriptors_and_line_coding(server):
         assert bytes.fromhex("080b 0002 020201") in config  # IAD: interfaces 0-1, CDC ACM
         assert bytes.fromhex("052400 1001") in config  # CDC header 1.10
         assert bytes.fromhex("052406 0001") in config  # union: control 0, data 1
+        assert bytes.fromhex("0705 83 03 1000 04") in config  # notification: interrupt IN 16
         c.configure(1)
         _, got = c.ctrl(0xA1, 0x21, 0, 0, 7)
         assert got == bytes.fromhex("00c20100 00 00 08")  # default 115200 8N1
@@ -353,7 +358,8 @@ def test_port_reset_and_set_interface(server):
 
 # --- hostile input ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["wrong_devid", "huge_length", "negative_length", "unknown_command",
-                                  "interrupt_interval_0", "out_to_missing_endpoint"])
+                                  "interrupt_interval_0", "out_to_missing_endpoint",
+                                  "iso_packets_to_bulk"])
 def test_protocol_violations_drop_the_connection(server, case):
     with Raw(server.port, "1-1") as c:
         c.configure(1)
@@ -365,6 +371,8 @@ def test_protocol_violations_drop_the_connection(server, case):
             c.submit(1, 1, -5)
         elif case == "unknown_command":
             c.sock.sendall(b"\x00\x00\x00\x09" + bytes(44))
+        elif case == "iso_packets_to_bulk":
+            c.submit(1, 2, 64, iso=[32, 32])
         elif case == "interrupt_interval_0":
             c.submit(1, 3, 64, interval=0)
         else:
@@ -423,6 +431,10 @@ def test_iso_in_out_packet_descriptors(server):
         assert (hdr.status, hdr.actual_length, hdr.number_of_packets) == (0, 30, 2)
         assert descs == [P.IsoPacket(0, 10, 10, 0), P.IsoPacket(10, 20, 20, 0)]
         assert iso.received == 2
+        _, head = c.ctrl(0x80, 6, 0x0200, 0, 9)
+        _, config = c.ctrl(0x80, 6, 0x0200, 0, int.from_bytes(head[2:4], "little"))
+        assert bytes.fromhex("0705 81 05 0004 01") in config  # iso IN, asynchronous, 1024, 1
+        assert bytes.fromhex("0904 00 01 02 ff") in config  # interface 0 alt 1, 2 endpoints
         # loopback of the stored OUT packets: short packets back to back, offsets as requested
         hdr, data, descs = c.call(1, 1, 64, iso=[32, 32], interval=1)
         assert (hdr.actual_length, data) == (30, b"a" * 10 + b"b" * 20)

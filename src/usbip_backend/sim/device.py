@@ -77,6 +77,14 @@ _ENDPOINT_DESC = struct.Struct("<BBBBHB")  # 7
 _HID_DESC = struct.Struct("<BBHBBBH")  # 9
 _U16 = struct.Struct("<H")
 
+#: bmAttributes transfer type bits (USB 2.0 table 9-13). Not TransferType's values, which are
+#: numbered as in the usbmon header (0 iso, 1 interrupt, 2 control, 3 bulk).
+_BM_ATTRIBUTES = {
+    TransferType.ISOCHRONOUS: 0x01 | 0x04,  # isochronous, asynchronous, data
+    TransferType.BULK: 0x02,
+    TransferType.INTERRUPT: 0x03,
+}
+
 _TYPE_NAMES = {
     TransferType.BULK: "bulk",
     TransferType.INTERRUPT: "interrupt",
@@ -387,7 +395,7 @@ class Device:
                     body.append(self.hid_descriptor(itf))
                 body.append(itf.extra)
                 for ep in itf.endpoints:
-                    attrs = int(ep.type) | (0x04 if ep.type == TransferType.ISOCHRONOUS else 0)
+                    attrs = _BM_ATTRIBUTES[ep.type]
                     body.append(_ENDPOINT_DESC.pack(7, DT_ENDPOINT, ep.address, attrs,
                                                     self._max_packet(ep), self._interval(ep)))
                     body.append(ep.extra)

@@ -247,6 +247,13 @@ class _Connection:
         if kind == TransferType.ISOCHRONOUS:
             if npk <= 0 or npk > P.MAX_ISO_PACKETS:
                 raise _DropConnection(f"ISO URB seqnum {seqnum} with {npk} packets")
+        elif npk > 0:
+            # The stub reads ISO descriptors only for ISO pipes: the client's descriptors stay in
+            # the stream and desynchronise it, so the kernel drops the connection. Say why here.
+            log.warning("%s: URB seqnum %d to %s endpoint 0x%02x carries %d ISO packets: "
+                        "dropping the connection as the kernel stub does", self.peer, seqnum,
+                        TransferType(kind).name.lower(), address, npk)
+            raise _DropConnection("ISO packets on a non-ISO endpoint")
         if direction == 0:
             data = self._read_data(length)
             if kind == TransferType.ISOCHRONOUS:
