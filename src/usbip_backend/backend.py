@@ -309,6 +309,11 @@ class UsbipBackend(usb.backend.IBackend):
         connect_timeout: Optional[float] = None,
     ) -> None:
         super().__init__()
+        self._lock = threading.Lock()
+        self._devices: Dict[str, UsbipDevice] = {}
+        self._closed = False
+        self._owns_hook = False
+        self.hook: Optional[UrbHook] = None
         if max_transfer is not None and max_transfer < 1:
             raise ValueError(f"max_transfer must be a positive number of bytes, not {max_transfer}")
         self.host = host
@@ -317,18 +322,14 @@ class UsbipBackend(usb.backend.IBackend):
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.busids: Optional[Tuple[str, ...]] = tuple(busids) if busids is not None else None
         self.max_transfer = max_transfer
-        self._owns_hook = False
         if pcap is not None and not isinstance(pcap, UrbHook):
             from .pcap import PcapWriter  # lazy: only capture users pay for it
 
             pcap = PcapWriter(pcap)
             self._owns_hook = True
-        self.hook: Optional[UrbHook] = pcap
+        self.hook = pcap
         #: busid -> why enumeration skipped it (busy, not found, unreadable descriptors...).
         self.skipped: Dict[str, str] = {}
-        self._devices: Dict[str, UsbipDevice] = {}
-        self._lock = threading.Lock()
-        self._closed = False
 
     def __repr__(self) -> str:
         return f"<UsbipBackend {self.host}:{self.port} {len(self._devices)} imported>"
