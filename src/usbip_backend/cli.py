@@ -54,7 +54,7 @@ VENDOR_NAMES = {
     0x067B: "Prolific Technology",
     0x0D28: "ARM (DAPLink)",
     0x10C4: "Silicon Labs",
-    0x1209: "pid.codes (open source)",
+    0x1209: "pid.codes",
     0x1366: "SEGGER",
     0x16C0: "Van Ooijen Technische Informatica (V-USB)",
     0x1915: "Nordic Semiconductor",
@@ -841,6 +841,364 @@ def cmd_sim(ctx: Context) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Check sequence (the 'check' and 'demo' commands, tools/integration.py)
+# --------------------------------------------------------------------------------------------
+class SkipCheck(Exception):
+    """A check that does not apply to this device (counted as skipped, not failed)."""
+
+
+#: The source/sink pattern of Linux's gadget zero (pattern=1): byte i is i % 63. A sink accepts
+#: it, an echo endpoint returns it, so it is the safe payload for endpoints of unknown purpose.
+def gadget_pattern(length: int) -> bytes:
+    return bytes(i % 63 for i in range(length))
+
+
+class CheckRun:
+    """Counts and prints PASS / FAIL / SKIP lines."""
+
+    def __init__(self, out, verbose: bool = False) -> None:
+        self.out = out
+        self.verbose = verbose
+        self.passed = self.failed = self.skipped = 0
+        self.failures: List[str] = []
+
+    def _line(self, status: str, where: str, name: str, detail: str) -> None:
+        text = f"{status:<4}  {where:<8}  {name}"
+        print(f"{text}: {detail}" if detail else text, file=self.out, flush=True)
+
+    def check(self, where: str, name: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; its return value (str or None) is the detail of a PASS. Returns it, or None."""
+        try:
+            detail = fn()
+        except SkipCheck as exc:
+            self.skipped += 1
+            self._line("SKIP", where, name, str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - every failure is a result line
+            self.failed += 1
+            self.failures.append(f"{where} {name}")
+            self._line("FAIL", where, name, f"{type(exc).__name__}: {exc}")
+            if self.verbose:
+                traceback.print_exception(type(exc), exc, exc.__traceback__, file=self.out)
+            return None
+        self.passed += 1
+        self._line("PASS", where, name, detail if isinstance(detail, str) else "")
+        return detail if detail is not None else True
+
+    def summary(self) -> str:
+        text = f"{self.passed} passed, {self.failed} failed"
+        return f"{text}, {self.skipped} skipped" if self.skipped else text
+
+
+def _round_up(n: int, mps: int) -> int:
+    return max(mps, -(-n // mps) * mps) if mps else n
+
+
+def _read_all(dev, ep: int, want: int, mps: int, timeout_ms: int) -> bytes:
+    """Read until ``want`` bytes arrived (IN lengths rounded up to whole packets: no babble)."""
+    got = bytearray()
+    while len(got) < want:
+        chunk = bytes(dev.read(ep, _round_up(want - len(got), mps), timeout=timeout_ms))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def _check_device(run: CheckRun, host: str, port: int, listed: P.UsbDevice, *, timeout: float, hook,
+                  transfer_ms: int) -> None:
+    import usb.core
+    import usb.util
+
+    from .backend import get_backend
+    from .client import import_device, list_devices
+
+    where = listed.busid
+    be = get_backend(host, port, timeout=timeout, busids=[listed.busid], pcap=hook)
+    try:
+        def do_import():
+            dev = usb.core.find(backend=be)
+            if dev is None:
+                raise RuntimeError(be.skipped.get(listed.busid) or "the backend found no device")
+            if (dev.idVendor, dev.idProduct) != (listed.idVendor, listed.idProduct):
+                raise RuntimeError(f"imported {dev.idVendor:04x}:{dev.idProduct:04x}, listed as "
+                                   f"{listed.idVendor:04x}:{listed.idProduct:04x}")
+            return dev
+        dev = run.check(where, "import", do_import)
+        if not dev:
+            return
+
+        def busy():
+            try:
+                conn = import_device(host, port, listed.busid, timeout=timeout)
+            except ImportRefusedError as exc:
+                if exc.status != P.Status.ST_DEV_BUSY:
+                    raise RuntimeError(f"second import refused with {P.status_text(exc.status)}, "
+                                       "expected ST_DEV_BUSY") from exc
+            else:
+                conn.close()
+                raise RuntimeError("a second import succeeded while we hold the device")
+            hidden = all(d.busid != listed.busid for d in list_devices(host, port, timeout=timeout))
+            return "second import refused (ST_DEV_BUSY)" + ("; hidden from the device list" if hidden else "")
+        run.check(where, "exclusive import", busy)
+
+        def descriptors():
+            raw = bytes(dev.ctrl_transfer(0x80, 6, 0x0100, 0, 18, timeout=transfer_ms))
+            if len(raw) != 18 or raw[0] != 18 or raw[1] != 1:
+                raise RuntimeError(f"bad device descriptor {raw.hex()}")
+            vid, pid = int.from_bytes(raw[8:10], "little"), int.from_bytes(raw[10:12], "little")
+            if (vid, pid) != (dev.idVendor, dev.idProduct):
+                raise RuntimeError("GET_DESCRIPTOR(DEVICE) disagrees with PyUSB's device")
+            parts = []
+            for index, cfg in enumerate(dev):
+                head = bytes(dev.ctrl_transfer(0x80, 6, 0x0200 | index, 0, 9, timeout=transfer_ms))
+                total = int.from_bytes(head[2:4], "little")
+                full = bytes(dev.ctrl_transfer(0x80, 6, 0x0200 | index, 0, total, timeout=transfer_ms))
+                if len(full) != total or total != cfg.wTotalLength:
+                    raise RuntimeError(f"configuration {index}: wTotalLength {total}, got {len(full)} bytes")
+                n_eps = sum(intf.bNumEndpoints for intf in cfg)
+                parts.append(f"configuration {cfg.bConfigurationValue}: {cfg.bNumInterfaces} interface(s), "
+                             f"{n_eps} endpoint(s), {total} bytes")
+            return f"{dev.idVendor:04x}:{dev.idProduct:04x} bcdUSB {bcd(dev.bcdUSB)}; " + "; ".join(parts)
+        run.check(where, "descriptors", descriptors)
+
+        def strings():
+            indices = [("manufacturer", dev.iManufacturer), ("product", dev.iProduct),
+                       ("serial", dev.iSerialNumber)]
+            for cfg in dev:
+                indices += [(f"interface {i.bInterfaceNumber}.{i.bAlternateSetting}", i.iInterface) for i in cfg]
+            indices = [(n, i) for n, i in indices if i]
+            if not indices:
+                raise SkipCheck("the device has no string descriptors")
+            langids = usb.util.get_langids(dev)
+            texts = [f"{name}={usb.util.get_string(dev, idx)!r}" for name, idx in indices]
+            return f"langids {','.join(f'0x{x:04x}' for x in langids)}; " + ", ".join(texts)
+        run.check(where, "strings", strings)
+
+        cfg = run.check(where, "set configuration",
+                        lambda: f"configuration {active_configuration(dev).bConfigurationValue} active")
+        if not cfg:
+            return
+        cfg = active_configuration(dev)
+        timeout_candidates: List[Tuple[int, int, int]] = []  # (ep, mps, intf) IN endpoints, alt 0
+        used = {ep.bEndpointAddress for intf in cfg for ep in intf}
+
+        for intf in cfg:
+            eps = list(intf)
+            if not eps:
+                continue
+            alt = intf.bAlternateSetting
+            label = f"interface {intf.bInterfaceNumber}.{alt}"
+            if alt:
+                ok = run.check(where, f"select {label}", lambda: dev.set_interface_altsetting(
+                    interface=intf.bInterfaceNumber, alternate_setting=alt) or "SET_INTERFACE accepted")
+                if not ok:
+                    continue
+            by_addr = {ep.bEndpointAddress: ep for ep in eps}
+            for ep in eps:
+                addr = ep.bEndpointAddress
+                kind = TRANSFER_NAMES[ep.bmAttributes & 3]
+                mps = ep.wMaxPacketSize & 0x7FF
+                if kind == "control":
+                    run.check(where, f"endpoint 0x{addr:02x}", lambda addr=addr: _raise(RuntimeError(
+                        f"descriptor of endpoint 0x{addr:02x} says control type (bmAttributes "
+                        f"0x{by_addr[addr].bmAttributes:02x}); only endpoint 0 may be control")))
+                    continue
+                if kind == "isochronous":
+                    run.check(where, f"isochronous {'IN' if addr & 0x80 else 'OUT'} 0x{addr:02x}",
+                              lambda addr=addr, mps=mps: _iso_check(dev, addr, mps, transfer_ms))
+                    continue
+                if addr & 0x80:
+                    partner = by_addr.get(addr & 0x0F)
+                    if partner is not None and (partner.bmAttributes & 3) == (ep.bmAttributes & 3):
+                        continue  # read back by the loopback of its OUT partner
+                    if not alt:
+                        timeout_candidates.append((addr, mps, intf.bInterfaceNumber))
+                    run.check(where, f"{kind} IN 0x{addr:02x}",
+                              lambda addr=addr, mps=mps, kind=kind: _read_check(dev, addr, mps, transfer_ms))
+                    continue
+                partner = by_addr.get(addr | 0x80)
+                if partner is None or (partner.bmAttributes & 3) != (ep.bmAttributes & 3):
+                    run.check(where, f"{kind} OUT 0x{addr:02x}",
+                              lambda addr=addr, mps=mps: _write_check(dev, addr, mps, transfer_ms))
+                    continue
+                if not alt:
+                    timeout_candidates.append((addr | 0x80, mps, intf.bInterfaceNumber))
+                run.check(where, f"{kind} loopback 0x{addr:02x} -> 0x{addr | 0x80:02x}",
+                          lambda addr=addr, mps=mps, kind=kind: _loopback_check(dev, addr, mps, kind, transfer_ms))
+            if alt:
+                run.check(where, f"back to interface {intf.bInterfaceNumber}.0", lambda: dev.set_interface_altsetting(
+                    interface=intf.bInterfaceNumber, alternate_setting=0) or "SET_INTERFACE accepted")
+
+        run.check(where, "stall", lambda: _stall_check(dev, used, transfer_ms))
+        run.check(where, "timeout", lambda: _timeout_check(dev, timeout_candidates))
+    finally:
+        be.close()
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def _alive(dev) -> None:
+    """GET_STATUS(device): the device still answers on endpoint 0."""
+    status = bytes(dev.ctrl_transfer(0x80, 0, 0, 0, 2, timeout=2000))
+    if len(status) != 2:
+        raise RuntimeError(f"GET_STATUS answered {len(status)} bytes")
+
+
+def _loopback_check(dev, out_ep: int, mps: int, kind: str, timeout_ms: int) -> str:
+    import usb.core
+
+    sizes = [mps, 3 * mps + 7] if kind == "bulk" else [min(mps, 8), mps]
+    results = []
+    for size in sizes:
+        payload = gadget_pattern(size)
+        written = int(dev.write(out_ep, payload, timeout=timeout_ms))
+        if written != size:
+            raise RuntimeError(f"wrote {written} of {size} bytes")
+        try:
+            back = _read_all(dev, out_ep | 0x80, size, mps, timeout_ms)
+        except usb.core.USBTimeoutError:
+            raise SkipCheck(f"wrote {size} bytes to 0x{out_ep:02x}; nothing came back on 0x{out_ep | 0x80:02x} "
+                            "(not an echo pair)") from None
+        if back != payload:
+            if back and back == gadget_pattern(len(back)):
+                return (f"0x{out_ep:02x} took {size} bytes of the pattern (a sink), 0x{out_ep | 0x80:02x} "
+                        f"returned {len(back)} bytes of it (a source)")
+            raise SkipCheck(f"wrote {size} bytes; 0x{out_ep | 0x80:02x} returned other data (not an echo pair)")
+        results.append(str(size))
+    return f"{' + '.join(results)} bytes echoed"
+
+
+def _read_check(dev, ep: int, mps: int, timeout_ms: int) -> str:
+    import usb.core
+
+    try:
+        data = bytes(dev.read(ep, mps or 64, timeout=min(timeout_ms, 300)))
+    except usb.core.USBTimeoutError:
+        _alive(dev)
+        return "no data within 300 ms (URB unlinked; device still answers)"
+    return f"{len(data)} bytes: {data[:16].hex(' ')}{' ...' if len(data) > 16 else ''}"
+
+
+def _write_check(dev, ep: int, mps: int, timeout_ms: int) -> str:
+    payload = gadget_pattern(min(mps or 8, 8))
+    written = int(dev.write(ep, payload, timeout=timeout_ms))
+    return f"{written} bytes written (the source/sink pattern)"
+
+
+def _iso_check(dev, ep: int, mps: int, timeout_ms: int) -> str:
+    import usb.core
+
+    size = max(mps, 1) * 4
+    try:
+        if ep & 0x80:
+            data = dev.read(ep, size, timeout=timeout_ms)
+            return f"4 packets asked, {len(data)} bytes received"
+        written = dev.write(ep, gadget_pattern(size), timeout=timeout_ms)
+        return f"{int(written)} bytes in 4 packets"
+    except usb.core.USBError as exc:
+        if getattr(exc, "errno", None) in (errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", -1), errno.EXDEV):
+            raise SkipCheck(f"the server does not do isochronous transfers ({exc})") from exc
+        raise
+
+
+def _stall_check(dev, used_endpoints, timeout_ms: int) -> str:
+    """A request the device must refuse (USB 2.0 9.4.5: GET_STATUS of an endpoint it does not have)."""
+    import usb.core
+
+    missing = next((a for a in range(0x8F, 0x80, -1) if a not in used_endpoints), None)
+    candidates = []
+    if missing is not None:
+        candidates.append((f"GET_STATUS(endpoint 0x{missing:02x}), an endpoint it does not have",
+                           0x82, 0, 0, missing, 2))
+    candidates.append(("an undefined vendor request 0xff", 0xC0, 0xFF, 0, 0, 8))
+    answered = []
+    for text, bm, req, val, idx, length in candidates:
+        try:
+            dev.ctrl_transfer(bm, req, val, idx, length, timeout=timeout_ms)
+        except usb.core.USBError as exc:
+            if getattr(exc, "errno", None) != errno.EPIPE:
+                raise
+            _alive(dev)
+            return f"{text} stalled (EPIPE); endpoint 0 still answers"
+        answered.append(text)
+    raise SkipCheck(f"the device answered instead of stalling: {'; '.join(answered)}")
+
+
+def _timeout_check(dev, candidates) -> str:
+    import usb.core
+
+    if not candidates:
+        raise SkipCheck("no bulk or interrupt IN endpoint in alternate setting 0")
+    had_data = []
+    for ep, mps, _intf in candidates:
+        try:
+            dev.read(ep, mps or 64, timeout=200)
+        except usb.core.USBTimeoutError:
+            _alive(dev)
+            return f"read from idle 0x{ep:02x} timed out after 200 ms; the URB was unlinked and the device still answers"
+        had_data.append(f"0x{ep:02x}")
+    raise SkipCheck(f"every IN endpoint had data ({', '.join(had_data)})")
+
+
+def run_checks(host: str, port: int, *, busids: Optional[Sequence[str]] = None, timeout: float = 5.0,
+               hook=None, out=None, verbose: bool = False, transfer_ms: int = 2000) -> CheckRun:
+    """The full sequence against one server: list, then for each device import, descriptors,
+    strings, configuration, every endpoint, a stall and a timeout. Returns the counts."""
+    from .client import list_devices
+
+    run = CheckRun(out or sys.stdout, verbose)
+    server = f"{host}:{port}"
+    devices = run.check(server, "list", lambda: list_devices(host, port, timeout=timeout))
+    if devices is None:
+        return run
+    if devices is True or not devices:  # True: an empty list counted as a pass
+        run.failed += 1
+        run.passed -= 1
+        run._line("FAIL", server, "list", "the server exports no devices")
+        return run
+    print(f"      {server}  {len(devices)} device(s): {', '.join(short_device(d) for d in devices)}",
+          file=run.out, flush=True)
+    if busids:
+        wanted = set(busids)
+        missing = wanted - {d.busid for d in devices}
+        for busid in sorted(missing):
+            run.failed += 1
+            run._line("FAIL", busid, "list", f"busid {busid} is not exported by {server}")
+        devices = [d for d in devices if d.busid in wanted]
+    for listed in devices:
+        try:
+            _check_device(run, host, port, listed, timeout=timeout, hook=hook, transfer_ms=transfer_ms)
+        except Exception as exc:  # noqa: BLE001 - one device's disaster must not hide the others
+            run.failed += 1
+            run._line("FAIL", listed.busid, "device", explain(exc, None))
+    return run
+
+
+def cmd_check(ctx: Context) -> int:
+    host, port = ctx.server()
+    run = run_checks(host, port, busids=ctx.args.busid, timeout=ctx.args.timeout, hook=ctx.pcap(),
+                     out=ctx.out, verbose=bool(ctx.args.verbose))
+    ctx.print(run.summary())
+    return EXIT_OK if run.failed == 0 else EXIT_FAILED
+
+
+def cmd_demo(ctx: Context) -> int:
+    from .sim import SimServer, stock_devices
+
+    server = SimServer(stock_devices(), host="127.0.0.1", port=0)
+    server.start()
+    try:
+        ctx.note(f"virtual USB/IP server on 127.0.0.1:{server.port} (the same as '{PROG} sim')")
+        ctx._server = ("127.0.0.1", server.port)
+        return cmd_check(ctx)
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -989,6 +1347,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N", help="timeout (default 1000)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = add("check", cmd_check, "run the full check sequence against a server",
+            "Run the full sequence against every exported device (or --busid ones): import, exclusive "
+            "import, descriptors, strings, configuration, every endpoint (bulk/interrupt loopback where an "
+            "OUT/IN pair echoes, interrupt and isochronous reads), a deliberate stall and a timeout. "
+            "Prints PASS/FAIL/SKIP lines and 'N passed, N failed'; exit code 1 if any failed.")
+    p.add_argument("--busid", action="append", metavar="B", help="check only this device (repeatable)")
+
+    add("demo", cmd_demo, "start the virtual server in-process and run 'check' against it",
+        "Start the virtual USB/IP server on 127.0.0.1 (a free port) and run the check sequence "
+        "against it through PyUSB: everything works with no hardware.")
+
     sim_common = argparse.ArgumentParser(add_help=False)
     g = sim_common.add_argument_group("server")
     g.add_argument("--host", default=argparse.SUPPRESS, metavar="H", help="address to listen on (default 127.0.0.1)")
@@ -1023,7 +1392,7 @@ def _first(exc: BaseException, types) -> Optional[BaseException]:
     return None
 
 
-def explain(exc: BaseException, ctx: Context) -> str:
+def explain(exc: BaseException, ctx: Optional[Context]) -> str:
     """One line for a failure: what happened, where, and what to do."""
     try:
         import usb.core
@@ -1033,7 +1402,7 @@ def explain(exc: BaseException, ctx: Context) -> str:
         usb_error = usb_timeout = ()
     from .discovery import DiscoveryError
 
-    where = ctx.where()
+    where = ctx.where() if ctx is not None else "the server"
     if isinstance(exc, (DiscoveryError, CliError)):
         return str(exc)
     refused = _first(exc, ImportRefusedError)
@@ -1051,7 +1420,8 @@ def explain(exc: BaseException, ctx: Context) -> str:
                 f"(or start one: {PROG} sim)")
     gai = _first(exc, socket.gaierror)
     if gai is not None:
-        return f"cannot resolve host {ctx.args.host!r}: {gai.strerror or gai}; check --host"
+        host = ctx.args.host if ctx is not None else "?"
+        return f"cannot resolve host {host!r}: {gai.strerror or gai}; check --host"
     timeout = _first(exc, (UsbipTimeoutError, socket.timeout, TimeoutError) + usb_timeout)
     if timeout is not None:
         what = str(timeout) or "operation timed out"
@@ -1102,7 +1472,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
     if not args.command:
         parser.print_usage(err)
-        print(f"{PROG}: error: a command is needed (discover, list, probe, control, read, write, loopback, sim); "
+        print(f"{PROG}: error: a command is needed (discover, list, probe, control, read, write, loopback, check, demo, sim); "
               f"see {PROG} --help", file=err)
         return EXIT_USAGE
     _setup_logging(args.verbose)
