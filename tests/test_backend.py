@@ -470,3 +470,103 @@ def test_backend_is_an_ibackend():
     with pytest.raises(ValueError):
         UsbipBackend("127.0.0.1", 1, max_transfer=0)
     be.close()
+
+
+# --- in-process virtual server: devices made for one test ---------------------------------------
+from usbip_backend.sim.device import Bulk, Device, Interface, Interrupt  # noqa: E402
+from usbip_backend.sim.devices import stock_devices  # noqa: E402
+from usbip_backend.sim.server import SimServer  # noqa: E402
+
+
+class GatedSink(Device):
+    """Bulk OUT 0x01 whose first URB is held until the test opens the gate."""
+
+    pid = 0x00F0
+    product = "gated sink"
+    interfaces = [Interface(0, endpoints=[Bulk(0x01)])]
+
+    def __init__(self, busid=None, gate=None):
+        super().__init__(busid)
+        self.gate = gate
+        self.received = bytearray()
+        self.gate_was_open = None
+
+    def bulk_out_1(self, data):
+        if self.gate_was_open is None:
+            self.gate_was_open = self.gate.wait(5.0)
+        self.received += data
+
+
+class FullSpeedInterrupt(Device):
+    pid = 0x00F1
+    product = "full-speed interrupt"
+    speed = P.Speed.FULL
+    interfaces = [Interface(0, endpoints=[Interrupt(0x81, 8, interval=10)])]
+
+    def interrupt_in_1(self, length):
+        return b"\x42" * min(length, 8)
+
+
+def test_max_transfer_out_chunks_are_in_flight_together():
+    gate = threading.Event()
+
+    class OpenGateOnThirdSubmit(UrbHook):
+        submitted = 0
+
+        def urb_submitted(self, urb):
+            if urb.endpoint == 0x01:
+                self.submitted += 1
+                if self.submitted == 3:
+                    gate.set()  # three chunks sent while the first is still held by the device
+
+    dev_model = GatedSink(gate=gate)
+    with SimServer([dev_model]) as srv, get_backend("127.0.0.1", srv.port, max_transfer=512,
+                                                    pcap=OpenGateOnThirdSubmit()) as be:
+        dev = find(be, GatedSink.pid)
+        dev.set_configuration()
+        data = bytes(i & 0xFF for i in range(512 * 6))
+        assert dev.write(0x01, data, timeout=10000) == len(data)
+        assert dev_model.gate_was_open is True
+        assert bytes(dev_model.received) == data
+        usb.util.dispose_resources(dev)
+
+
+def test_full_speed_interrupt_interval():
+    rec = Recorder()
+    with SimServer([FullSpeedInterrupt()]) as srv, get_backend("127.0.0.1", srv.port, pcap=rec) as be:
+        dev = find(be, FullSpeedInterrupt.pid)
+        assert dev.speed == usb.util.SPEED_FULL
+        dev.set_configuration()
+        assert bytes(dev.read(0x81, 8, timeout=1000)) == b"\x42" * 8
+        (urb,) = rec.of(0x81, P.TransferType.INTERRUPT)
+        assert urb.interval == 10  # full speed: bInterval frames
+        usb.util.dispose_resources(dev)
+
+
+def test_dead_connection_is_imported_again():
+    with SimServer(stock_devices(["loopback"])) as srv, get_backend("127.0.0.1", srv.port) as be:
+        dev = find(be, PID_LOOPBACK)
+        old = be.devices[0]
+        old.conn.close()  # as if the server had dropped us
+        assert srv.wait_free("1-1")
+        with pytest.raises(usb.core.USBError) as info:
+            dev.read(0x81, 8, timeout=100)
+        assert info.value.errno == errno.ENODEV
+        usb.util.dispose_resources(dev)
+        again = find(be, PID_LOOPBACK)
+        assert be.devices[0] is not old and be.devices[0].alive
+        again.set_configuration()
+        again.write(0x01, b"back", timeout=1000)
+        assert bytes(again.read(0x81, 8, timeout=1000)) == b"back"
+        usb.util.dispose_resources(again)
+
+
+def test_pcap_path_is_written_and_closed(tmp_path):
+    path = tmp_path / "capture.pcapng"
+    with SimServer(stock_devices(["loopback"])) as srv:
+        with get_backend("127.0.0.1", srv.port, pcap=str(path)) as be:
+            dev = find(be, PID_LOOPBACK)
+            assert dev.product
+            usb.util.dispose_resources(dev)
+    raw = path.read_bytes()
+    assert raw[:4] == b"\x0a\x0d\x0d\x0a" and len(raw) > 200  # SHB, then records

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
-import os
 import re
 import threading
 import time
@@ -310,6 +309,7 @@ class UsbipBackend(usb.backend.IBackend):
     ) -> None:
         super().__init__()
         self._lock = threading.Lock()
+        self._import_lock = threading.Lock()
         self._devices: Dict[str, UsbipDevice] = {}
         self._closed = False
         self._owns_hook = False
@@ -395,7 +395,15 @@ class UsbipBackend(usb.backend.IBackend):
             # Devices we hold are absent from the list (the server hides imported devices).
             wanted = sorted({d.busid for d in listed} | set(cached), key=natural_busid_key)
         for busid in wanted:
-            dev = cached.get(busid) or self._import(busid)
+            # One import at a time per backend: two threads enumerating at once must not import
+            # the same busid twice (the second import would be refused as busy).
+            with self._import_lock:
+                dev = cached.get(busid)
+                if dev is None or not dev.alive:
+                    with self._lock:
+                        dev = self._devices.get(busid)
+                    if dev is None or not dev.alive:
+                        dev = self._import(busid)
             if dev is not None:
                 yield dev
 
@@ -429,8 +437,11 @@ class UsbipBackend(usb.backend.IBackend):
             if self._closed:
                 conn.close()
                 return None
+            stale = self._devices.get(busid)
             self._devices[busid] = dev
             self.skipped.pop(busid, None)
+        if stale is not None:
+            stale.conn.close()
         _log.debug("imported %r", dev)
         return dev
 
