@@ -237,6 +237,14 @@ def test_stall_then_clear_halt(loopback):
     assert loopback.write(0x02, pattern(100), timeout=1000) == 100
 
 
+def test_babble_is_eoverflow(loopback):
+    loopback.write(0x01, bytes(512), timeout=1000)  # one full 512-byte packet
+    with pytest.raises(usb.core.USBError) as info:
+        loopback.read(0x81, 100, timeout=1000)  # a buffer smaller than the packet
+    assert info.value.errno == errno.EOVERFLOW
+    assert info.value.backend_error_code == LIBUSB_ERROR_OVERFLOW
+
+
 @pytest.mark.parametrize("timeout_ms", [50, 200])
 def test_timeout(loopback, timeout_ms):
     start = time.monotonic()
@@ -409,6 +417,19 @@ def test_max_transfer_in_stops_at_short_packet(sim_server):
         assert bytes(dev.read(0x81, 4096, timeout=1000)) == first  # not a byte of `second`
         assert [u.length for u in rec.of(0x81, P.TransferType.BULK)] == [512, 512]
         assert bytes(dev.read(0x81, 4096, timeout=1000)) == second
+        usb.util.dispose_resources(dev)
+
+
+def test_timeout_after_some_data_returns_the_count(sim_server):
+    """As libusb1: a timeout after some bytes arrived is not an error; the count is returned."""
+    with get_backend(*sim_server, max_transfer=512) as be:
+        dev = find(be, PID_LOOPBACK)
+        dev.set_configuration()
+        dev.write(0x01, b"F" * 512, timeout=1000)  # a full packet: the transfer is not over yet
+        start = time.monotonic()
+        got = dev.read(0x81, 2048, timeout=200)  # 512 arrive, the second chunk times out
+        assert bytes(got) == b"F" * 512
+        assert time.monotonic() - start < 0.2 + 0.15
         usb.util.dispose_resources(dev)
 
 
