@@ -16,6 +16,7 @@ from usbip_backend.descriptors import (
     parse_configuration,
     parse_device_descriptor,
     parse_string_descriptor,
+    ss_bytes_per_interval,
 )
 from usbip_backend.errors import ProtocolError
 
@@ -221,6 +222,18 @@ def test_config_total_length_and_iter():
     assert config_total_length(CDC_ACM_CONFIG[:9]) == len(CDC_ACM_CONFIG)
     types = [t for _, _, t in iter_descriptors(CDC_ACM_CONFIG)]
     assert types == [2, 0x0B, 4, 0x24, 0x24, 0x24, 0x24, 5, 4, 5, 5]
+
+
+def test_superspeed_companion_in_endpoint_extra():
+    companion = bytes([6, 0x30, 3, 0, 0x00, 0x10])  # bMaxBurst 3, wBytesPerInterval 4096
+    cfg = parse_configuration(config(
+        bytes([9, 4, 0, 0, 2, 0xFF, 0, 0, 0])
+        + bytes([7, 5, 0x81, 1, 0x00, 0x04, 1]) + companion   # iso IN 1024 + companion
+        + bytes([7, 5, 0x02, 2, 0x00, 0x04, 0]), 1))          # bulk OUT, no companion
+    iso, bulk = cfg.interfaces[0][0].endpoints
+    assert iso.extra_descriptors == list(companion)
+    assert ss_bytes_per_interval(iso) == 4096
+    assert ss_bytes_per_interval(bulk) is None
 
 
 def test_string_descriptor():

@@ -52,6 +52,7 @@ from .descriptors import (
     endpoint_max_packet,
     parse_configuration,
     parse_device_descriptor,
+    ss_bytes_per_interval,
 )
 from .errors import (
     ConnectionLostError,
@@ -753,6 +754,10 @@ class UsbipBackend(usb.backend.IBackend):
             raise usb.core.USBError(f"{what}: no isochronous endpoint 0x{ep:02x} in the active configuration",
                                     LIBUSB_ERROR_NOT_FOUND, _errno.ENOENT)
         packet = endpoint_max_packet(desc)
+        if dev.wire_speed >= P.Speed.SUPER:
+            # SuperSpeed: bursts make the per-interval size the companion's wBytesPerInterval,
+            # which is what libusb_get_max_iso_packet_size() returns there.
+            packet = ss_bytes_per_interval(desc) or packet
         interval = self._interval(dev, P.TransferType.ISOCHRONOUS, desc)
         total = view.nbytes
         if total == 0:

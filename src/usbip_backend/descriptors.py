@@ -306,6 +306,20 @@ def endpoint_max_packet(ep: EndpointDescriptor) -> int:
     return size * mult
 
 
+def ss_bytes_per_interval(ep: EndpointDescriptor) -> Optional[int]:
+    """wBytesPerInterval of the endpoint's SuperSpeed companion descriptor, if it has one."""
+    extra = ep.extra_descriptors
+    pos = 0
+    while pos + 6 <= len(extra):
+        length = extra[pos]
+        if length < 2:
+            return None
+        if extra[pos + 1] == DT_SS_ENDPOINT_COMPANION and length >= 6:
+            return extra[pos + 4] | (extra[pos + 5] << 8)
+        pos += length
+    return None
+
+
 def parse_string_descriptor(data: bytes) -> str:
     """Decode a string descriptor (UTF-16LE) for diagnostics; index 0 (LANGIDs) is not text."""
     data = bytes(data)
