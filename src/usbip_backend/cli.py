@@ -380,25 +380,29 @@ def _what_is_there(devices: Sequence[P.UsbDevice]) -> str:
 
 
 def select_busid(ctx: Context, vid: Optional[int], pid: Optional[int], busid: Optional[str]) -> str:
-    """The busid of the one exported device matching the filters; a clear error otherwise."""
-    devices = _list(ctx)
-    want = []
-    if vid is not None:
-        want.append(f"{vid:04x}")
-    if pid is not None:
-        want.append(f"pid {pid:04x}" if vid is None else f"{pid:04x}")
+    """The busid of the one exported device matching the filters; a clear error otherwise.
+
+    An explicit ``busid`` is returned as is: a device another client holds is missing from the
+    device list, and the import itself says whether it is busy or absent.
+    """
     if busid is not None:
-        want.append(f"busid {busid}")
+        return busid
+    devices = _list(ctx)
     matches = [d for d in devices
-               if (vid is None or d.idVendor == vid) and (pid is None or d.idProduct == pid)
-               and (busid is None or d.busid == busid)]
+               if (vid is None or d.idVendor == vid) and (pid is None or d.idProduct == pid)]
     if not matches:
-        what = ":".join(want[:2]) if vid is not None and pid is not None else " ".join(want) or "device"
-        if busid is not None and vid is not None:
-            what = f"{vid:04x}:{pid if pid is not None else 0:04x} at busid {busid}"
-        raise CliError(f"no device {what} on {ctx.where()}; {_what_is_there(devices)}")
+        if vid is not None and pid is not None:
+            what = f"{vid:04x}:{pid:04x}"
+        elif vid is not None:
+            what = f"with vendor {vid:04x}"
+        elif pid is not None:
+            what = f"with product {pid:04x}"
+        else:
+            what = "at all"
+        raise CliError(f"no device {what} on {ctx.where()}; {_what_is_there(devices)}"
+                       + (" (a device imported by another client is not listed)" if devices else ""))
     if len(matches) > 1:
-        raise CliError(f"{len(matches)} devices match on {ctx.where()}; choose one with --busid: "
+        raise CliError(f"{len(matches)} devices match on {ctx.where()}; choose one with --busid (or --vid/--pid): "
                        + ", ".join(short_device(d) for d in matches), EXIT_USAGE)
     return matches[0].busid
 
@@ -416,8 +420,13 @@ def open_device(ctx: Context, args: argparse.Namespace):
         if reason and "ST_DEV_BUSY" in reason:
             raise CliError(f"device {busid} on {ctx.where()} is busy: another client has imported it (USB/IP "
                            "does not say which); release it there (usbip detach, or close that program) and retry")
+        if reason and "ST_NODEV" in reason:
+            raise CliError(f"no device with busid {busid} on {ctx.where()}; {_what_is_there(_list(ctx))}")
         if reason:
             raise CliError(f"cannot use device {busid} on {ctx.where()}: {reason}")
+        if args.busid is not None:
+            raise CliError(f"the device at busid {busid} on {ctx.where()} is not "
+                           f"{args.vid or 0:04x}:{args.pid or 0:04x}; run '{PROG} list'")
         raise CliError(f"device at busid {busid} on {ctx.where()} is gone (it was listed a moment ago); "
                        "list again and retry")
     log.debug("opened %04x:%04x at busid %s", dev.idVendor, dev.idProduct, busid)
@@ -1179,7 +1188,7 @@ def run_checks(host: str, port: int, *, busids: Optional[Sequence[str]] = None, 
 
 def cmd_check(ctx: Context) -> int:
     host, port = ctx.server()
-    run = run_checks(host, port, busids=ctx.args.busid, timeout=ctx.args.timeout, hook=ctx.pcap(),
+    run = run_checks(host, port, busids=getattr(ctx.args, "busid", None), timeout=ctx.args.timeout, hook=ctx.pcap(),
                      out=ctx.out, verbose=bool(ctx.args.verbose))
     ctx.print(run.summary())
     return EXIT_OK if run.failed == 0 else EXIT_FAILED
