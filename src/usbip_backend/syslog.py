@@ -534,6 +534,8 @@ class SyslogReceiver:
             self._thread.start()
         except BaseException:
             self._close_sockets()
+            with self._lock:
+                self._started = False
             raise
         return self
 
@@ -544,8 +546,8 @@ class SyslogReceiver:
                 return
             self._stopping = True
         try:
-            assert self._wake_w is not None
-            self._wake_w.send(b"x")  # wakes every select() of ours (level-triggered, never read)
+            if self._wake_w is not None:
+                self._wake_w.send(b"x")  # wakes every select() of ours (level-triggered, never read)
         except OSError:
             pass
         deadline = time.monotonic() + timeout

@@ -1,0 +1,379 @@
+"""Syslog: RFC 5424/3164 parsing, RFC 6587 framing, the TCP receiver (client and listen modes)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import socket
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tshark_util as ts
+from tshark_util import complete, fake_urb
+from usbip_backend.pcap import PcapWriter
+from usbip_backend.protocol import TransferType
+from usbip_backend.syslog import FrameDecoder, SyslogMessage, SyslogReceiver, parse_message, parse_structured_data
+
+BOM = b"\xef\xbb\xbf"
+# RFC 5424 section 6.5, examples 1-4 (BOM written as the bytes it stands for).
+EX1 = b"<34>1 2003-10-11T22:14:15.003Z mymachine.example.com su - ID47 - " + BOM + \
+      b"'su root' failed for lonvick on /dev/pts/8"
+EX2 = b"<165>1 2003-08-24T05:14:15.000003-07:00 192.0.2.1 myproc 8710 - - %% It's time to make the do-nuts."
+EX3 = b'<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" ' \
+      b'eventSource="Application" eventID="1011"] ' + BOM + b"An application event log entry..."
+EX4 = b'<165>1 2003-10-11T22:14:15.003Z mymachine.example.com evntslog - ID47 [exampleSDID@32473 iut="3" ' \
+      b'eventSource="Application" eventID="1011"][examplePriority@32473 class="high"]'
+
+
+# --- parsing ----------------------------------------------------------------------------------
+def test_rfc5424_example_1():
+    m = parse_message(EX1)
+    assert (m.facility, m.severity, m.severity_name, m.facility_name, m.version) == (4, 2, "CRIT", "auth", 1)
+    assert m.timestamp == datetime(2003, 10, 11, 22, 14, 15, 3000, tzinfo=timezone.utc)
+    assert (m.hostname, m.app_name, m.procid, m.msgid) == ("mymachine.example.com", "su", None, "ID47")
+    assert m.structured_data == []
+    assert m.msg == "'su root' failed for lonvick on /dev/pts/8"  # BOM stripped
+    assert m.raw == EX1 and m.format == "rfc5424"
+
+
+def test_rfc5424_example_2():
+    m = parse_message(EX2)
+    assert (m.facility, m.severity) == (20, 5)  # local4.notice
+    assert m.timestamp == datetime(2003, 8, 24, 5, 14, 15, 3, tzinfo=timezone(timedelta(hours=-7)))
+    assert (m.hostname, m.app_name, m.procid, m.msgid) == ("192.0.2.1", "myproc", "8710", None)
+    assert m.msg == "%% It's time to make the do-nuts."
+
+
+def test_rfc5424_example_3_structured_data():
+    m = parse_message(EX3)
+    assert m.structured_data == [
+        ("exampleSDID@32473", [("iut", "3"), ("eventSource", "Application"), ("eventID", "1011")])]
+    assert m.msg == "An application event log entry..."
+
+
+def test_rfc5424_example_4_two_sd_elements_no_msg():
+    m = parse_message(EX4)
+    assert [sid for sid, _ in m.structured_data] == ["exampleSDID@32473", "examplePriority@32473"]
+    assert m.structured_data[1][1] == [("class", "high")]
+    assert m.msg == ""
+
+
+def test_sd_escapes():
+    sd, rest = parse_structured_data(r'[id@1 a="x\"y" b="c\\d" c="e\]f" d="g\h"] tail')
+    assert sd == [("id@1", [("a", 'x"y'), ("b", "c\\d"), ("c", "e]f"), ("d", "g\\h")])]
+    assert rest == " tail"
+    with pytest.raises(ValueError):
+        parse_structured_data('[id a="unterminated]')
+
+
+def test_nil_values_and_bad_structured_data():
+    m = parse_message(b"<13>1 - - - - - - just text")
+    assert (m.timestamp, m.hostname, m.app_name, m.procid, m.msgid) == (None, None, None, None, None)
+    assert m.msg == "just text"
+    bad = parse_message(b'<13>1 - host app - - [broken sd "here" text')
+    assert bad.hostname == "host" and bad.structured_data == []
+    assert bad.msg == '[broken sd "here" text'
+
+
+def test_rfc3164_and_lines_without_pri():
+    m = parse_message(b"<34>Oct 11 22:14:15 mymachine su: 'su root' failed for lonvick on /dev/pts/8",
+                      now=datetime(2024, 11, 1))
+    assert (m.facility, m.severity, m.format) == (4, 2, "rfc3164")
+    assert m.timestamp == datetime(2024, 10, 11, 22, 14, 15)
+    assert (m.hostname, m.app_name, m.msg) == ("mymachine", "su", "'su root' failed for lonvick on /dev/pts/8")
+    m = parse_message(b"<13>Feb  5 17:32:18 10.0.0.99 sshd[1234]: Accepted key", now=datetime(2024, 3, 1))
+    assert (m.hostname, m.app_name, m.procid, m.msg) == ("10.0.0.99", "sshd", "1234", "Accepted key")
+    assert m.timestamp == datetime(2024, 2, 5, 17, 32, 18)
+    m = parse_message(b"<14>Dec 31 23:59:59 host app: x", now=datetime(2025, 1, 1, 0, 0, 5))
+    assert m.timestamp.year == 2024  # no year in RFC 3164: the most recent past date
+    plain = parse_message(b"I (1234) wifi: connected")
+    assert (plain.facility, plain.severity, plain.format) == (1, 5, "plain")  # user.notice per RFC 3164
+    assert plain.msg == "I (1234) wifi: connected"
+    assert parse_message(b"<999>out of range").format == "plain"
+    esp = parse_message(b"<11>\x1b[0;31mE (99) app: boom\x1b[0m")
+    assert esp.severity_name == "ERR" and esp.format_line() == "ERR: E (99) app: boom"
+
+
+def test_format_line_is_one_readable_line():
+    line = parse_message(EX3).format_line()
+    assert line == ("NOTICE 2003-10-11T22:14:15.003Z mymachine.example.com evntslog ID47: "
+                    "An application event log entry... "
+                    "[exampleSDID@32473 iut='3' eventSource='Application' eventID='1011']")
+    multi = parse_message(b"<12>1 - h a 7 - - two\nlines\x07")
+    assert multi.format_line() == "WARNING h a[7]: two\\nlines\\x07"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parse_never_raises(raw):
+    m = parse_message(raw)
+    assert isinstance(m, SyslogMessage) and m.raw == raw
+    assert "\n" not in m.format_line()
+
+
+# --- framing ----------------------------------------------------------------------------------
+def _frames(chunks, max_frame=1024):
+    d = FrameDecoder(max_frame)
+    out = []
+    for c in chunks:
+        out += d.feed(c)
+    return out, d
+
+
+def test_octet_counting_without_lf():
+    stream = b"".join(b"%d %s" % (len(m), m) for m in (EX1, EX2, EX3))
+    out, d = _frames([stream])
+    assert [f.data for f in out] == [EX1, EX2, EX3] and not d.pending
+    assert all(f.problem is None for f in out)
+
+
+def test_mixed_framing_and_terminators():
+    stream = (b"%d %s" % (len(EX1), EX1) + b"<13>lf line\n" + b"<13>crlf line\r\n" + b"<13>nul line\0"
+              + b"%d %s\n" % (len(EX4), EX4) + b"<13>last\n")
+    expected = [EX1, b"<13>lf line", b"<13>crlf line", b"<13>nul line", EX4, b"<13>last"]
+    out, _ = _frames([stream])
+    assert [f.data for f in out] == expected
+    # byte by byte gives the same frames
+    out, _ = _frames([stream[i:i + 1] for i in range(len(stream))])
+    assert [f.data for f in out] == expected
+
+
+def test_message_containing_lf_inside_octet_count():
+    body = b"<13>1 - h a - - - line one\nline two"
+    out, _ = _frames([b"%d %s" % (len(body), body)])
+    assert [f.data for f in out] == [body]
+    assert parse_message(out[0].data).msg == "line one\nline two"
+
+
+def test_final_unterminated_message_delivered_at_flush():
+    out, d = _frames([b"<13>first\n<13>second, no LF"])
+    assert [f.data for f in out] == [b"<13>first"]
+    assert d.pending
+    final = d.flush()
+    assert [f.data for f in final] == [b"<13>second, no LF"] and final[0].problem is None
+    assert not d.pending
+
+
+def test_oversized_octet_count_is_cut_and_stream_resyncs():
+    big = b"<13>" + b"x" * 5000
+    out, d = _frames([b"%d %s" % (len(big), big[:3000]), big[3000:] + b"<13>after\n"], max_frame=1024)
+    assert len(out) == 2
+    assert out[0].data == big[:1024] and "exceeds max_frame" in out[0].problem
+    assert out[1].data == b"<13>after" and out[1].problem is None
+    assert len(d._buf) == 0
+
+
+def test_oversized_line_is_cut_and_bounded():
+    d = FrameDecoder(1024)
+    out = []
+    for _ in range(100):  # 100 KB without a terminator never sits in the buffer
+        out += d.feed(b"y" * 1000)
+        assert len(d._buf) <= 2048
+    out += d.feed(b"tail of the long line\n<13>next\n")
+    assert [len(f.data) for f in out] == [1024, 8]
+    assert "no line terminator" in out[0].problem and out[1].data == b"<13>next"
+
+
+def test_lying_length_prefix_cut_at_eof_and_idle():
+    out, d = _frames([b"500 <13>only a little"])
+    assert out == []
+    cut = d.flush()
+    assert cut[0].data == b"<13>only a little" and "length prefix said 500" in cut[0].problem
+    out, d = _frames([b"200 <13>sender went quiet"])
+    idle = d.idle(2.0)
+    assert "no data for 2 s" in idle[0].problem
+    assert d.feed(b"<13>resynced\n")[0].data == b"<13>resynced"
+
+
+def test_short_length_prefix_reported_as_out_of_sync():
+    out, _ = _frames([b"8 <13>1 - hello world\n<13>ok\n"])
+    assert out[0].data == b"<13>1 - "
+    assert out[1].data == b"hello world" and "out of sync" in out[1].problem
+    assert out[2].data == b"<13>ok" and out[2].problem is None
+
+
+def test_garbage_bytes():
+    garbage = bytes(range(256)) * 4 + b"\xff\xfe\x00\x00\n\n\r\n"
+    out, d = _frames([garbage, b"<13>good\n"])
+    assert out[-1].data == b"<13>good"
+    for f in out:
+        parse_message(f.data)  # never raises
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=20))
+def test_decoder_bounded_for_any_input(chunks):
+    d = FrameDecoder(64)
+    for c in chunks:
+        for f in d.feed(c):
+            assert 0 < len(f.data) <= 64
+        assert len(d._buf) <= 64 + 200 + 16
+    for f in d.flush():
+        assert 0 < len(f.data) <= 264
+
+
+# --- receiver ---------------------------------------------------------------------------------
+class _Events(logging.Handler):
+    """Collects log records from usbip_backend.syslog into a queue (to synchronise on them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: "queue.Queue[logging.LogRecord]" = queue.Queue()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.put(record)
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> logging.LogRecord:
+        while True:
+            record = self.records.get(timeout=timeout)
+            if text in record.getMessage():
+                return record
+
+
+@pytest.fixture
+def syslog_events():
+    handler = _Events()
+    logger = logging.getLogger("usbip_backend.syslog")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def _accept(server: socket.socket, timeout: float = 10.0) -> socket.socket:
+    server.settimeout(timeout)
+    conn, _ = server.accept()
+    return conn
+
+
+@pytest.mark.timeout(30)
+def test_client_mode_receives_prints_and_delivers_final_message_on_stop():
+    console = io.StringIO()
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        rx = SyslogReceiver("127.0.0.1", port, on_message=got.put, console=console)
+        rx.start()
+        try:
+            with _accept(server) as conn:
+                conn.sendall(b"%d %s" % (len(EX1), EX1) + b"<14>1 - esp32 app - - - second line\n")
+                assert got.get(timeout=10).msg == "'su root' failed for lonvick on /dev/pts/8"
+                assert got.get(timeout=10).msg == "second line"
+                conn.sendall(b"<11>1 - esp32 app - - - unterminated at stop")
+                rx.stop()  # the connection is still open: stop() delivers what has arrived
+                assert got.get(timeout=10).msg == "unterminated at stop"
+        finally:
+            rx.stop()
+    lines = console.getvalue().splitlines()
+    assert lines[0] == "CRIT 2003-10-11T22:14:15.003Z mymachine.example.com su ID47: " \
+                       "'su root' failed for lonvick on /dev/pts/8"
+    assert lines[1] == "INFO esp32 app: second line"
+    assert lines[2] == "ERR esp32 app: unterminated at stop"
+    assert rx.messages_received == 3 and rx.connections == 1
+
+
+@pytest.mark.timeout(30)
+def test_client_reconnects_after_device_restart(syslog_events):
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    rx = SyslogReceiver("127.0.0.1", port, on_message=got.put, console=False,
+                        backoff_initial=0.02, backoff_max=0.2)
+    try:
+        rx.start()
+        with _accept(server) as conn:
+            conn.sendall(b"<14>1 - dev app - - - before restart\n<14>1 - dev app - - - final, no LF")
+            assert got.get(timeout=10).msg == "before restart"
+        server.close()  # the device reboots: connection and listener gone
+        assert got.get(timeout=10).msg == "final, no LF"  # delivered at EOF
+        syslog_events.wait_for("cannot connect")  # refused while down: retrying with back-off
+        syslog_events.wait_for("failed again")  # ... more than once
+        server = socket.create_server(("127.0.0.1", port))  # back up, same port
+        with _accept(server) as conn:
+            conn.sendall(b"<14>1 - dev app - - - after restart\n")
+            assert got.get(timeout=10).msg == "after restart"
+    finally:
+        rx.stop()
+        server.close()
+    assert rx.connections == 2
+
+
+@pytest.mark.timeout(30)
+def test_stop_while_connecting_or_backing_off_is_quick():
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]
+    # nothing listens on port now; long back-off must not delay stop()
+    rx = SyslogReceiver("127.0.0.1", port, console=False, backoff_initial=5.0, backoff_max=5.0)
+    rx.start()
+    rx.stop(timeout=3.0)
+    assert not rx._thread.is_alive()
+
+
+@pytest.mark.timeout(30)
+def test_listen_mode_with_real_senders_and_garbage(syslog_events):
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    console = io.StringIO()
+    with SyslogReceiver("127.0.0.1", 0, listen=True, on_message=got.put, console=console, max_frame=256) as rx:
+        assert rx.port != 0
+        with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as sender:
+            sender.sendall(b"%d %s\n" % (len(EX2), EX2))
+            assert got.get(timeout=10).procid == "8710"
+            sender.sendall(bytes(range(1, 256)) * 3 + b"\n")  # garbage, longer than max_frame
+            sender.sendall(b"100000 " + b"z" * 300)  # a lying, oversized octet count
+            syslog_events.wait_for("exceeds max_frame")
+            while True:  # drain what the garbage turned into
+                m = got.get(timeout=10)
+                if m.truncated and m.raw.startswith(b"zzz"):
+                    break
+        with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as second:
+            second.sendall(b"<13>Oct 11 22:14:15 mymachine su: still alive")  # closed without LF
+        m = got.get(timeout=10)
+        assert (m.format, m.app_name, m.msg) == ("rfc3164", "su", "still alive")
+    assert rx.connections == 2
+    assert rx.problems >= 1
+    assert any(line.startswith("[127.0.0.1:") and "still alive" in line for line in console.getvalue().splitlines())
+
+
+@pytest.mark.timeout(30)
+def test_listen_port_in_use_raises_from_start():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        rx = SyslogReceiver("127.0.0.1", busy.getsockname()[1], listen=True, console=False)
+        with pytest.raises(OSError):
+            rx.start()
+        rx.stop()
+
+
+@pytest.mark.timeout(60)
+def test_messages_land_in_pcap_in_time_order(tmp_path):
+    path = str(tmp_path / "usb+syslog.pcapng")
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    with PcapWriter(path) as w:
+        with SyslogReceiver("127.0.0.1", 0, listen=True, pcap=w, on_message=got.put, console=False) as rx:
+            with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as sender:
+                for i in range(3):
+                    urb = fake_urb(seqnum=i + 1, transfer_type=TransferType.BULK, endpoint=0x81, length=8)
+                    w.urb_submitted(urb)
+                    w.urb_completed(complete(urb, status=-32 if i == 1 else 0, data=b"" if i == 1 else b"12345678"))
+                    sender.sendall(b"<%d>1 2024-05-01T10:00:0%dZ esp32 usbip 42 EP1 - message %d\n" % (8 + 3, i, i))
+                    assert got.get(timeout=10).msg == f"message {i}"
+    ts.require_tshark()
+    ts.assert_clean(path)
+    ts.assert_all_urbs_paired(path)
+    rows = ts.fields(path, ["frame.time_epoch", "frame.interface_id", "usb.urb_type", "syslog.level",
+                            "syslog.facility", "syslog.hostname", "syslog.appname", "syslog.procid"])
+    times = [float(r[0]) for r in rows]
+    assert times == sorted(times)
+    kinds = [("usb" if r[1] == "0" else "syslog") for r in rows]
+    assert kinds == ["usb", "usb", "syslog"] * 3
+    syslog_rows = [r for r in rows if r[1] == "1"]
+    assert all(r[3:] == ["3", "1", "esp32", "usbip", "42"] for r in syslog_rows)
+    msgs = [r[0] for r in ts.fields(path, ["syslog.msg"], "syslog")]
+    assert len(msgs) == 3 and all(f"message {i}" in msgs[i] for i in range(3))
+    src = ts.fields(path, ["exported_pdu.ipv4_src", "exported_pdu.ipv4_dst"], "syslog")
+    assert src[0] == ["127.0.0.1", "127.0.0.1"]
