@@ -388,3 +388,54 @@ def test_fifo_without_reader_overflow_and_close_do_not_block(tmp_path, caplog):
     warnings = [r for r in caplog.records if r.name == "usbip_backend.pcap" and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert w.records_written == 0 and w.records_dropped >= 6
+
+
+# --- end to end: a real session with the virtual server ---------------------------------------
+@pytest.mark.timeout(60)
+def test_end_to_end_capture_of_a_sim_session(sim_server, tmp_path):
+    """import_device(hook=writer) records every URB of a real session; tshark decodes it cleanly."""
+    from usbip_backend.client import import_device
+    from usbip_backend.errors import UrbError
+
+    host, port = sim_server
+    path = str(tmp_path / "session.pcapng")
+    with PcapWriter(path) as w:
+        with import_device(host, port, "1-1", hook=w) as conn:  # loopback device
+            assert conn.control_transfer(0x80, 6, 0x0100, 0, 18)[:2] == b"\x12\x01"
+            conn.control_transfer(0x80, 6, 0x0200, 0, 255)  # configuration descriptor
+            conn.control_transfer(0x00, 9, 1, 0, b"")  # SET_CONFIGURATION 1
+            conn.transfer(TransferType.BULK, 0x01, data=b"hello usbip", timeout=10)
+            back = conn.transfer(TransferType.BULK, 0x81, length=64, timeout=10)
+            assert bytes(back.in_data) == b"hello usbip"
+            conn.transfer(TransferType.INTERRUPT, 0x03, data=b"ping", interval=1, timeout=10)
+            echo = conn.transfer(TransferType.INTERRUPT, 0x83, length=64, interval=1, timeout=10)
+            assert bytes(echo.in_data) == b"ping"
+            with pytest.raises(UrbError) as stall:
+                conn.control_transfer(0xC0, 0x5F, 0, 0, 8)  # the vendor request that stalls
+            assert stall.value.status == -32
+            pending = conn.submit(TransferType.BULK, 0x81, length=64)  # nothing to loop back
+            pending.cancel()
+            with pytest.raises(Exception):
+                pending.wait(10)
+            assert pending.status == -104
+        with import_device(host, port, "1-4", hook=w) as iso:
+            iso.control_transfer(0x00, 9, 1, 0, b"")
+            iso.control_transfer(0x01, 11, 1, 0, b"")  # SET_INTERFACE alt 1
+            urb = iso.transfer(TransferType.ISOCHRONOUS, 0x81, length=3 * 16, interval=1,
+                               iso_packet_lengths=[16, 16, 16], timeout=10)
+            assert urb.status == 0
+    assert w.failed is None and w.records_dropped == 0
+    ts.require_tshark()
+    ts.assert_clean(path)
+    ts.assert_all_urbs_paired(path)
+    info = [r[0] for r in ts.fields(path, ["_ws.col.Info"])]
+    assert info[:2] == ["GET DESCRIPTOR Request DEVICE", "GET DESCRIPTOR Response DEVICE"]
+    assert "GET DESCRIPTOR Response CONFIGURATION" in info
+    assert ts.fields(path, ["usb.idVendor"], "usb.idVendor")[0] == ["0x1209"]
+    assert ts.count(path, "usb.transfer_type == 0x01 && usb.endpoint_address == 0x83") == 2
+    assert ts.count(path, "usb.transfer_type == 0x03 && usb.capdata == 68:65:6c:6c:6f:20:75:73:62:69:70") == 2
+    assert ts.count(path, "usb.urb_status == -32") == 1
+    unlinked = ts.packets(path, "usb.urb_status == -104")
+    assert len(unlinked) == 1 and "USBIP_CMD_UNLINK" in str(ts.find(unlinked[0], "frame.comment"))
+    iso_rows = ts.fields(path, ["usb.iso.numdesc", "usb.iso.iso_len"], "usb.transfer_type == 0x00 && usb.urb_type == 'C'")
+    assert iso_rows[0][1] == "16,16,16"
