@@ -370,3 +370,46 @@ def test_no_host_and_no_server_is_a_clear_error(capsys):
     code, _, err = run(capsys, "--mdns-interface", "127.0.0.1", "--mdns-timeout", "0.5", "list")
     assert code == 1
     assert "no USB/IP server answered mDNS" in err and "--host" in err and "Traceback" not in err
+
+
+# --- syslog -------------------------------------------------------------------------------------
+SYSLOG_LINE = b'<134>1 2026-01-02T03:04:05Z usbip-c0ffee bridge 42 usb - [meta x="1"] imported 1-1\n'
+
+
+def test_syslog_option_prints_and_captures(capsys, sim_server, tmp_path):
+    """--syslog connects to the device's log port and records messages next to the URBs."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    syslog_port = listener.getsockname()[1]
+
+    def serve():
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.sendall(SYSLOG_LINE)
+            conn.settimeout(20)
+            try:
+                while conn.recv(64):  # until the receiver disconnects
+                    pass
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, name="fake-syslog", daemon=True)
+    t.start()
+    capture = tmp_path / "with-syslog.pcapng"
+    try:
+        # A read that times out keeps the command running long enough for the receiver to connect.
+        code, _, err = run(capsys, *host_args(sim_server), "--syslog", "--syslog-port", str(syslog_port),
+                           "--pcap", str(capture), "read", *LOOP, "--ep", "0x81", "--length", "64",
+                           "--timeout-ms", "3000")
+    finally:
+        listener.close()
+        t.join(timeout=20)
+    assert code == 1 and "timed out after 3000 ms" in err
+    assert "imported 1-1" in err  # printed by the receiver's console output
+    raw = capture.read_bytes()
+    assert b"imported 1-1" in raw and b"syslog" in raw  # exported-PDU record in the same capture

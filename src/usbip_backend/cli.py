@@ -292,7 +292,7 @@ class Context:
 
         host, _ = self.server()
         port = self.args.syslog_port
-        self._syslog = SyslogReceiver(host, port=port, pcap=self.pcap())
+        self._syslog = SyslogReceiver(host, port=port, pcap=self.pcap(), console=self.err)
         self._syslog.start()
         log.debug("syslog receiver started for %s:%d", host, port)
 
