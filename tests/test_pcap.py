@@ -439,3 +439,8 @@ def test_end_to_end_capture_of_a_sim_session(sim_server, tmp_path):
     assert len(unlinked) == 1 and "USBIP_CMD_UNLINK" in str(ts.find(unlinked[0], "frame.comment"))
     iso_rows = ts.fields(path, ["usb.iso.numdesc", "usb.iso.iso_len"], "usb.transfer_type == 0x00 && usb.urb_type == 'C'")
     assert iso_rows[0][1] == "16,16,16"
+
+
+def test_bad_path_raises_at_once(tmp_path):
+    with pytest.raises(OSError):
+        PcapWriter(str(tmp_path / "no-such-dir" / "x.pcapng"))

@@ -290,6 +290,13 @@ def exported_pdu(payload: bytes, dissector: str = "syslog", src: Optional[Addres
 
 
 # --- the writer -------------------------------------------------------------------------------
+def _is_fifo(path: str) -> bool:
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 _STOP = object()
 
 
@@ -302,7 +309,8 @@ class PcapWriter(UrbHook):
 
     Args:
         file_or_path: a binary file object opened for writing (``open(p, "wb")``,
-            ``sys.stdout.buffer``) or a path. A path that is a FIFO (``mkfifo``) is opened by the
+            ``sys.stdout.buffer``) or a path. A plain file is created (truncated) at once, so a bad
+            path raises OSError here. A path that is a FIFO (``mkfifo``) is opened by the
             writer thread, which waits (without blocking the caller) until a reader such as
             ``wireshark -k -i /tmp/usb.pcap`` opens it; records queue up meanwhile.
         application: written into the Section Header Block (shb_userappl).
@@ -339,6 +347,10 @@ class PcapWriter(UrbHook):
         if isinstance(file_or_path, (str, bytes, os.PathLike)):
             self._path = os.fsdecode(file_or_path)
             self.name = self._path
+            if not _is_fifo(self._path):
+                # A plain file opens here, so a bad path raises OSError to the caller at once;
+                # a FIFO is opened by the writer thread (opening it waits for a reader).
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         else:
             self._file = file_or_path
             self.name = getattr(file_or_path, "name", repr(file_or_path))
@@ -458,12 +470,7 @@ class PcapWriter(UrbHook):
     def _open_output(self) -> None:
         """Open a path (in the writer thread: opening a FIFO waits for its reader)."""
         assert self._path is not None
-        try:
-            is_fifo = stat.S_ISFIFO(os.stat(self._path).st_mode)
-        except FileNotFoundError:
-            is_fifo = False
-        if not is_fifo:
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        if self._fd is not None:  # a plain file, opened by __init__
             return
         waiting_logged = False
         while True:
