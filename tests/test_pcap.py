@@ -16,7 +16,7 @@ import pytest
 import tshark_util as ts
 from tshark_util import complete, fake_urb, read_blocks
 from usbip_backend.pcap import (
-    EVENT_COMPLETE, EVENT_ERROR, EVENT_SUBMIT, LINKTYPE_USB_LINUX_MMAPPED, LINKTYPE_WIRESHARK_UPPER_PDU,
+    EVENT_COMPLETE, EVENT_SUBMIT, LINKTYPE_USB_LINUX_MMAPPED, LINKTYPE_WIRESHARK_UPPER_PDU,
     PcapWriter, exported_pdu, usbmon_record, urb_id,
 )
 from usbip_backend.protocol import IsoPacket, TransferType, pack_setup

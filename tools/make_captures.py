@@ -25,7 +25,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
@@ -34,7 +33,6 @@ sys.path.insert(0, SRC)
 from usbip_backend.client import import_device  # noqa: E402
 from usbip_backend.errors import UrbError  # noqa: E402
 from usbip_backend.pcap import PcapWriter  # noqa: E402
-from usbip_backend.protocol import TransferType  # noqa: E402
 from usbip_backend.syslog import SyslogReceiver  # noqa: E402
 
 
