@@ -329,22 +329,32 @@ def test_sim_command_subprocess():
 
 
 # --- discovery ----------------------------------------------------------------------------------
-def _advertise(port: int, txt=None):
+def _advertise(port: int, stype: str):
     from test_discovery import ESP32_TXT, advertise
 
-    return advertise([("usbip-c0ffee", "usbip-c0ffee.local", port, ["127.0.0.1"], txt or ESP32_TXT)])
+    return advertise([("usbip-c0ffee", "usbip-c0ffee.local", port, ["127.0.0.1"], ESP32_TXT)], stype)
+
+
+def _mdns_type() -> str:
+    """A service type of this test's own (loopback multicast is shared with other processes)."""
+    from test_discovery import unique_type
+
+    return unique_type()
 
 
 @pytest.mark.timeout(60)
 def test_discover_command(capsys):
     pytest.importorskip("zeroconf")
-    with _advertise(3240):
-        code, out, err = run(capsys, "discover", "--interface", "127.0.0.1", "--mdns-timeout", "2")
+    stype = _mdns_type()
+    with _advertise(3240, stype):
+        code, out, err = run(capsys, "discover", "--interface", "127.0.0.1", "--mdns-timeout", "2",
+                             "--mdns-type", stype)
         assert code == 0, err
         assert out.startswith("1 USB/IP server found:\n")
         assert "usbip-c0ffee  usbip-c0ffee.local:3240  [127.0.0.1]" in out
         assert "board_id=a1b2c3" in out and "busid=multi" in out
-        code, out, _ = run(capsys, "discover", "--interface", "127.0.0.1", "--mdns-timeout", "2", "--json")
+        code, out, _ = run(capsys, "discover", "--interface", "127.0.0.1", "--mdns-timeout", "2", "--json",
+                           "--mdns-type", stype)
     assert code == 0
     doc = json.loads(out)
     assert doc["schema"] == 1 and doc["command"] == "discover"
@@ -357,8 +367,10 @@ def test_discover_command(capsys):
 @pytest.mark.timeout(60)
 def test_no_host_uses_the_one_discovered_server(capsys, sim_server):
     pytest.importorskip("zeroconf")
-    with _advertise(sim_server[1]):
-        code, out, err = run(capsys, "--mdns-interface", "127.0.0.1", "--mdns-timeout", "2", "list")
+    stype = _mdns_type()
+    with _advertise(sim_server[1], stype):
+        code, out, err = run(capsys, "--mdns-interface", "127.0.0.1", "--mdns-timeout", "2", "--mdns-type", stype,
+                             "list")
     assert code == 0, err
     assert f"using usbip-c0ffee (usbip-c0ffee.local) at 127.0.0.1:{sim_server[1]}, the only server found" in err
     assert "1-1: pid.codes (1209:0001)" in out
@@ -367,7 +379,8 @@ def test_no_host_uses_the_one_discovered_server(capsys, sim_server):
 @pytest.mark.timeout(60)
 def test_no_host_and_no_server_is_a_clear_error(capsys):
     pytest.importorskip("zeroconf")
-    code, _, err = run(capsys, "--mdns-interface", "127.0.0.1", "--mdns-timeout", "0.5", "list")
+    code, _, err = run(capsys, "--mdns-interface", "127.0.0.1", "--mdns-timeout", "0.5", "--mdns-type", _mdns_type(),
+                       "list")
     assert code == 1
     assert "no USB/IP server answered mDNS" in err and "--host" in err and "Traceback" not in err
 

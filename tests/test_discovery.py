@@ -38,7 +38,7 @@ _counter = itertools.count()
 
 def unique_type() -> str:
     """A service type of this test's own, so tests never see each other's advertisements."""
-    return f"_ut{os.getpid() % 10000}{next(_counter)}._tcp.local."
+    return f"_u{os.getpid() % 100000:05d}-{next(_counter)}._tcp.local."
 
 
 @contextlib.contextmanager
@@ -61,9 +61,20 @@ def advertise(services, service_type: str = SERVICE_TYPE):
         zc.close()
 
 
+def test_default_service_type_is_the_esp32_bridges():
+    import inspect
+
+    assert SERVICE_TYPE == "_usbip._tcp.local."
+    assert inspect.signature(discover).parameters["service_type"].default == SERVICE_TYPE
+    assert inspect.signature(resolve_single_server).parameters["service_type"].default == SERVICE_TYPE
+
+
 def test_discover_finds_esp32_style_advertisement():
-    with advertise([("usbip-a1b2c3", "usbip-a1b2c3.local", 3240, ["127.0.0.1", "fd00::1"], ESP32_TXT)]):
-        servers = discover(timeout=2.0, interfaces=LOOPBACK)
+    # Each test browses a service type of its own: loopback multicast is shared by every process
+    # on the machine, so another test run advertising _usbip._tcp at the same time must not count.
+    stype = unique_type()
+    with advertise([("usbip-a1b2c3", "usbip-a1b2c3.local", 3240, ["127.0.0.1", "fd00::1"], ESP32_TXT)], stype):
+        servers = discover(timeout=2.0, interfaces=LOOPBACK, service_type=stype)
     assert len(servers) == 1
     server = servers[0]
     assert isinstance(server, ServerInfo)

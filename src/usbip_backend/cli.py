@@ -258,7 +258,8 @@ class Context:
 
                 mdns_timeout = self.args.mdns_timeout
                 self.note(f"no --host given: looking for USB/IP servers with mDNS for {mdns_timeout:g} s ...")
-                info = resolve_single_server(timeout=mdns_timeout, interfaces=self.args.mdns_interface or None)
+                info = resolve_single_server(timeout=mdns_timeout, interfaces=self.args.mdns_interface or None,
+                                             service_type=self.args.mdns_type)
                 host = info.address
                 if port is None:
                     port = info.port
@@ -495,13 +496,13 @@ def cmd_discover(ctx: Context) -> int:
 
     args = ctx.args
     interfaces = args.interface or args.mdns_interface or None
-    servers = discover(timeout=args.mdns_timeout, interfaces=interfaces)
+    servers = discover(timeout=args.mdns_timeout, interfaces=interfaces, service_type=args.mdns_type)
     if ctx.json:
         ctx.emit_json({"servers": [s.to_json() for s in servers]})
         return EXIT_OK
     if not servers:
         where = ", ".join(interfaces) if interfaces else "all interfaces"
-        ctx.print(f"no USB/IP servers (_usbip._tcp) answered within {args.mdns_timeout:g} s on {where}")
+        ctx.print(f"no USB/IP servers ({args.mdns_type.rstrip('.')}) answered within {args.mdns_timeout:g} s on {where}")
         return EXIT_OK
     ctx.print(f"{len(servers)} USB/IP server{'s' if len(servers) != 1 else ''} found:")
     for s in servers:
@@ -1236,7 +1237,7 @@ without --host, the one server that answers mDNS is used (it says which).
 
 SUB_EPILOG = f"""\
 The connection options (--host, --port, --timeout, --pcap, --syslog, --syslog-port,
---mdns-timeout, --mdns-interface, -v) may come before or after the command; see {PROG} --help."""
+--mdns-timeout, --mdns-interface, --mdns-type, -v) may come before or after the command; see {PROG} --help."""
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -1264,6 +1265,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    help=h("how long to browse mDNS (default 2 s)"))
     g.add_argument("--mdns-interface", action="append", default=d(None), metavar="ADDR",
                    help=h("local address to use for mDNS (repeatable; default all interfaces)"))
+    g.add_argument("--mdns-type", default=d("_usbip._tcp.local."), metavar="TYPE",
+                   help=h("DNS-SD service type to browse (default _usbip._tcp.local.)"))
     g.add_argument("-v", "--verbose", action="count", default=d(0), help=h("debug logging (and tracebacks)"))
 
 
