@@ -34,9 +34,14 @@ def shell_socket(port: int, cache: Optional[str] = None) -> str:
 def run(command: str, port: int = 3240, timeout: float = 10.0, cache: Optional[str] = None) -> Tuple[int, str]:
     """Run ``command`` in the guest shell; return (exit status, stdout+stderr). TimeoutError if no reply."""
     tag = uuid.uuid4().hex[:12]
-    # The begin/end markers are assembled by printf, so the echoed command line never contains them.
-    line = ("stty -echo 2>/dev/null; printf '%s%s\\n' B " + tag + "; ( " + command + " ) 2>&1 </dev/null; "
-            "printf '\\n%s%s %d\\n' E " + tag + " $?\n")
+    # The command runs in its own shell under the guest's `timeout`, so a command that blocks
+    # (a shell builtin writing to a gadget node nobody reads) cannot wedge the one serial shell.
+    # Exit status 137 means the guest killed it. The begin/end markers are assembled by printf,
+    # so the echoed command line never contains them.
+    quoted = "'" + command.replace("'", "'\\''") + "'"
+    limit = max(1, int(timeout) - 1)
+    line = ("stty -echo 2>/dev/null; printf '%s%s\\n' B " + tag + "; timeout -s KILL " + str(limit)
+            + " sh -c " + quoted + " 2>&1 </dev/null; printf '\\n%s%s %d\\n' E " + tag + " $?\n")
     pat = re.compile(r"\nB%s\n(.*)\nE%s (\d+)\n" % (tag, tag), re.S)
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(shell_socket(port, cache))
