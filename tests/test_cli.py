@@ -143,7 +143,7 @@ def test_list_json_schema_and_options_after_command(capsys, sim_server):
                         "product", "bcdDevice", "class", "subclass", "protocol", "class_name", "configuration",
                         "num_configurations", "num_interfaces", "interfaces"}
     assert (dev["vid"], dev["pid"], dev["id"], dev["speed"]) == (0x1209, 1, "1209:0001", "high")
-    assert dev["vendor"] == "pid.codes" and dev["bcdDevice"] == "1.00"
+    assert dev["vendor"] == "pid.codes" and dev["bcdDevice"] == 0x0100
 
 
 def test_list_subprocess(sim_server):

@@ -345,7 +345,7 @@ def device_json(dev: P.UsbDevice) -> Dict[str, Any]:
         "id": f"{dev.idVendor:04x}:{dev.idProduct:04x}",
         "vendor": vendor_name(dev.idVendor),
         "product": None,
-        "bcdDevice": bcd(dev.bcdDevice),
+        "bcdDevice": dev.bcdDevice,
         "class": dev.bDeviceClass,
         "subclass": dev.bDeviceSubClass,
         "protocol": dev.bDeviceProtocol,
