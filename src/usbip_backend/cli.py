@@ -9,7 +9,6 @@ README ("Command line", "JSON output") and carries ``"schema": 1``.
 from __future__ import annotations
 
 import argparse
-import array
 import errno
 import json
 import logging
