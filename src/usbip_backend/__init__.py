@@ -27,6 +27,12 @@ _EXPORTS: Dict[str, str] = {
     "list_devices": "client",
     "import_device": "client",
     "discover": "discovery",
+    "discover_usbip_servers": "discovery",
+    "ServerInfo": "discovery",
+    "DiscoveryError": "discovery",
+    "PcapWriter": "pcap",
+    "SyslogReceiver": "syslog",
+    "SimServer": "sim",
 }
 
 __all__: List[str] = ["errors", "__version__", *_EXPORTS]
@@ -34,7 +40,10 @@ __all__: List[str] = ["errors", "__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import UsbipBackend, get_backend
     from .client import import_device, list_devices
-    from .discovery import discover
+    from .discovery import DiscoveryError, ServerInfo, discover, discover_usbip_servers
+    from .pcap import PcapWriter
+    from .sim import SimServer
+    from .syslog import SyslogReceiver
 
 
 def __getattr__(name: str) -> Any:

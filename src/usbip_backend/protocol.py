@@ -105,12 +105,24 @@ USBIP_URB_ALIGNED_TEMP_BUFFER = 0x00800000
 
 
 class TransferType(enum.IntEnum):
-    """USB transfer types, numbered as in bmAttributes and in the usbmon header."""
+    """USB transfer types, numbered as in the usbmon header (and Wireshark).
+
+    Not the numbering of an endpoint's bmAttributes (0 control, 1 iso, 2 bulk, 3 interrupt):
+    convert with :func:`transfer_type_from_attributes`.
+    """
 
     ISOCHRONOUS = 0
     INTERRUPT = 1
     CONTROL = 2
     BULK = 3
+
+
+_ATTR_TO_TYPE = (TransferType.CONTROL, TransferType.ISOCHRONOUS, TransferType.BULK, TransferType.INTERRUPT)
+
+
+def transfer_type_from_attributes(bmAttributes: int) -> TransferType:
+    """The transfer type an endpoint descriptor's bmAttributes (bits 1..0) declares."""
+    return _ATTR_TO_TYPE[bmAttributes & 0x03]
 
 
 # --- struct definitions (one each) --------------------------------------------------------------
