@@ -758,17 +758,27 @@ def _request_json(args, length: int) -> Dict[str, int]:
             "wValue": args.w_value, "wIndex": args.w_index, "wLength": length}
 
 
-def cmd_read(ctx: Context) -> int:
+def _open_data_endpoint(ctx: Context, want_in: bool):
+    """For read/write: check --ep's direction, import the device, return (dev, busid, kind)."""
     args = ctx.args
-    if not args.ep & 0x80:
-        raise CliError(f"--ep 0x{args.ep:02x} is an OUT endpoint; IN endpoints have bit 7 set "
-                       f"(0x{args.ep | 0x80:02x}), or use 'write'", EXIT_USAGE)
+    if bool(args.ep & 0x80) != want_in:
+        if want_in:
+            raise CliError(f"--ep 0x{args.ep:02x} is an OUT endpoint; IN endpoints have bit 7 set "
+                           f"(0x{args.ep | 0x80:02x}), or use 'write'", EXIT_USAGE)
+        raise CliError(f"--ep 0x{args.ep:02x} is an IN endpoint; OUT endpoints have bit 7 clear "
+                       f"(0x{args.ep & 0x0F:02x}), or use 'read'", EXIT_USAGE)
     dev, busid = open_device(ctx, args)
     _, ep = find_endpoint(dev, args.ep)
     kind = TRANSFER_NAMES[ep.bmAttributes & 3]
     if kind == "isochronous":
         raise CliError(f"endpoint 0x{args.ep:02x} is isochronous; read/write handle bulk and interrupt endpoints",
                        EXIT_USAGE)
+    return dev, busid, kind
+
+
+def cmd_read(ctx: Context) -> int:
+    args = ctx.args
+    dev, busid, kind = _open_data_endpoint(ctx, want_in=True)
     data = bytes(transfer(f"{kind} read from endpoint 0x{args.ep:02x} of {busid}", args.timeout_ms, "--timeout-ms",
                           lambda: dev.read(args.ep, args.length, timeout=args.timeout_ms)))
     if ctx.json:
@@ -782,15 +792,7 @@ def cmd_read(ctx: Context) -> int:
 
 def cmd_write(ctx: Context) -> int:
     args = ctx.args
-    if args.ep & 0x80:
-        raise CliError(f"--ep 0x{args.ep:02x} is an IN endpoint; OUT endpoints have bit 7 clear "
-                       f"(0x{args.ep & 0x0F:02x}), or use 'read'", EXIT_USAGE)
-    dev, busid = open_device(ctx, args)
-    _, ep = find_endpoint(dev, args.ep)
-    kind = TRANSFER_NAMES[ep.bmAttributes & 3]
-    if kind == "isochronous":
-        raise CliError(f"endpoint 0x{args.ep:02x} is isochronous; read/write handle bulk and interrupt endpoints",
-                       EXIT_USAGE)
+    dev, busid, kind = _open_data_endpoint(ctx, want_in=False)
     written = int(transfer(f"{kind} write to endpoint 0x{args.ep:02x} of {busid}", args.timeout_ms, "--timeout-ms",
                            lambda: dev.write(args.ep, args.data_hex, timeout=args.timeout_ms)))
     if ctx.json:
