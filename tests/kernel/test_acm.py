@@ -8,7 +8,7 @@ import struct
 import pytest
 import usb.core
 
-from conftest import Recorder, open_device
+from .peer import Recorder, open_device
 
 SET_LINE_CODING, GET_LINE_CODING, SET_CONTROL_LINE_STATE = 0x20, 0x21, 0x22
 DATA_IN = 0x81

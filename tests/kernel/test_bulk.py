@@ -9,7 +9,7 @@ import threading
 import pytest
 import usb.core
 
-from conftest import open_device
+from .peer import open_device
 
 SIZES = [1, 63, 64, 511, 512, 513, 4096, 65536, 1 << 20]
 

@@ -8,7 +8,7 @@ import pytest
 
 from usbip_backend import protocol as P
 
-from devlist import devlist  # tools/kernelpeer/devlist.py (conftest puts it on sys.path)
+from .peer import devlist
 
 
 def _import(host: str, port: int, busid: str):

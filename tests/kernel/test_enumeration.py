@@ -5,8 +5,8 @@ from __future__ import annotations
 import usb.core
 import usb.util
 
-from conftest import KINDS, open_device
-from devlist import devlist
+from .peer import KINDS, open_device
+from .peer import devlist
 from usbip_backend import get_backend
 
 PRODUCT = {"ss": "SourceSink", "lb": "Loopback", "acm": "ACM serial", "msc": "Mass storage",

@@ -8,7 +8,7 @@ import threading
 import pytest
 import usb.core
 
-from conftest import open_device
+from .peer import open_device
 
 #: the boot keyboard report descriptor the guest gives f_hid (Documentation/usb/gadget_hid.rst)
 KEYBOARD_REPORT_DESC = bytes.fromhex(

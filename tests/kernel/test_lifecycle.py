@@ -10,7 +10,7 @@ import time
 import pytest
 import usb.core
 
-from conftest import open_device
+from .peer import open_device
 from usbip_backend import get_backend
 from usbip_backend.client import import_device
 from usbip_backend.errors import ImportRefusedError
@@ -32,6 +32,19 @@ def test_reset_against_the_stub_leaves_the_device_usable(stub_flavour, kernel_pe
         dev.set_configuration()
         _loopback(dev, stub_flavour.out_ep)
         assert dev.product == "Loopback"
+
+
+def test_reset_against_device_mode_is_a_clear_error_or_works(device_flavour):
+    """vudc has no port to reset: it hands the hub-class request to the gadget, which stalls it
+    (kernel-findings.md). Either way the caller gets a USBError, never a hang, and the device
+    stays usable."""
+    with open_device(device_flavour, "lb") as dev:
+        try:
+            dev.reset()
+        except usb.core.USBError as exc:
+            assert exc.errno == errno.EPIPE and not isinstance(exc, usb.core.USBTimeoutError), exc
+        dev.set_configuration()
+        _loopback(dev, device_flavour.out_ep)
 
 
 def test_busy_second_client_gets_clear_error_first_keeps_working(flavour):

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import usb.core
 
-from conftest import open_device
+from .peer import open_device
 
 CBW = struct.Struct("<4sIIBBB16s")  # dCBWSignature, tag, length, flags, LUN, CB length, CB
 CSW = struct.Struct("<4sIIB")  # dCSWSignature, tag, residue, status

@@ -1,0 +1,1 @@
+"""Conformance suite against the Linux kernel USB/IP servers (tools/kernelpeer)."""
