@@ -152,8 +152,10 @@ def server():
 def test_devlist_lists_stock_devices_unconfigured(server):
     raw = op_exchange(server.port, P.pack_req_devlist())
     devices = P.unpack_rep_devlist(raw)
-    assert [d.busid for d in devices] == ["1-1", "1-2", "1-3", "1-4"]
-    assert [(d.idVendor, d.idProduct) for d in devices] == [(0x1209, p) for p in (1, 2, 3, 4)]
+    # newest first, as usbipd lists them (tests/kernel saw 5-1 ... 1-1)
+    assert [d.busid for d in devices] == ["1-4", "1-3", "1-2", "1-1"]
+    assert [(d.idVendor, d.idProduct) for d in devices] == [(0x1209, p) for p in (4, 3, 2, 1)]
+    devices = devices[::-1]
     first = devices[0]
     assert (first.busnum, first.devnum, first.speed) == (1, 2, P.Speed.HIGH)
     assert first.bConfigurationValue == 0 and first.bNumInterfaces == 0 and first.interfaces == ()
@@ -167,7 +169,7 @@ def test_import_ok_busy_nodev_and_reimport_after_disconnect(server):
     with Raw(server.port, "1-1") as first:
         assert first.record.busid == "1-1" and first.devid == (1 << 16) | 2
         # imported devices vanish from the list
-        assert [d.busid for d in devlist(server.port)] == ["1-2", "1-3", "1-4"]
+        assert [d.busid for d in devlist(server.port)] == ["1-4", "1-3", "1-2"]
         busy = op_exchange(server.port, P.pack_req_import("1-1"))
         assert busy == P.OpHeader(P.OP_REP_IMPORT, P.Status.ST_DEV_BUSY).pack()  # header alone, close
     nodev = op_exchange(server.port, P.pack_req_import("9-9"))
@@ -507,7 +509,7 @@ def test_command_line_prints_listening_and_exits_on_sigterm():
         parts = line.split()
         assert parts[:2] == ["LISTENING", "127.0.0.1"] and len(parts) == 3, line
         recs = devlist(int(parts[2]))
-        assert [(r.busid, r.idProduct) for r in recs] == [("1-1", 3), ("1-2", 2)]
+        assert [(r.busid, r.idProduct) for r in recs] == [("1-2", 2), ("1-1", 3)]  # newest first
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err

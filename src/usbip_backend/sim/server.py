@@ -583,9 +583,13 @@ class SimServer:
                            bNumInterfaces=len(ifs), interfaces=ifs)
 
     def exported_records(self) -> List[P.UsbDevice]:
-        """What OP_REP_DEVLIST lists: every device no client has imported."""
+        """What OP_REP_DEVLIST lists: every device no client has imported, newest first.
+
+        usbipd walks its device list head-first and adds each exported device at the head, so
+        the kernel lists devices in reverse order of export (5-1 ... 1-1); clients can see it.
+        """
         with self._lock:
-            free = [d for d in self.devices if d.busid not in self._owners]
+            free = [d for d in reversed(self.devices) if d.busid not in self._owners]
         return [self.record(d) for d in free]
 
     def _claim(self, busid: str, conn: _Connection):
