@@ -596,7 +596,8 @@ class UsbipBackend(usb.backend.IBackend):
         dev = dev_handle.dev
         port = dev.descriptor.port_number or 1
         self._control(dev, _RT_PORT, _SET_FEATURE, _PORT_RESET, port, None, self._ms(self.timeout),
-                      "port reset")
+                      "port reset (the server stalls it if it cannot reset devices, as Linux's "
+                      "device-mode usbipd with usbip-vudc does)")
         dev.forget_state(None)
 
     @staticmethod
