@@ -15,11 +15,32 @@ resets the real device when the connection drops. Instead a CMD_UNLINK goes out 
   delivered normally — so data that won the race is never lost;
 * nothing within ``unlink_grace`` seconds: the caller gets its timeout anyway and the seqnum is
   remembered as abandoned, so a late reply is read and dropped, never delivered to another URB.
+
+Who reads the socket (leader/follower). Handing every reply from the reader thread to the waiting
+caller costs two thread wake-ups per URB, which dominated synchronous round trips (PyUSB does one
+transfer at a time). So the socket is read by whoever holds the *read token* (``_token``):
+
+* :meth:`Connection.transfer` (submit + wait, what PyUSB uses) tries to take the token without
+  blocking. If it gets it, the caller is the *leader*: it sends its URB and reads replies itself
+  until its own URB completes (completing any other URB whose reply comes first), then gives the
+  token back. One wake-up per URB, no hand-off.
+* If the token is taken, the caller is a *follower*: it waits on its URB as before and the token
+  holder completes it.
+* The reader thread takes the token only when asked to (``_need_reader``): after an asynchronous
+  :meth:`~Connection.submit`, a CMD_UNLINK, or when a leader leaves with URBs still outstanding.
+  It reads until nothing is outstanding, then gives the token back and waits to be asked again.
+
+Only the token holder touches the buffered :class:`_Reader`, so messages are never interleaved.
+A leader honours its timeout only between messages (it polls for the first byte); once a reply has
+started, it is read to the end, bounded by the timeout plus ``unlink_grace`` (a server stalled
+inside a reply for longer is broken: the connection is failed). Since nobody reads an idle socket,
+a server that goes away while nothing is in flight is noticed by the next transfer.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import sys
 import threading
@@ -41,6 +62,8 @@ ENOENT = -2
 
 _allocate_lock = threading.Lock  # the cheapest waitable primitive CPython has
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
+_HAVE_POLL = hasattr(select, "poll")
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _IOV_MAX = 1024
 
 #: Largest transfer_buffer_length a URB may ask for. The kernel warns and drops the connection
@@ -157,6 +180,14 @@ class Connection:
         self._closing = False
         self._lost: Optional[ConnectionLostError] = None
         sock.settimeout(None)
+        # Leader/follower (module docstring): the read token, the buffered reader only its holder
+        # uses, and the event that asks the reader thread to take the token.
+        self._token = threading.Lock()
+        self._need_reader = threading.Event()
+        self._rd = _Reader(sock)
+        self._header = bytearray(P.URB_HEADER_SIZE)
+        self._hview = memoryview(self._header)
+        self._can_lead = self._rd.poll is not None
         self._reader = threading.Thread(target=self._read_loop, name=f"usbip-reader-{self.busid}", daemon=True)
         self._reader.start()
 
@@ -179,6 +210,15 @@ class Connection:
         transfer_flags: int = 0,
     ) -> Urb:
         """Send one CMD_SUBMIT and return its :class:`Urb` at once (see module docstring)."""
+        urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
+                           iso_packet_lengths, transfer_flags)
+        # Someone must read the reply: ask the reader thread (a no-op if it is already reading).
+        self._need_reader.set()
+        return urb
+
+    def _submit(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
+                length: Optional[int], interval: int, iso_packet_lengths: Optional[Sequence[int]],
+                transfer_flags: int) -> Urb:
         if self._lost is not None:
             raise self._lost
         urb = Urb()
@@ -277,9 +317,50 @@ class Connection:
                 raise lost from exc
         return urb
 
-    def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None, **kw) -> Urb:
-        """Submit one URB and wait for it (see :meth:`submit` and :meth:`Urb.wait`)."""
-        return self.submit(transfer_type, endpoint, **kw).wait(timeout)
+    def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None,
+                 setup: Optional[bytes] = None, data=None, buffer=None, length: Optional[int] = None,
+                 interval: int = 0, iso_packet_lengths: Optional[Sequence[int]] = None,
+                 transfer_flags: int = 0) -> Urb:
+        """Submit one URB and wait for it (see :meth:`submit` and :meth:`Urb.wait`).
+
+        If nobody is reading the socket, the calling thread reads its reply itself (leader; see
+        the module docstring); otherwise it waits for the token holder to complete its URB.
+        """
+        if not self._can_lead or not self._token.acquire(False):
+            # Follower: the token holder (reader thread or another leader) completes our URB.
+            return self.submit(transfer_type, endpoint, setup=setup, data=data, buffer=buffer, length=length,
+                               interval=interval, iso_packet_lengths=iso_packet_lengths,
+                               transfer_flags=transfer_flags).wait(timeout)
+        led = False
+        try:
+            urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
+                               iso_packet_lengths, transfer_flags)
+            deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+            led = self._lead(urb, deadline)
+        finally:
+            self._token.release()
+            # Replies still owed to others (followers that queued behind us, unlinks): hand the
+            # reading over to the reader thread.
+            if self._pending or self._unlinks:
+                self._need_reader.set()
+        if not led and urb.status is None:
+            # Our deadline passed between two messages: the usual unlink-on-timeout path, now as a
+            # follower (the reader thread reads the RET_UNLINK).
+            self._timed_out(urb)
+        return urb._result()
+
+    def _lead(self, urb: Urb, deadline: Optional[float]) -> bool:
+        """Read replies (token held) until ``urb`` completes: True, or ``deadline`` passes: False."""
+        stall = self.unlink_grace if deadline is not None else None
+        try:
+            while urb.status is None:
+                if not self._read_one(deadline, stall):
+                    return False
+        except BaseException as exc:
+            self._fail_all(self._read_failed(exc))
+            if not isinstance(exc, (ProtocolError, EOFError, OSError)):
+                raise
+        return True
 
     def control_transfer(self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
                          data_or_length=0, timeout: Optional[float] = None):
@@ -301,6 +382,7 @@ class Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._need_reader.set()
         if self._reader is not threading.current_thread():
             self._reader.join()
         self._fail_all("connection closed")
@@ -362,6 +444,7 @@ class Connection:
                 self._unlinks.pop(seq, None)
                 self._fail_all(f"send failed: {exc}")
                 return None
+        self._need_reader.set()  # the RET_UNLINK must be read by someone
         if hook is not None:
             self._call_hook(hook.urb_unlink_sent, urb, seq)
         return seq
@@ -436,33 +519,55 @@ class Connection:
             _log.exception("%s: capture hook %r failed", self.name, fn)
 
     # -- reader thread ----------------------------------------------------------------------------
-    def _read_loop(self) -> None:
-        reason = "server closed the connection"
-        try:
-            self._read_replies()
-        except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
+    def _read_failed(self, exc: BaseException) -> str:
+        """Why reading stopped, for _fail_all (a protocol error also shuts the socket)."""
+        if self._closing:
+            return "closed"
+        if isinstance(exc, ProtocolError):
             _log.error("%s: %s; closing the connection", self.name, exc)
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        except EOFError:
-            pass
-        except OSError as exc:
-            reason = str(exc) or type(exc).__name__
-        finally:
-            self._fail_all("closed" if self._closing else reason)
+            return f"protocol error: {exc}"
+        if isinstance(exc, EOFError):
+            return "server closed the connection"
+        if isinstance(exc, OSError):
+            return str(exc) or type(exc).__name__
+        return f"{type(exc).__name__}: {exc}"
 
-    def _read_replies(self) -> None:
-        rd = _Reader(self.sock)
-        header = bytearray(P.URB_HEADER_SIZE)
-        hview = memoryview(header)
+    def _read_loop(self) -> None:
+        reason = "closed"
+        need, token = self._need_reader, self._token
+        try:
+            while not self._closing and self._lost is None:
+                need.wait()
+                need.clear()
+                with token:
+                    # Read while replies are owed (a leader may have read ours meanwhile).
+                    while (self._pending or self._unlinks) and not self._closing and self._lost is None:
+                        self._read_one(None, None)
+        except BaseException as exc:
+            reason = self._read_failed(exc)
+        finally:
+            self._fail_all(reason)
+
+    def _read_one(self, deadline: Optional[float], stall: Optional[float]) -> bool:
+        """Read and dispatch one reply (the caller holds the token).
+
+        With a ``deadline``, return False if it passes before the reply's first byte; once a reply
+        has begun, it is read to the end, each wait for more bytes bounded by the time left plus
+        ``stall`` seconds (ProtocolError beyond).
+        """
+        rd = self._rd
+        if deadline is not None and not rd.wait_message(deadline):
+            return False
+        header = self._header
+        rd.limit = None if deadline is None else deadline + (stall or 0.0)
+        rd.read_into(self._hview)
         pending = self._pending
-        unlinks = self._unlinks
         retired = self._retired
-        while True:
-            rd.read_into(hview)
+        if True:  # (kept as a block: the dispatch below is the former reader-thread loop body)
             command, seq = _BASIC_UNPACK(header)[:2]
             if command == P.USBIP_RET_SUBMIT:
                 (_, _, _, _, _, status, actual, start_frame, npackets, error_count) = _RET_SUBMIT_UNPACK(header)
@@ -471,7 +576,7 @@ class Connection:
                     self._receiving = urb
                     self._receive_submit(rd, urb, urb.buffer, status, actual, start_frame, npackets, error_count)
                     self._receiving = None
-                    continue
+                    return True
                 urb = self._receiving = retired.pop(seq, None)
                 if urb is None:
                     # vhci_rx treats this as fatal too: we cannot know how many bytes follow.
@@ -484,10 +589,10 @@ class Connection:
                              self.name, seq, status, actual if urb.direction else 0)
             elif command == P.USBIP_RET_UNLINK:
                 status = _RET_UNLINK_UNPACK(header)[5]
-                urb = unlinks.pop(seq, None)
+                urb = self._unlinks.pop(seq, None)
                 if urb is None:
                     _log.warning("%s: RET_UNLINK for unknown seqnum %d ignored", self.name, seq)
-                    continue
+                    return True
                 if self.hook is not None:
                     self._call_hook(self.hook.urb_unlink_returned, urb, seq, status)
                 if status != 0:
@@ -501,6 +606,7 @@ class Connection:
                 # (or was already) by the RET_SUBMIT branch.
             else:
                 raise ProtocolError(f"unexpected command 0x{command:08x} from server (seqnum {seq})")
+        return True
 
     def _receive_submit(self, rd: "_Reader", urb: Urb, dest: Optional[memoryview], status: int, actual: int,
                         start_frame: int, npackets: int, error_count: int) -> None:
@@ -551,9 +657,13 @@ def _spread_iso_in(buf: memoryview, requested: List[P.IsoPacket], results: List[
 
 class _Reader:
     """Buffered exact reads: small replies come out of one recv, big ones go straight to the
-    caller's buffer (no copy through an intermediate buffer)."""
+    caller's buffer (no copy through an intermediate buffer).
 
-    __slots__ = ("sock", "buf", "view", "start", "end")
+    ``limit`` (a time.monotonic() deadline, or None to block) bounds every wait for more bytes;
+    past it, ProtocolError: the server stalled in the middle of a reply.
+    """
+
+    __slots__ = ("sock", "buf", "view", "start", "end", "poll", "limit")
 
     def __init__(self, sock: socket.socket, size: int = 65536) -> None:
         self.sock = sock
@@ -561,6 +671,40 @@ class _Reader:
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.limit: Optional[float] = None
+        self.poll = None
+        if _HAVE_POLL:
+            self.poll = select.poll()
+            self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+
+    def _ready(self, until: float) -> bool:
+        """Wait until the socket is readable (or closed) or ``until`` passes."""
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            # poll() takes milliseconds; round up so we never wake just before the deadline.
+            if self.poll.poll(int(left * 1000) + 1):
+                return True
+
+    def wait_message(self, deadline: float) -> bool:
+        """True when a reply's first byte is buffered or readable; False once ``deadline`` passed."""
+        return self.end > self.start or self._ready(deadline)
+
+    def _recv_timed(self, dest: memoryview, size: int) -> int:
+        """recv_into bounded by ``limit``: try without blocking first (no extra syscall when the
+        bytes are there), else poll until readable or the limit passes."""
+        while True:
+            if _DONTWAIT:
+                try:
+                    return self.sock.recv_into(dest, size, _DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    pass
+            assert self.limit is not None
+            if not self._ready(self.limit):
+                raise ProtocolError("the server stalled in the middle of a reply")
+            if not _DONTWAIT:
+                return self.sock.recv_into(dest, size)
 
     def read_into(self, dest: memoryview) -> None:
         need = dest.nbytes
@@ -574,17 +718,18 @@ class _Reader:
         self.start = self.end = 0
         got = have
         recv_into = self.sock.recv_into
+        timed = self.limit is not None
         if need - got >= 4096:
             # Large remainder: receive directly into the destination.
             while got < need:
-                n = recv_into(dest[got:], need - got)
+                n = self._recv_timed(dest[got:], need - got) if timed else recv_into(dest[got:], need - got)
                 if not n:
                     raise EOFError
                 got += n
             return
         view = self.view
         while got < need:
-            n = recv_into(view, len(self.buf))
+            n = self._recv_timed(view, len(self.buf)) if timed else recv_into(view, len(self.buf))
             if not n:
                 raise EOFError
             take = min(n, need - got)
