@@ -25,6 +25,14 @@ def connect(server: ScriptedServer, **kw):
     return import_device("127.0.0.1", server.port, "2-1", timeout=5, **kw)
 
 
+def hold_until_client_closes(sock):
+    """Keep the connection open (so the client can check it is still up) until the client closes."""
+    try:
+        recv_exact(sock, 1)
+    except (EOFError, OSError):
+        pass
+
+
 def echo_script(sock):
     """Answer every IN URB with its seqnum repeated, every OUT with its length."""
     while True:
@@ -140,6 +148,7 @@ def test_unanswered_unlink_then_late_reply_is_dropped_not_misdelivered():
         # the late reply for the abandoned URB, its RET_UNLINK, then the new URB's reply
         sock.sendall(ret_submit(sub.seqnum, data=b"STALE") + ret_unlink(unl.seqnum, 0)
                      + ret_submit(nxt.seqnum, data=b"fresh"))
+        hold_until_client_closes(sock)
 
     with ScriptedServer(script) as srv, connect(srv, unlink_grace=0.05) as conn:
         t0 = time.monotonic()
@@ -201,10 +210,7 @@ def test_hostile_replies_close_the_connection_with_a_reason(reply, why):
             sock.sendall(ret_submit(cmd.seqnum + 1000, data=b"x"))
         else:
             sock.sendall(reply)
-        try:
-            recv_exact(sock, 1)
-        except (EOFError, OSError):
-            pass
+        hold_until_client_closes(sock)
 
     with ScriptedServer(script) as srv, connect(srv) as conn:
         with pytest.raises(ConnectionLostError, match=why):
@@ -343,10 +349,7 @@ def test_list_devices_parses_records_and_interfaces():
 def test_close_fails_pending_and_joins_reader():
     def script(sock):
         read_cmd(sock)
-        try:
-            recv_exact(sock, 1)
-        except (EOFError, OSError):
-            pass
+        hold_until_client_closes(sock)
 
     with ScriptedServer(script) as srv:
         conn = connect(srv)
