@@ -42,6 +42,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -63,7 +64,6 @@ ENOENT = -2
 _allocate_lock = threading.Lock  # the cheapest waitable primitive CPython has
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
 _HAVE_POLL = hasattr(select, "poll")
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _IOV_MAX = 1024
 
 #: Largest transfer_buffer_length a URB may ask for. The kernel warns and drops the connection
@@ -187,7 +187,7 @@ class Connection:
         self._rd = _Reader(sock)
         self._header = bytearray(P.URB_HEADER_SIZE)
         self._hview = memoryview(self._header)
-        self._can_lead = self._rd.poll is not None
+        self._can_lead = self._rd.can_time
         self._reader = threading.Thread(target=self._read_loop, name=f"usbip-reader-{self.busid}", daemon=True)
         self._reader.start()
 
@@ -335,7 +335,11 @@ class Connection:
         try:
             urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
                                iso_packet_lengths, transfer_flags)
-            deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+            if timeout and timeout > 0:
+                deadline = time.monotonic() + timeout
+                self._rd.arm(timeout)
+            else:
+                deadline = None
             led = self._lead(urb, deadline)
         finally:
             self._token.release()
@@ -444,9 +448,9 @@ class Connection:
                 self._unlinks.pop(seq, None)
                 self._fail_all(f"send failed: {exc}")
                 return None
-        self._need_reader.set()  # the RET_UNLINK must be read by someone
         if hook is not None:
             self._call_hook(hook.urb_unlink_sent, urb, seq)
+        self._need_reader.set()  # the RET_UNLINK must be read by someone (after the hook saw it sent)
         return seq
 
     def _timed_out(self, urb: Urb) -> None:
@@ -560,11 +564,16 @@ class Connection:
         ``stall`` seconds (ProtocolError beyond).
         """
         rd = self._rd
-        if deadline is not None and not rd.wait_message(deadline):
-            return False
         header = self._header
-        rd.limit = None if deadline is None else deadline + (stall or 0.0)
-        rd.read_into(self._hview)
+        if deadline is None:
+            rd.first = rd.limit = None
+        else:
+            rd.first = deadline if rd.end == rd.start else None
+            rd.limit = deadline + (stall or 0.0)
+        try:
+            rd.read_into(self._hview)
+        except _NoReply:
+            return False
         pending = self._pending
         retired = self._retired
         if True:  # (kept as a block: the dispatch below is the former reader-thread loop body)
@@ -655,15 +664,28 @@ def _spread_iso_in(buf: memoryview, requested: List[P.IsoPacket], results: List[
             buf[req.offset: req.offset + res.actual_length] = bytes(buf[pos: pos + res.actual_length])
 
 
+class _NoReply(Exception):
+    """A leader's deadline passed before the next reply's first byte (nothing was consumed)."""
+
+
+_TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
+
+
 class _Reader:
     """Buffered exact reads: small replies come out of one recv, big ones go straight to the
     caller's buffer (no copy through an intermediate buffer).
 
-    ``limit`` (a time.monotonic() deadline, or None to block) bounds every wait for more bytes;
-    past it, ProtocolError: the server stalled in the middle of a reply.
+    Deadlines (time.monotonic() values) for a leader: ``first`` bounds the wait for the first
+    byte of a reply (then :class:`_NoReply`), ``limit`` every later wait inside it (then
+    ProtocolError: the server stalled in the middle of a reply). Both None: block.
+
+    A timed wait is a plain blocking recv with the kernel's SO_RCVTIMEO set to the caller's
+    timeout (set once, cached: PyUSB passes the same timeout every time), so waiting for a reply
+    costs one syscall, as in the raw floor; an expired SO_RCVTIMEO shows as EAGAIN and is checked
+    against the deadlines here. Where SO_RCVTIMEO cannot be set, poll() before each recv instead.
     """
 
-    __slots__ = ("sock", "buf", "view", "start", "end", "poll", "limit")
+    __slots__ = ("sock", "buf", "view", "start", "end", "first", "limit", "rcvtimeo", "poll")
 
     def __init__(self, sock: socket.socket, size: int = 65536) -> None:
         self.sock = sock
@@ -671,40 +693,62 @@ class _Reader:
         self.view = memoryview(self.buf)
         self.start = 0
         self.end = 0
+        self.first: Optional[float] = None
         self.limit: Optional[float] = None
+        self.rcvtimeo: Optional[float] = 0.0  # seconds in force; 0 = none; None = cannot set it
         self.poll = None
-        if _HAVE_POLL:
-            self.poll = select.poll()
-            self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, 0))
+        except (OSError, AttributeError, struct.error):
+            self.rcvtimeo = None
+            if _HAVE_POLL:
+                self.poll = select.poll()
+                self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
 
-    def _ready(self, until: float) -> bool:
-        """Wait until the socket is readable (or closed) or ``until`` passes."""
+    @property
+    def can_time(self) -> bool:
+        return self.rcvtimeo is not None or self.poll is not None
+
+    def arm(self, seconds: float) -> None:
+        """Make a blocking recv give up after ``seconds`` (no syscall if already so)."""
+        if self.rcvtimeo is None or self.rcvtimeo == seconds:
+            return
+        usec = int(seconds * 1e6)
+        if seconds:
+            usec = max(usec, 1000)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(usec // 1000000, usec % 1000000))
+        self.rcvtimeo = seconds
+
+    def _expired(self) -> None:
+        """A recv gave up (EAGAIN): re-arm for the time left, or raise if a deadline passed."""
+        if self.limit is None:
+            # An untimed reader met a leader's SO_RCVTIMEO: block without a limit from now on.
+            self.arm(0.0)
+            return
+        bound = self.first if self.first is not None else self.limit
+        left = bound - time.monotonic()
+        if left <= 0:
+            if self.first is not None:
+                raise _NoReply()
+            raise ProtocolError("the server stalled in the middle of a reply")
+        self.arm(left)
+
+    def _recv(self, dest: memoryview, size: int) -> int:
         while True:
-            left = until - time.monotonic()
-            if left <= 0:
-                return False
-            # poll() takes milliseconds; round up so we never wake just before the deadline.
-            if self.poll.poll(int(left * 1000) + 1):
-                return True
-
-    def wait_message(self, deadline: float) -> bool:
-        """True when a reply's first byte is buffered or readable; False once ``deadline`` passed."""
-        return self.end > self.start or self._ready(deadline)
-
-    def _recv_timed(self, dest: memoryview, size: int) -> int:
-        """recv_into bounded by ``limit``: try without blocking first (no extra syscall when the
-        bytes are there), else poll until readable or the limit passes."""
-        while True:
-            if _DONTWAIT:
-                try:
-                    return self.sock.recv_into(dest, size, _DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    pass
-            assert self.limit is not None
-            if not self._ready(self.limit):
-                raise ProtocolError("the server stalled in the middle of a reply")
-            if not _DONTWAIT:
-                return self.sock.recv_into(dest, size)
+            if self.poll is not None and self.limit is not None:
+                bound = self.first if self.first is not None else self.limit
+                left = bound - time.monotonic()
+                if left <= 0 or not self.poll.poll(int(left * 1000) + 1):
+                    if self.first is not None:
+                        raise _NoReply()
+                    raise ProtocolError("the server stalled in the middle of a reply")
+            try:
+                n = self.sock.recv_into(dest, size)
+            except (BlockingIOError, InterruptedError):
+                self._expired()
+                continue
+            self.first = None
+            return n
 
     def read_into(self, dest: memoryview) -> None:
         need = dest.nbytes
@@ -717,19 +761,18 @@ class _Reader:
             dest[:have] = self.view[self.start: self.end]
         self.start = self.end = 0
         got = have
-        recv_into = self.sock.recv_into
-        timed = self.limit is not None
+        recv = self._recv
         if need - got >= 4096:
             # Large remainder: receive directly into the destination.
             while got < need:
-                n = self._recv_timed(dest[got:], need - got) if timed else recv_into(dest[got:], need - got)
+                n = recv(dest[got:], need - got)
                 if not n:
                     raise EOFError
                 got += n
             return
         view = self.view
         while got < need:
-            n = self._recv_timed(view, len(self.buf)) if timed else recv_into(view, len(self.buf))
+            n = recv(view, len(self.buf))
             if not n:
                 raise EOFError
             take = min(n, need - got)
