@@ -669,6 +669,7 @@ class _NoReply(Exception):
 
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
+_RCVTIMEO_MARGIN_US = 10000
 
 
 class _Reader:
@@ -695,27 +696,31 @@ class _Reader:
         self.end = 0
         self.first: Optional[float] = None
         self.limit: Optional[float] = None
-        self.rcvtimeo: Optional[float] = 0.0  # seconds in force; 0 = none; None = cannot set it
+        self.rcvtimeo: Optional[float] = 0.0  # seconds asked for; 0 = none; None = cannot set it
         self.poll = None
+        if _HAVE_POLL:
+            self.poll = select.poll()
+            self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, 0))
         except (OSError, AttributeError, struct.error):
             self.rcvtimeo = None
-            if _HAVE_POLL:
-                self.poll = select.poll()
-                self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
 
     @property
     def can_time(self) -> bool:
         return self.rcvtimeo is not None or self.poll is not None
 
     def arm(self, seconds: float) -> None:
-        """Make a blocking recv give up after ``seconds`` (no syscall if already so)."""
+        """Make a blocking recv give up after about ``seconds`` (no syscall if already so).
+
+        The kernel counts SO_RCVTIMEO in scheduler ticks and wakes up to a tick or two late, so it
+        is set a little short; the last stretch is waited with poll(), which is precise.
+        """
         if self.rcvtimeo is None or self.rcvtimeo == seconds:
             return
         usec = int(seconds * 1e6)
         if seconds:
-            usec = max(usec, 1000)
+            usec = max(usec - _RCVTIMEO_MARGIN_US, 1000)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(usec // 1000000, usec % 1000000))
         self.rcvtimeo = seconds
 
@@ -727,15 +732,19 @@ class _Reader:
             return
         bound = self.first if self.first is not None else self.limit
         left = bound - time.monotonic()
-        if left <= 0:
-            if self.first is not None:
-                raise _NoReply()
-            raise ProtocolError("the server stalled in the middle of a reply")
-        self.arm(left)
+        if left > 0:
+            if self.poll is None:
+                self.arm(left)
+                return
+            if self.poll.poll(int(left * 1000) + 1):
+                return  # readable (or closed): the next recv returns at once
+        if self.first is not None:
+            raise _NoReply()
+        raise ProtocolError("the server stalled in the middle of a reply")
 
     def _recv(self, dest: memoryview, size: int) -> int:
         while True:
-            if self.poll is not None and self.limit is not None:
+            if self.rcvtimeo is None and self.poll is not None and self.limit is not None:
                 bound = self.first if self.first is not None else self.limit
                 left = bound - time.monotonic()
                 if left <= 0 or not self.poll.poll(int(left * 1000) + 1):

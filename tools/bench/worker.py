@@ -161,7 +161,7 @@ class EngineImpl:
 
         t = threading.Thread(target=reader, name="bench-pending-read", daemon=True)
         t.start()
-        ct(0x80, 6, 0x0100, 0, 18, 5.0)
+        threading.Event().wait(0.05)  # let the IN URB reach the wire
         busy = []
         for _ in range(n):
             t0 = time.perf_counter()
@@ -261,8 +261,9 @@ class PyusbImpl:
         t = threading.Thread(target=reader, name="bench-pending-read", daemon=True)
         t.start()
         started.wait()
-        # Let the IN URB reach the server (a control reply after it proves it is on the wire).
-        ct(0x80, 6, 0x0100, 0, 18, 5000 + read_timeout_ms)
+        # Give the reader thread time to put its IN URB on the wire. (No control request here to
+        # prove it: with the published client that request would be the one that blocks.)
+        threading.Event().wait(0.05)
         busy = []
         for _ in range(n):
             t0 = time.perf_counter()
