@@ -670,6 +670,9 @@ class _NoReply(Exception):
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 _RCVTIMEO_MARGIN_US = 10000
+#: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
+#: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
+_CHUNK = 4096
 
 
 class _Reader:
@@ -716,7 +719,15 @@ class _Reader:
         The kernel counts SO_RCVTIMEO in scheduler ticks and wakes up to a tick or two late, so it
         is set a little short; the last stretch is waited with poll(), which is precise.
         """
-        if self.rcvtimeo is None or self.rcvtimeo == seconds:
+        armed = self.rcvtimeo
+        if armed is None or armed == seconds:
+            return
+        # Callers pass "time left" (slightly different every call) or alternate timeouts. An
+        # armed value a little longer than asked is still safe (it is armed
+        # _RCVTIMEO_MARGIN_US short); a shorter one only costs a wait that outlasts it one early
+        # wake-up and a poll() for the rest. Re-arm only outside that band, so the steady state
+        # has no setsockopt per URB.
+        if seconds and armed and armed - 0.005 <= seconds <= 8 * armed:
             return
         usec = int(seconds * 1e6)
         if seconds:
@@ -781,7 +792,7 @@ class _Reader:
             return
         view = self.view
         while got < need:
-            n = recv(view, len(self.buf))
+            n = recv(view, _CHUNK)
             if not n:
                 raise EOFError
             take = min(n, need - got)
