@@ -188,6 +188,7 @@ class Connection:
         self._header = bytearray(P.URB_HEADER_SIZE)
         self._hview = memoryview(self._header)
         self._can_lead = self._rd.can_time
+        self._led = 0  # URBs whose transfer() caller is reading for them right now (token held)
         self._reader = threading.Thread(target=self._read_loop, name=f"usbip-reader-{self.busid}", daemon=True)
         self._reader.start()
 
@@ -331,34 +332,42 @@ class Connection:
             return self.submit(transfer_type, endpoint, setup=setup, data=data, buffer=buffer, length=length,
                                interval=interval, iso_packet_lengths=iso_packet_lengths,
                                transfer_flags=transfer_flags).wait(timeout)
-        led = False
+        deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+        self._led += 1
         try:
             urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
                                iso_packet_lengths, transfer_flags)
-            if timeout and timeout > 0:
-                deadline = time.monotonic() + timeout
-                self._rd.arm(timeout)
-            else:
-                deadline = None
-            led = self._lead(urb, deadline)
+            self._lead(urb, deadline)
         finally:
+            self._led -= 1
             self._token.release()
-            # Replies still owed to others (followers that queued behind us, unlinks): hand the
-            # reading over to the reader thread.
+            # Replies still owed (our own if we stopped leading early, followers that queued
+            # behind us, unlinks): hand the reading over to the reader thread.
             if self._pending or self._unlinks:
                 self._need_reader.set()
-        if not led and urb.status is None:
-            # Our deadline passed between two messages: the usual unlink-on-timeout path, now as a
-            # follower (the reader thread reads the RET_UNLINK).
-            self._timed_out(urb)
+        if urb.status is None:
+            # We stopped reading before our reply came: the deadline passed, or the reply is slow
+            # and the reader thread took over (a long wait must not keep others from leading).
+            # Either way, wait as a follower; a timeout takes the usual unlink path.
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                self._timed_out(urb)
+                return urb._result()
+            return urb.wait(left)
         return urb._result()
 
     def _lead(self, urb: Urb, deadline: Optional[float]) -> bool:
-        """Read replies (token held) until ``urb`` completes: True, or ``deadline`` passes: False."""
-        stall = self.unlink_grace if deadline is not None else None
+        """Read replies (token held) until ``urb`` completes: True. False: no reply began before
+        ``deadline`` or within _LEAD_WAIT (then the caller hands the reading over)."""
+        now = time.monotonic()
+        first = now + _LEAD_WAIT
+        if deadline is not None and deadline < first:
+            first = deadline
+        limit = None if deadline is None else deadline + self.unlink_grace
+        self._rd.arm(first - now)
         try:
             while urb.status is None:
-                if not self._read_one(deadline, stall):
+                if not self._read_one(first, limit):
                     return False
         except BaseException as exc:
             self._fail_all(self._read_failed(exc))
@@ -540,36 +549,47 @@ class Connection:
             return str(exc) or type(exc).__name__
         return f"{type(exc).__name__}: {exc}"
 
+    def _unled(self) -> bool:
+        """Are replies owed that no leader is reading for? (benign unlocked reads)"""
+        return len(self._pending) + len(self._unlinks) > self._led
+
     def _read_loop(self) -> None:
         reason = "closed"
-        need, token = self._need_reader, self._token
+        need, token, rd = self._need_reader, self._token, self._rd
+        poll = rd.poll
         try:
             while not self._closing and self._lost is None:
                 need.wait()
                 need.clear()
-                with token:
-                    # Read while replies are owed (a leader may have read ours meanwhile).
-                    while (self._pending or self._unlinks) and not self._closing and self._lost is None:
-                        self._read_one(None, None)
+                while self._unled() and not self._closing and self._lost is None:
+                    if poll is None:
+                        with token:
+                            self._read_one(None, None)
+                        continue
+                    if rd.end == rd.start:
+                        # Wait for bytes *without* the token, so that a transfer() may lead (read
+                        # its own reply) meanwhile. close() shuts the socket down, which wakes us.
+                        poll.poll()
+                    with token:
+                        if rd.end > rd.start or poll.poll(0):
+                            self._read_one(None, None)
+                        # else: a leader read what woke us
         except BaseException as exc:
             reason = self._read_failed(exc)
         finally:
             self._fail_all(reason)
 
-    def _read_one(self, deadline: Optional[float], stall: Optional[float]) -> bool:
+    def _read_one(self, first: Optional[float], limit: Optional[float]) -> bool:
         """Read and dispatch one reply (the caller holds the token).
 
-        With a ``deadline``, return False if it passes before the reply's first byte; once a reply
-        has begun, it is read to the end, each wait for more bytes bounded by the time left plus
-        ``stall`` seconds (ProtocolError beyond).
+        ``first``: return False if this time.monotonic() deadline passes before the reply's first
+        byte (nothing consumed). ``limit``: once a reply has begun, it is read to the end, each
+        wait for more bytes bounded by it (ProtocolError beyond). None: block.
         """
         rd = self._rd
         header = self._header
-        if deadline is None:
-            rd.first = rd.limit = None
-        else:
-            rd.first = deadline if rd.end == rd.start else None
-            rd.limit = deadline + (stall or 0.0)
+        rd.first = first if rd.end == rd.start else None
+        rd.limit = limit
         try:
             rd.read_into(self._hview)
         except _NoReply:
@@ -670,6 +690,10 @@ class _NoReply(Exception):
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 _RCVTIMEO_MARGIN_US = 10000
+#: How long a transfer() caller reads the socket itself waiting for its reply before it hands the
+#: reading to the reader thread and waits as a follower: a URB that stays pending (a bulk IN
+#: waiting for data) must not keep other threads' transfers from leading.
+_LEAD_WAIT = 0.005
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
@@ -731,17 +755,17 @@ class _Reader:
             return
         usec = int(seconds * 1e6)
         if seconds:
-            usec = max(usec - _RCVTIMEO_MARGIN_US, 1000)
+            usec = max(usec - min(_RCVTIMEO_MARGIN_US, usec // 2), 1000)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(usec // 1000000, usec % 1000000))
         self.rcvtimeo = seconds
 
     def _expired(self) -> None:
         """A recv gave up (EAGAIN): re-arm for the time left, or raise if a deadline passed."""
-        if self.limit is None:
-            # An untimed reader met a leader's SO_RCVTIMEO: block without a limit from now on.
+        bound = self.first if self.first is not None else self.limit
+        if bound is None:
+            # An untimed read met a leader's SO_RCVTIMEO: block without a limit from now on.
             self.arm(0.0)
             return
-        bound = self.first if self.first is not None else self.limit
         left = bound - time.monotonic()
         if left > 0:
             if self.poll is None:
@@ -755,8 +779,8 @@ class _Reader:
 
     def _recv(self, dest: memoryview, size: int) -> int:
         while True:
-            if self.rcvtimeo is None and self.poll is not None and self.limit is not None:
-                bound = self.first if self.first is not None else self.limit
+            bound = self.first if self.first is not None else self.limit
+            if self.rcvtimeo is None and self.poll is not None and bound is not None:
                 left = bound - time.monotonic()
                 if left <= 0 or not self.poll.poll(int(left * 1000) + 1):
                     if self.first is not None:
