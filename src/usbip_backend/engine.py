@@ -571,9 +571,10 @@ class Connection:
                         # its own reply) meanwhile. close() shuts the socket down, which wakes us.
                         poll.poll()
                     with token:
-                        if rd.end > rd.start or poll.poll(0):
+                        # Read what is there (a burst of pipelined replies in one go); nothing
+                        # there means a leader read what woke us.
+                        while (rd.end > rd.start or poll.poll(0)) and self._unled() and not self._closing:
                             self._read_one(None, None)
-                        # else: a leader read what woke us
         except BaseException as exc:
             reason = self._read_failed(exc)
         finally:
@@ -693,7 +694,7 @@ _RCVTIMEO_MARGIN_US = 10000
 #: How long a transfer() caller reads the socket itself waiting for its reply before it hands the
 #: reading to the reader thread and waits as a follower: a URB that stays pending (a bulk IN
 #: waiting for data) must not keep other threads' transfers from leading.
-_LEAD_WAIT = 0.005
+_LEAD_WAIT = 0.02
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
