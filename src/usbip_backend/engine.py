@@ -76,6 +76,13 @@ _RET_SUBMIT_UNPACK = P.RET_SUBMIT_STRUCT.unpack_from
 _RET_UNLINK_UNPACK = P.RET_UNLINK_STRUCT.unpack_from
 _BASIC_UNPACK = P.HEADER_BASIC_STRUCT.unpack_from
 _ISO_UNPACK = P.ISO_PACKET_STRUCT.unpack_from
+# Hot-path constants (one global lookup instead of module + class attribute lookups per URB).
+_CONTROL = P.TransferType.CONTROL
+_ISOCHRONOUS = P.TransferType.ISOCHRONOUS
+_PERIODIC = (P.TransferType.INTERRUPT, P.TransferType.ISOCHRONOUS)
+_CMD_SUBMIT = P.USBIP_CMD_SUBMIT
+_URB_DIR_IN = P.USBIP_URB_DIR_IN
+_NO_SETUP = bytes(8)
 
 
 class Urb:
@@ -232,14 +239,14 @@ class Connection:
         urb.interval = interval
         urb.start_frame = 0
         urb.setup = setup
-        if transfer_type == P.TransferType.CONTROL:
+        if transfer_type == _CONTROL:
             if setup is None or len(setup) != 8:
                 raise ValueError("a control URB needs an 8-byte setup packet")
             direction = 1 if setup[0] & 0x80 else 0
             endpoint = (endpoint & 0x0F) | (0x80 if direction else 0)
         else:
             direction = 1 if endpoint & 0x80 else 0
-            if transfer_type in (P.TransferType.INTERRUPT, P.TransferType.ISOCHRONOUS) and interval <= 0:
+            if interval <= 0 and transfer_type in _PERIODIC:
                 # The kernel rejects interval 0 for these (usb_submit_urb -EINVAL) and the stub
                 # then drops the whole connection.
                 raise ValueError(f"{transfer_type.name.lower()} URBs need a positive interval")
@@ -272,7 +279,7 @@ class Connection:
         urb.length = length
         iso_raw = b""
         npackets = 0
-        if transfer_type == P.TransferType.ISOCHRONOUS:
+        if transfer_type == _ISOCHRONOUS:
             lengths = list(iso_packet_lengths or [length])
             if not 0 < len(lengths) <= P.MAX_ISO_PACKETS:
                 raise ValueError(f"an ISO URB needs 1..{P.MAX_ISO_PACKETS} packets")
@@ -289,7 +296,7 @@ class Connection:
         else:
             urb.iso_packets = None
         if direction:
-            urb.transfer_flags |= P.USBIP_URB_DIR_IN
+            urb.transfer_flags |= _URB_DIR_IN
         ep_num = endpoint & 0x0F
         hook = self.hook
         with self._send_lock:
@@ -298,20 +305,21 @@ class Connection:
             seq = self._next_seqnum()
             urb.seqnum = seq
             header = _SUBMIT_PACK(
-                P.USBIP_CMD_SUBMIT, seq, self.devid, direction, ep_num, urb.transfer_flags,
-                length, 0, npackets, interval, setup if setup is not None else bytes(8),
+                _CMD_SUBMIT, seq, self.devid, direction, ep_num, urb.transfer_flags,
+                length, 0, npackets, interval, setup if setup is not None else _NO_SETUP,
             )
             self._pending[seq] = urb
             urb.submit_time = time.time()
             if hook is not None:
                 self._call_hook(hook.urb_submitted, urb)
-            parts = [header]
-            if payload is not None and length:
-                parts.append(payload)
-            if iso_raw:
-                parts.append(iso_raw)
             try:
-                self._send(parts)
+                if payload is None or not length:
+                    if iso_raw:
+                        self._send([header, iso_raw])
+                    else:
+                        self.sock.sendall(header)
+                else:
+                    self._send([header, payload, iso_raw] if iso_raw else [header, payload])
             except OSError as exc:
                 self._pending.pop(seq, None)
                 lost = self._fail_all(f"send failed: {exc}")
@@ -431,7 +439,18 @@ class Connection:
                 sock.sendall(part)
             return
         # One syscall for header + payload; loop on partial sends without copying the payload.
+        sent = sock.sendmsg(parts)
+        total = 0
+        for p in parts:
+            total += len(p) if isinstance(p, bytes) else memoryview(p).nbytes
+        if sent == total:
+            return
         views = [memoryview(p).cast("B") for p in parts]
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
         while views:
             sent = sock.sendmsg(views[:_IOV_MAX])
             while views and sent >= views[0].nbytes:
