@@ -196,6 +196,7 @@ class Connection:
         self._hview = memoryview(self._header)
         self._can_lead = self._rd.can_time
         self._led = 0  # URBs whose transfer() caller is reading for them right now (token held)
+        self._reader_idle = False  # the reader thread sleeps on _need_reader
         self._reader = threading.Thread(target=self._read_loop, name=f"usbip-reader-{self.busid}", daemon=True)
         self._reader.start()
 
@@ -220,8 +221,10 @@ class Connection:
         """Send one CMD_SUBMIT and return its :class:`Urb` at once (see module docstring)."""
         urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
                            iso_packet_lengths, transfer_flags)
-        # Someone must read the reply: ask the reader thread (a no-op if it is already reading).
-        self._need_reader.set()
+        # Someone must read the reply: wake the reader thread if it sleeps (it re-checks for work
+        # after saying it is idle and before sleeping, so a URB added here is never missed).
+        if self._reader_idle:
+            self._need_reader.set()
         return urb
 
     def _submit(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
@@ -578,10 +581,14 @@ class Connection:
         poll = rd.poll
         try:
             while not self._closing and self._lost is None:
-                need.wait()
+                self._reader_idle = True
+                if not self._unled():
+                    need.wait()
                 need.clear()
+                self._reader_idle = False
                 while self._unled() and not self._closing and self._lost is None:
-                    if poll is None:
+                    if poll is None or len(self._pending) + len(self._unlinks) - self._led >= 2:
+                        # Several replies owed (pipelining): read them back to back, blocking.
                         with token:
                             self._read_one(None, None)
                         continue
