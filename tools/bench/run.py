@@ -284,7 +284,7 @@ def fmt_stat(s: Any) -> str:
     if s is None:
         return "-"
     if isinstance(s, str):
-        return s
+        return s if len(s) <= 28 else "n/a (see notes)"
     if s["n"] == 1 or s["min"] == s["max"]:
         return fmt_num(s["median"])
     return f"{fmt_num(s['median'])} ({fmt_num(s['min'])}-{fmt_num(s['max'])})"
@@ -673,14 +673,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "seconds": round(time.time() - started, 1), "published": PUBLISHED,
         }
+        checks = [c for r in res.rows for c in r["floors"] if c["met"] is not None]
+        summary = f"floors met: {sum(c['met'] for c in checks)} of {len(checks)}"
+        for r in res.rows:
+            for v in (r["ours"], r["raw"], r["published"]):
+                if isinstance(v, str) and len(v) > 28 and v not in res.notes:
+                    res.notes.append(f"{r['name']}: {v}")
         md = table(res)
         print(table(res, markdown=False))
+        print(summary)
         for note in res.notes:
             print(f"note: {note}")
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"meta": meta, "rows": res.rows, "samples": res.samples, "notes": res.notes,
-                           "markdown": md}, fh, indent=1, default=str)
+                json.dump({"meta": meta, "summary": summary, "rows": res.rows, "samples": res.samples,
+                           "notes": res.notes, "markdown": md}, fh, indent=1, default=str)
             log(f"wrote {args.json} ({meta['seconds']} s)")
     finally:
         if sim is not None:
