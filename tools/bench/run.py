@@ -677,7 +677,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = f"floors met: {sum(c['met'] for c in checks)} of {len(checks)}"
         for r in res.rows:
             for v in (r["ours"], r["raw"], r["published"]):
-                if isinstance(v, str) and len(v) > 28 and v not in res.notes:
+                if isinstance(v, str) and len(v) > 28 and not any(v in n for n in res.notes):
                     res.notes.append(f"{r['name']}: {v}")
         md = table(res)
         print(table(res, markdown=False))
