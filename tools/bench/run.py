@@ -635,6 +635,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--published-venv", help="use this venv's python for the published client instead of "
                                             "installing it into a throw-away venv")
     p.add_argument("--no-published", action="store_true", help="do not install or run the published client")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     args = p.parse_args(argv)
     only = args.only or TESTS
     started = time.time()
@@ -680,7 +681,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 if isinstance(v, str) and len(v) > 28 and not any(v in n for n in res.notes):
                     res.notes.append(f"{r['name']}: {v}")
         md = table(res)
-        print(table(res, markdown=False))
+        print(md if args.markdown else table(res, markdown=False))
         print(summary)
         for note in res.notes:
             print(f"note: {note}")
