@@ -83,6 +83,8 @@ _PERIODIC = (P.TransferType.INTERRUPT, P.TransferType.ISOCHRONOUS)
 _CMD_SUBMIT = P.USBIP_CMD_SUBMIT
 _URB_DIR_IN = P.USBIP_URB_DIR_IN
 _NO_SETUP = bytes(8)
+_RET_SUBMIT = P.USBIP_RET_SUBMIT
+_RET_UNLINK = P.USBIP_RET_UNLINK
 
 
 class Urb:
@@ -260,7 +262,9 @@ class Connection:
                 if length is None:
                     raise ValueError("an IN URB needs a buffer or a length")
                 buffer = bytearray(length)
-            mv = memoryview(buffer).cast("B")
+            mv = memoryview(buffer)
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
             if mv.readonly:
                 raise ValueError("the IN buffer must be writable")
             if length is None:
@@ -305,7 +309,11 @@ class Connection:
         with self._send_lock:
             if self._lost is not None:
                 raise self._lost
-            seq = self._next_seqnum()
+            seq = (self._seq + 1) & 0xFFFFFFFF
+            if not seq or seq in self._pending or seq in self._unlinks or seq in self._retired:
+                seq = self._next_seqnum()
+            else:
+                self._seq = seq
             urb.seqnum = seq
             header = _SUBMIT_PACK(
                 _CMD_SUBMIT, seq, self.devid, direction, ep_num, urb.transfer_flags,
@@ -624,14 +632,30 @@ class Connection:
         pending = self._pending
         retired = self._retired
         if True:  # (kept as a block: the dispatch below is the former reader-thread loop body)
-            command, seq = _BASIC_UNPACK(header)[:2]
-            if command == P.USBIP_RET_SUBMIT:
-                (_, _, _, _, _, status, actual, start_frame, npackets, error_count) = _RET_SUBMIT_UNPACK(header)
+            # One unpack serves both replies: RET_UNLINK's status sits where RET_SUBMIT's does.
+            (command, seq, _, _, _, status, actual, start_frame, npackets,
+             error_count) = _RET_SUBMIT_UNPACK(header)
+            if command == _RET_SUBMIT:
                 urb = pending.pop(seq, None)
                 if urb is not None:
+                    if (npackets or urb.iso_packets is not None or not urb.direction
+                            or actual < 0 or actual > urb.length):
+                        # ISO, OUT, or a bad length (raises): the general path.
+                        self._receiving = urb
+                        self._receive_submit(rd, urb, urb.buffer, status, actual, start_frame, npackets,
+                                             error_count)
+                        self._receiving = None
+                        return True
+                    # Fast path, non-ISO IN (what _receive_submit does for it).
                     self._receiving = urb
-                    self._receive_submit(rd, urb, urb.buffer, status, actual, start_frame, npackets, error_count)
+                    urb.actual_length = actual
+                    urb.error_count = error_count
+                    dest = urb.buffer
+                    if actual:
+                        rd.read_into(dest[:actual])
+                    urb.in_data = dest[:actual]
                     self._receiving = None
+                    self._complete(urb, status)
                     return True
                 urb = self._receiving = retired.pop(seq, None)
                 if urb is None:
@@ -643,8 +667,7 @@ class Connection:
                 self._receiving = None
                 _log.warning("%s: late reply to abandoned URB %d dropped (status %d, %d bytes)",
                              self.name, seq, status, actual if urb.direction else 0)
-            elif command == P.USBIP_RET_UNLINK:
-                status = _RET_UNLINK_UNPACK(header)[5]
+            elif command == _RET_UNLINK:
                 urb = self._unlinks.pop(seq, None)
                 if urb is None:
                     _log.warning("%s: RET_UNLINK for unknown seqnum %d ignored", self.name, seq)
