@@ -306,8 +306,8 @@ def table(results: Results, markdown: bool = True) -> str:
     for r in results.rows:
         rows.append([
             r["name"], r["unit"], fmt_stat(r["ours"]), fmt_stat(r["raw"]),
-            f"{r['vs_raw']:.2f}" if "vs_raw" in r else "-", fmt_stat(r["published"]),
-            f"{r['vs_published']:.2f}" if "vs_published" in r else "-",
+            fmt_num(r["vs_raw"]) if "vs_raw" in r else "-", fmt_stat(r["published"]),
+            fmt_num(r["vs_published"]) if "vs_published" in r else "-",
             fmt_floor(r) + (f" [{r['note']}]" if r["note"] else ""),
         ])
     if markdown:
