@@ -24,17 +24,23 @@ transfer at a time). So the socket is read by whoever holds the *read token* (``
   blocking. If it gets it, the caller is the *leader*: it sends its URB and reads replies itself
   until its own URB completes (completing any other URB whose reply comes first), then gives the
   token back. One wake-up per URB, no hand-off.
-* If the token is taken, the caller is a *follower*: it waits on its URB as before and the token
-  holder completes it.
-* The reader thread takes the token only when asked to (``_need_reader``): after an asynchronous
-  :meth:`~Connection.submit`, a CMD_UNLINK, or when a leader leaves with URBs still outstanding.
-  It reads until nothing is outstanding, then gives the token back and waits to be asked again.
+* A leader whose reply has not begun within ``_LEAD_WAIT`` (20 ms: a bulk IN waiting for data)
+  gives the token back and waits as a follower, so a long wait never keeps other threads from
+  leading their own short transfers.
+* If the token is taken, the caller is a *follower*: it waits on its URB and the token holder
+  completes it.
+* The reader thread reads only replies no leader is reading for (``_unled``): after an
+  asynchronous :meth:`~Connection.submit`, a CMD_UNLINK, or a leader that gave up with its URB
+  still outstanding. With one such reply owed it waits for bytes with poll() *without* the token
+  (a transfer() may lead meanwhile) and takes the token to read what arrived; with several owed
+  (pipelining) it reads them back to back. When none is owed it sleeps on ``_need_reader``.
 
 Only the token holder touches the buffered :class:`_Reader`, so messages are never interleaved.
-A leader honours its timeout only between messages (it polls for the first byte); once a reply has
-started, it is read to the end, bounded by the timeout plus ``unlink_grace`` (a server stalled
-inside a reply for longer is broken: the connection is failed). Since nobody reads an idle socket,
-a server that goes away while nothing is in flight is noticed by the next transfer.
+A leader waits in one blocking recv bounded by SO_RCVTIMEO (set once, see :meth:`_Reader.arm`)
+and honours its deadline only between messages; once a reply has started, it is read to the end,
+bounded by the timeout plus ``unlink_grace`` (a server stalled inside a reply for longer is broken:
+the connection is failed). Since nobody reads an idle socket, a server that goes away while nothing
+is in flight is noticed by the next transfer.
 """
 
 from __future__ import annotations
