@@ -359,3 +359,54 @@ def test_close_fails_pending_and_joins_reader():
         with pytest.raises(ConnectionLostError):
             urb.wait(1)
         assert conn.sock.fileno() == -1
+
+
+@pytest.mark.parametrize("round_", range(30))
+def test_reply_buffered_by_a_leader_reaches_the_follower(round_):
+    """A leader's recv may pull in another URB's reply behind its own; that reply must still be
+    delivered promptly (the reader thread may be asleep on an empty socket)."""
+    def script(sock):
+        follower = read_cmd(sock)[0]
+        leader = read_cmd(sock)[0]
+        # both replies in one segment, the leader's first
+        sock.sendall(ret_submit(leader.seqnum, data=b"L" * 18) + ret_submit(follower.seqnum, data=b"F" * 8))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        pending = conn.submit(BULK, 0x81, length=8)  # read by the reader thread (async submit)
+        assert len(conn.control_transfer(0x80, 6, 0x100, 0, 18, timeout=2)) == 18
+        t0 = time.monotonic()
+        assert bytes(pending.wait(3).in_data) == b"F" * 8
+        assert time.monotonic() - t0 < 0.5
+
+
+def test_send_failure_fails_fast_and_completes_the_urb_for_hooks():
+    import struct as _struct
+    from usbip_backend.hooks import UrbHook
+
+    gone = threading.Event()
+
+    class Recorder(UrbHook):
+        def __init__(self):
+            self.completed = []
+
+        def urb_completed(self, urb):
+            self.completed.append((urb.seqnum, urb.status, urb.submit_failed))
+
+    def script(sock):
+        # vanish with a reset (SO_LINGER 0): the client's next send fails at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _struct.pack("ii", 1, 0))
+        sock.close()
+        gone.set()
+
+    hook = Recorder()
+    with ScriptedServer(script) as srv, connect(srv, hook=hook) as conn:
+        assert gone.wait(5)
+        with pytest.raises(ConnectionLostError, match="2-1"):
+            for _ in range(3):  # the first send may still be buffered before the reset is seen
+                conn.transfer(BULK, 0x01, data=b"x" * 100, timeout=2)
+        with pytest.raises(ConnectionLostError):
+            conn.submit(BULK, 0x01, data=b"y")
+    # the URB whose CMD_SUBMIT never reached the wire still completes, marked for capture ('E')
+    assert hook.completed and all(status == -108 for _, status, _ in hook.completed)
+    assert hook.completed[-1][2] is True

@@ -38,8 +38,8 @@ transfer at a time). So the socket is read by whoever holds the *read token* (``
 Only the token holder touches the buffered :class:`_Reader`, so messages are never interleaved.
 A leader waits in one blocking recv bounded by SO_RCVTIMEO (set once, see :meth:`_Reader.arm`)
 and honours its deadline only between messages; once a reply has started, it is read to the end,
-bounded by the timeout plus ``unlink_grace`` (a server stalled inside a reply for longer is broken:
-the connection is failed). Since nobody reads an idle socket, a server that goes away while nothing
+bounded by the timeout plus ``unlink_grace``, extended while bytes keep arriving (a server that
+stops moving inside a reply for longer is broken: the connection is failed). Since nobody reads an idle socket, a server that goes away while nothing
 is in flight is noticed by the next transfer.
 """
 
@@ -100,7 +100,7 @@ class Urb:
         "conn", "seqnum", "devid", "busnum", "devnum", "transfer_type", "endpoint", "direction",
         "setup", "transfer_flags", "length", "interval", "start_frame", "out_data", "iso_packets",
         "buffer", "submit_time", "status", "actual_length", "in_data", "iso_results",
-        "error_count", "complete_time", "_done", "_unlink_seqnum", "_error",
+        "error_count", "complete_time", "submit_failed", "_done", "_unlink_seqnum", "_error",
     )
 
     def __init__(self) -> None:
@@ -110,6 +110,7 @@ class Urb:
         self.iso_results: Optional[List[P.IsoPacket]] = None
         self.error_count = 0
         self.complete_time = 0.0
+        self.submit_failed = False  # True: the CMD_SUBMIT never reached the wire (capture: 'E')
         self._unlink_seqnum = 0
         self._error: Optional[BaseException] = None
         self._done = _allocate_lock()
@@ -337,11 +338,13 @@ class Connection:
                         self.sock.sendall(header)
                 else:
                     self._send([header, payload, iso_raw] if iso_raw else [header, payload])
+                return urb
             except OSError as exc:
-                self._pending.pop(seq, None)
-                lost = self._fail_all(f"send failed: {exc}")
-                raise lost from exc
-        return urb
+                urb.submit_failed = True
+                failure = exc
+        # (outside the send lock, which _fail_all takes)
+        lost = self._fail_all(f"send failed: {failure}")  # completes this URB too
+        raise lost from failure
 
     def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None,
                  setup: Optional[bytes] = None, data=None, buffer=None, length: Optional[int] = None,
@@ -394,6 +397,12 @@ class Connection:
             while urb.status is None:
                 if not self._read_one(first, limit):
                     return False
+            # The recv that brought our reply may have brought replies to other URBs behind it.
+            # The reader thread may be asleep in poll() on a socket that now looks empty (Linux
+            # re-checks readiness after a wake-up), so dispatch them before giving up the token.
+            rd = self._rd
+            while rd.end > rd.start:
+                self._read_one(None, limit)
         except BaseException as exc:
             self._fail_all(self._read_failed(exc))
             if not isinstance(exc, (ProtocolError, EOFError, OSError)):
@@ -489,10 +498,12 @@ class Connection:
             try:
                 self.sock.sendall(_UNLINK_PACK(P.USBIP_CMD_UNLINK, seq, self.devid, urb.direction,
                                                urb.endpoint & 0x0F, urb.seqnum))
+                failure = None
             except OSError as exc:
-                self._unlinks.pop(seq, None)
-                self._fail_all(f"send failed: {exc}")
-                return None
+                failure = exc
+        if failure is not None:
+            self._fail_all(f"send failed: {failure}")  # outside the send lock, which it takes
+            return None
         if hook is not None:
             self._call_hook(hook.urb_unlink_sent, urb, seq)
         self._need_reader.set()  # the RET_UNLINK must be read by someone (after the hook saw it sent)
@@ -559,6 +570,7 @@ class Connection:
         for urb in victims:
             if urb.status is None:
                 self._complete(urb, ESHUTDOWN, lost)
+        self._need_reader.set()  # let the reader thread see the loss and end
         return lost
 
     def _call_hook(self, fn: Callable, *args) -> None:
@@ -746,6 +758,9 @@ class _NoReply(Exception):
 
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 _RCVTIMEO_MARGIN_US = 10000
+#: Once a reply has begun, how long it may stop moving past the caller's deadline before the
+#: server is taken as broken (ProtocolError: the stream cannot be resynchronised).
+_MID_REPLY_STALL = 2.0
 #: How long a transfer() caller reads the socket itself waiting for its reply before it hands the
 #: reading to the reader thread and waits as a follower: a URB that stays pending (a bulk IN
 #: waiting for data) must not keep other threads' transfers from leading.
@@ -848,6 +863,11 @@ class _Reader:
                 self._expired()
                 continue
             self.first = None
+            if self.limit is not None and n:
+                # Bytes are flowing: a slow link (WiFi to a bridge, a big reply) is not a stalled
+                # server. Only a reply that stops moving for _MID_REPLY_STALL s past the
+                # caller's deadline is taken as broken.
+                self.limit = max(self.limit, time.monotonic() + _MID_REPLY_STALL)
             return n
 
     def read_into(self, dest: memoryview) -> None:
