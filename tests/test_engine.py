@@ -410,3 +410,25 @@ def test_send_failure_fails_fast_and_completes_the_urb_for_hooks():
     # the URB whose CMD_SUBMIT never reached the wire still completes, marked for capture ('E')
     assert hook.completed and all(status == -108 for _, status, _ in hook.completed)
     assert hook.completed[-1][2] is True
+
+
+def test_leader_and_reader_thread_poll_at_the_same_time():
+    """The reader thread polls for an asynchronous URB's reply (without the token) while a leader
+    runs down its own timeout, which also ends in poll(): one select.poll object refuses two
+    concurrent poll() calls (seen in the kernel suite as 'concurrent poll() invocation')."""
+    def script(sock):
+        while True:  # answer nothing but unlinks (cancelled)
+            cmd = read_cmd(sock)[0]
+            if isinstance(cmd, P.CmdUnlink):
+                sock.sendall(ret_unlink(cmd.seqnum, -104))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        pending = conn.submit(BULK, 0x81, length=8)  # the reader thread waits for this one
+        for timeout in (0.03, 0.05, 0.08):
+            with pytest.raises(UsbipTimeoutError):
+                conn.transfer(BULK, 0x01, data=b"x", timeout=timeout)
+            assert not conn.closed
+        pending.cancel()
+        with pytest.raises(UsbipTimeoutError):
+            pending.wait(2)
+        assert not conn.closed

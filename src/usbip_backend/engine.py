@@ -604,7 +604,12 @@ class Connection:
     def _read_loop(self) -> None:
         reason = "closed"
         need, token, rd = self._need_reader, self._token, self._rd
-        poll = rd.poll
+        # Its own poll object: this thread polls without the token while a leader may be polling
+        # through rd.poll, and one select.poll object refuses concurrent poll() calls.
+        poll = None
+        if rd.poll is not None:
+            poll = select.poll()
+            poll.register(self.sock.fileno(), select.POLLIN | select.POLLPRI)
         try:
             while not self._closing and self._lost is None:
                 self._reader_idle = True
