@@ -192,6 +192,7 @@ def test_set_configuration_then_devlist_shows_interfaces(server):
         c.configure(1)
         hdr, data = c.ctrl(0x80, 8, 0, 0, 1)  # GET_CONFIGURATION
         assert data == b"\x01"
+    assert server.wait_free("1-2")  # the server releases it a moment after the client closes
     rec = [d for d in devlist(server.port) if d.busid == "1-2"][0]
     assert rec.bConfigurationValue == 1 and rec.bNumInterfaces == 2
     assert rec.interfaces == (P.UsbInterface(2, 2, 1), P.UsbInterface(0x0A, 0, 0))
