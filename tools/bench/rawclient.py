@@ -80,33 +80,16 @@ class RawDevice:
     # -- one URB at a time ---------------------------------------------------------------------------
     def control_loop(self, count: int) -> None:
         """``count`` GET_DESCRIPTOR(DEVICE, 18) round trips."""
-        sock, pack, unpack, devid = self.sock, _CMD.pack, _RET.unpack_from, self.devid
-        sendall, recv_into = sock.sendall, sock.recv_into
-        hview, dview, header = self.hview, self.dview, self.header
-        seq = self.seq
-        for _ in range(count):
-            seq += 1
-            sendall(pack(_CMD_SUBMIT, seq, devid, 1, 0, _DIR_IN_FLAG, 18, 0, 0, 0, GET_DEVICE_DESCRIPTOR))
-            got = 0
-            while got < 48:
-                n = recv_into(hview[got:], 48 - got)
-                if not n:
-                    raise EOFError
-                got += n
-            actual = unpack(header)[6]
-            got = 0
-            while got < actual:
-                n = recv_into(dview[got:], actual - got)
-                if not n:
-                    raise EOFError
-                got += n
-        self.seq = seq
+        self._in_loop(0, 18, GET_DEVICE_DESCRIPTOR, count)
 
     def bulk_in_loop(self, ep: int, size: int, count: int) -> None:
+        self._in_loop(ep, size, bytes(8), count)
+
+    def _in_loop(self, ep: int, size: int, setup: bytes, count: int) -> None:
+        """``count`` IN URBs of ``size`` bytes, one at a time: pack, sendall, recv_into."""
         sock, pack, unpack, devid = self.sock, _CMD.pack, _RET.unpack_from, self.devid
         sendall, recv_into = sock.sendall, sock.recv_into
         hview, dview, header = self.hview, self.dview, self.header
-        setup = bytes(8)
         seq = self.seq
         for _ in range(count):
             seq += 1
