@@ -444,6 +444,13 @@ class _Connection:
                     queue.remove(urb)
                 except ValueError:
                     pass
+            if urb.handler is None:
+                # A URB to a nonexistent endpoint: stub_recv_cmd_submit() returned before
+                # allocating anything for it, so the stub's unlink finds no such seqnum and
+                # answers status 0, and no RET_SUBMIT ever follows. Clients must cope (a bounded
+                # wait after the unlink), so the virtual server does the same.
+                self._ret_unlink(seqnum, 0)
+                return
             # Cancelled: RET_UNLINK carries the CMD_UNLINK's own seqnum and -ECONNRESET, and no
             # RET_SUBMIT is ever sent for the unlinked URB (usbip_protocol.rst, USBIP_RET_UNLINK).
             self._ret_unlink(seqnum, ECONNRESET)
