@@ -49,7 +49,6 @@ import logging
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -65,7 +64,6 @@ _log = logging.getLogger(__name__)
 
 ECONNRESET = -104
 ESHUTDOWN = -108
-ENOENT = -2
 
 _allocate_lock = threading.Lock  # the cheapest waitable primitive CPython has
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
@@ -79,8 +77,6 @@ MAX_URB_LENGTH = 64 * 1024 * 1024
 _SUBMIT_PACK = P.CMD_SUBMIT_STRUCT.pack
 _UNLINK_PACK = P.CMD_UNLINK_STRUCT.pack
 _RET_SUBMIT_UNPACK = P.RET_SUBMIT_STRUCT.unpack_from
-_RET_UNLINK_UNPACK = P.RET_UNLINK_STRUCT.unpack_from
-_BASIC_UNPACK = P.HEADER_BASIC_STRUCT.unpack_from
 _ISO_UNPACK = P.ISO_PACKET_STRUCT.unpack_from
 # Hot-path constants (one global lookup instead of module + class attribute lookups per URB).
 _CONTROL = P.TransferType.CONTROL
@@ -472,18 +468,15 @@ class Connection:
         if sent == total:
             return
         views = [memoryview(p).cast("B") for p in parts]
-        while views and sent >= views[0].nbytes:
-            sent -= views[0].nbytes
-            views.pop(0)
-        if sent:
-            views[0] = views[0][sent:]
-        while views:
-            sent = sock.sendmsg(views[:_IOV_MAX])
+        while True:
             while views and sent >= views[0].nbytes:
                 sent -= views[0].nbytes
                 views.pop(0)
+            if not views:
+                return
             if sent:
                 views[0] = views[0][sent:]
+            sent = sock.sendmsg(views[:_IOV_MAX])
 
     def _send_unlink(self, urb: Urb) -> Optional[int]:
         hook = self.hook
@@ -654,60 +647,59 @@ class Connection:
             return False
         pending = self._pending
         retired = self._retired
-        if True:  # (kept as a block: the dispatch below is the former reader-thread loop body)
-            # One unpack serves both replies: RET_UNLINK's status sits where RET_SUBMIT's does.
-            (command, seq, _, _, _, status, actual, start_frame, npackets,
-             error_count) = _RET_SUBMIT_UNPACK(header)
-            if command == _RET_SUBMIT:
-                urb = pending.pop(seq, None)
-                if urb is not None:
-                    if (npackets or urb.iso_packets is not None or not urb.direction
-                            or actual < 0 or actual > urb.length):
-                        # ISO, OUT, or a bad length (raises): the general path.
-                        self._receiving = urb
-                        self._receive_submit(rd, urb, urb.buffer, status, actual, start_frame, npackets,
-                                             error_count)
-                        self._receiving = None
-                        return True
-                    # Fast path, non-ISO IN (what _receive_submit does for it).
+        # One unpack serves both replies: RET_UNLINK's status sits where RET_SUBMIT's does.
+        (command, seq, _, _, _, status, actual, start_frame, npackets,
+         error_count) = _RET_SUBMIT_UNPACK(header)
+        if command == _RET_SUBMIT:
+            urb = pending.pop(seq, None)
+            if urb is not None:
+                if (npackets or urb.iso_packets is not None or not urb.direction
+                        or actual < 0 or actual > urb.length):
+                    # ISO, OUT, or a bad length (raises): the general path.
                     self._receiving = urb
-                    urb.actual_length = actual
-                    urb.error_count = error_count
-                    dest = urb.buffer
-                    if actual:
-                        rd.read_into(dest[:actual])
-                    urb.in_data = dest[:actual]
+                    self._receive_submit(rd, urb, urb.buffer, status, actual, start_frame, npackets,
+                                         error_count)
                     self._receiving = None
-                    self._complete(urb, status)
                     return True
-                urb = self._receiving = retired.pop(seq, None)
-                if urb is None:
-                    # vhci_rx treats this as fatal too: we cannot know how many bytes follow.
-                    raise ProtocolError(f"RET_SUBMIT for unknown seqnum {seq}")
-                # A late reply to a URB the caller gave up on: read it into scratch, drop it.
-                scratch = memoryview(bytearray(urb.length)) if urb.direction else None
-                self._receive_submit(rd, urb, scratch, status, actual, start_frame, npackets, error_count)
+                # Fast path, non-ISO IN (what _receive_submit does for it).
+                self._receiving = urb
+                urb.actual_length = actual
+                urb.error_count = error_count
+                dest = urb.buffer
+                if actual:
+                    rd.read_into(dest[:actual])
+                urb.in_data = dest[:actual]
                 self._receiving = None
-                _log.warning("%s: late reply to abandoned URB %d dropped (status %d, %d bytes)",
-                             self.name, seq, status, actual if urb.direction else 0)
-            elif command == _RET_UNLINK:
-                urb = self._unlinks.pop(seq, None)
-                if urb is None:
-                    _log.warning("%s: RET_UNLINK for unknown seqnum %d ignored", self.name, seq)
-                    return True
-                if self.hook is not None:
-                    self._call_hook(self.hook.urb_unlink_returned, urb, seq, status)
-                if status != 0:
-                    # Cancelled (-ECONNRESET from the kernel): per "USBIP_RET_UNLINK" no
-                    # RET_SUBMIT follows. Keep the seqnum retired in case a server sends one
-                    # anyway, so its bytes are dropped instead of breaking the stream.
-                    if pending.pop(urb.seqnum, None) is not None or retired.get(urb.seqnum) is urb:
-                        self._retire(urb.seqnum, urb)
-                        self._complete(urb, status)
-                # status 0: the URB completed before the unlink; its RET_SUBMIT is delivered
-                # (or was already) by the RET_SUBMIT branch.
-            else:
-                raise ProtocolError(f"unexpected command 0x{command:08x} from server (seqnum {seq})")
+                self._complete(urb, status)
+                return True
+            urb = self._receiving = retired.pop(seq, None)
+            if urb is None:
+                # vhci_rx treats this as fatal too: we cannot know how many bytes follow.
+                raise ProtocolError(f"RET_SUBMIT for unknown seqnum {seq}")
+            # A late reply to a URB the caller gave up on: read it into scratch, drop it.
+            scratch = memoryview(bytearray(urb.length)) if urb.direction else None
+            self._receive_submit(rd, urb, scratch, status, actual, start_frame, npackets, error_count)
+            self._receiving = None
+            _log.warning("%s: late reply to abandoned URB %d dropped (status %d, %d bytes)",
+                         self.name, seq, status, actual if urb.direction else 0)
+        elif command == _RET_UNLINK:
+            urb = self._unlinks.pop(seq, None)
+            if urb is None:
+                _log.warning("%s: RET_UNLINK for unknown seqnum %d ignored", self.name, seq)
+                return True
+            if self.hook is not None:
+                self._call_hook(self.hook.urb_unlink_returned, urb, seq, status)
+            if status != 0:
+                # Cancelled (-ECONNRESET from the kernel): per "USBIP_RET_UNLINK" no
+                # RET_SUBMIT follows. Keep the seqnum retired in case a server sends one
+                # anyway, so its bytes are dropped instead of breaking the stream.
+                if pending.pop(urb.seqnum, None) is not None or retired.get(urb.seqnum) is urb:
+                    self._retire(urb.seqnum, urb)
+                    self._complete(urb, status)
+            # status 0: the URB completed before the unlink; its RET_SUBMIT is delivered
+            # (or was already) by the RET_SUBMIT branch.
+        else:
+            raise ProtocolError(f"unexpected command 0x{command:08x} from server (seqnum {seq})")
         return True
 
     def _receive_submit(self, rd: "_Reader", urb: Urb, dest: Optional[memoryview], status: int, actual: int,
