@@ -488,6 +488,10 @@ class Connection:
             seq = self._next_seqnum()
             urb._unlink_seqnum = seq
             self._unlinks[seq] = urb
+            # Before the send, as urb_submitted: once CMD_UNLINK is out, the RET_UNLINK (and
+            # the URB's completion) may be read at once, and a capture must see the unlink first.
+            if hook is not None:
+                self._call_hook(hook.urb_unlink_sent, urb, seq)
             try:
                 self.sock.sendall(_UNLINK_PACK(P.USBIP_CMD_UNLINK, seq, self.devid, urb.direction,
                                                urb.endpoint & 0x0F, urb.seqnum))
@@ -497,9 +501,7 @@ class Connection:
         if failure is not None:
             self._fail_all(f"send failed: {failure}")  # outside the send lock, which it takes
             return None
-        if hook is not None:
-            self._call_hook(hook.urb_unlink_sent, urb, seq)
-        self._need_reader.set()  # the RET_UNLINK must be read by someone (after the hook saw it sent)
+        self._need_reader.set()  # the RET_UNLINK must be read by someone
         return seq
 
     def _timed_out(self, urb: Urb) -> None:

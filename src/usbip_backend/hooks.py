@@ -7,7 +7,7 @@ The engine calls, for every URB it sends:
   (usually the engine's reader thread): ``urb.status`` is 0 or a negative Linux errno —
   the RET_SUBMIT status, ``-104`` (-ECONNRESET) when a CMD_UNLINK cancelled it, or ``-108``
   (-ESHUTDOWN) when the connection was lost;
-* ``urb_unlink_sent(urb, unlink_seqnum)`` when a CMD_UNLINK for it goes out, and
+* ``urb_unlink_sent(urb, unlink_seqnum)`` just before a CMD_UNLINK for it goes out, and
   ``urb_unlink_returned(urb, unlink_seqnum, status)`` when its RET_UNLINK arrives.
 
 Hooks must be quick and must never raise into the engine (exceptions are logged and swallowed).
