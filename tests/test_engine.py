@@ -217,6 +217,59 @@ def test_hostile_replies_close_the_connection_with_a_reason(reply, why):
             conn.transfer(BULK, 0x81, length=8, timeout=5)
 
 
+@pytest.mark.parametrize("actual", [1 << 30, -5])
+def test_hostile_actual_length_of_an_out_reply_closes_the_connection(actual):
+    # An OUT reply carries no data, so a bad actual_length is only a number, but it is still a
+    # broken server (vhci_rx rejects it too), and the leader's fast path must not take it.
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, actual=actual))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        with pytest.raises(ConnectionLostError, match="actual_length"):
+            conn.transfer(BULK, 0x01, data=b"12345678", timeout=5)
+
+
+@pytest.mark.parametrize("cuts", [(1,), (47,), (48,), (50,), (20, 48, 60), (4000, 4100)])
+def test_reply_arriving_in_pieces_is_reassembled(cuts):
+    # The leader reads its reply with one recv when it can; a reply cut anywhere (inside the
+    # header, right after it, inside the data, across the first recv's size) must come out whole.
+    payload = bytes(range(256)) * 20  # 5120 bytes
+
+    def script(sock):
+        for _ in range(3):
+            cmd = read_cmd(sock)[0]
+            reply = ret_submit(cmd.seqnum, data=payload[: cmd.transfer_buffer_length])
+            pos = 0
+            for cut in cuts + (len(reply),):
+                sock.sendall(reply[pos:cut])
+                pos = cut
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        for length in (5120, 18, 4096):
+            buf = bytearray(length)
+            urb = conn.transfer(BULK, 0x81, buffer=buf, timeout=5)
+            assert urb.actual_length == length and bytes(buf) == payload[:length]
+
+
+def test_leader_dispatches_another_urbs_reply_that_comes_first():
+    # An asynchronous URB is outstanding when a synchronous transfer starts leading; the server
+    # answers the asynchronous one first, so the leader's first recv brings a reply not its own.
+    def script(sock):
+        first = read_cmd(sock)[0]
+        second = read_cmd(sock)[0]
+        sock.sendall(ret_submit(first.seqnum, data=b"first") + ret_submit(second.seqnum, data=b"second"))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        early = conn.submit(BULK, 0x81, length=5)
+        late = conn.transfer(BULK, 0x82, length=6, timeout=5)
+        assert bytes(late.in_data) == b"second"
+        assert bytes(early.wait(5).in_data) == b"first"
+
+
 def test_seqnum_wraps_and_skips_zero():
     seen = []
 

@@ -123,6 +123,9 @@ _RT_PORT = 0x23  # host-to-device, class, recipient "other" (a hub port)
 OUT_WINDOW = 8
 #: How long cleaning up after a failed split transfer may wait for each cancelled chunk.
 _CANCEL_WAIT = 1.0
+_SETUP_PACK = P.SETUP_STRUCT.pack
+_CONTROL, _BULK = P.TransferType.CONTROL, P.TransferType.BULK
+_EMPTY = memoryview(b"")
 
 
 def speed_to_pyusb(wire_speed: int) -> int:
@@ -189,6 +192,14 @@ def _timeout_s(timeout_ms: Optional[int]) -> Optional[float]:
     if not timeout_ms or timeout_ms < 0:
         return None
     return timeout_ms / 1000.0
+
+
+def _bytes_view(data) -> memoryview:
+    """A flat byte view of a buffer (PyUSB passes array('B'), which needs no cast)."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
 
 
 class _Deadline:
@@ -561,6 +572,20 @@ class UsbipBackend(usb.backend.IBackend):
     def ctrl_transfer(self, dev_handle: UsbipHandle, bmRequestType: int, bRequest: int, wValue: int,
                       wIndex: int, data, timeout: int) -> int:
         dev = dev_handle.dev
+        if bmRequestType & 0x80 and data is not None:
+            # The common case (an IN request with a buffer) without the detour through _control.
+            buf = memoryview(data)  # PyUSB passes array('B'): no cast needed
+            if buf.format != "B" or buf.ndim != 1:
+                buf = buf.cast("B")
+            length = buf.nbytes
+            if 0 < length <= 0xFFFF and not buf.readonly:
+                try:
+                    return dev.conn._sync(_CONTROL, 0x80, _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF,
+                                                                      wValue & 0xFFFF, wIndex & 0xFFFF, length),
+                                          None, buf, length, 0,
+                                          timeout / 1000.0 if timeout and timeout > 0 else None).actual_length
+                except UsbipError as exc:
+                    _raise_usb(exc, f"control request 0x{bmRequestType:02x}/0x{bRequest:02x} to {dev.name}")
         n = self._control(dev, bmRequestType, bRequest, wValue, wIndex, data, timeout, None)
         # Keep track of state changes made through raw control requests too.
         if bmRequestType == 0x00 and bRequest == _SET_CONFIGURATION:
@@ -577,20 +602,24 @@ class UsbipBackend(usb.backend.IBackend):
 
         ``what`` names the request in errors (None: built from the request, only on error).
         """
-        buf = memoryview(data).cast("B") if data is not None else memoryview(b"")
-        length = buf.nbytes
-        if length > 0xFFFF:
-            what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
-            raise ValueError(f"{what}: control transfers carry at most 65535 bytes, not {length}")
-        setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, length)
+        if data is None:
+            buf, length = _EMPTY, 0
+        else:
+            buf = memoryview(data)  # PyUSB passes array('B'): no cast needed
+            if buf.format != "B" or buf.ndim != 1:
+                buf = buf.cast("B")
+            length = buf.nbytes
+            if length > 0xFFFF:
+                what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
+                raise ValueError(f"{what}: control transfers carry at most 65535 bytes, not {length}")
+        setup = _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF, wValue & 0xFFFF, wIndex & 0xFFFF, length)
         try:
             if bmRequestType & 0x80:
-                urb = dev.conn.transfer(P.TransferType.CONTROL, 0x80, setup=setup,
-                                        buffer=buf if length else bytearray(0), length=length,
-                                        timeout=_timeout_s(timeout))
+                urb = dev.conn._sync(_CONTROL, 0x80, setup, None, buf if length else bytearray(0), length, 0,
+                                     timeout / 1000.0 if timeout and timeout > 0 else None)
             else:
-                urb = dev.conn.transfer(P.TransferType.CONTROL, 0x00, setup=setup, data=buf,
-                                        timeout=_timeout_s(timeout))
+                urb = dev.conn._sync(_CONTROL, 0x00, setup, buf, None, None, 0,
+                                     timeout / 1000.0 if timeout and timeout > 0 else None)
         except UsbipError as exc:
             what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
             _raise_usb(exc, f"{what} to {dev.name}")
@@ -651,23 +680,25 @@ class UsbipBackend(usb.backend.IBackend):
         return max(mps, self.max_transfer // mps * mps)
 
     def _write(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data, timeout: int) -> int:
-        desc = self._endpoint(dev, ep) if (ttype != P.TransferType.BULK or self.max_transfer) else None
-        interval = self._interval(dev, ttype, desc)
-        view = memoryview(data).cast("B")
-        total = view.nbytes
-        chunk = self._chunk_size(desc)
-        deadline = _Deadline(timeout)
-        if chunk is None or total <= chunk:
+        view = _bytes_view(data)
+        if ttype == _BULK and self.max_transfer is None:
+            interval, chunk = 0, None  # the common case: no descriptor lookup
+        else:
+            desc = self._endpoint(dev, ep)
+            interval = self._interval(dev, ttype, desc)
+            chunk = self._chunk_size(desc)
+        if chunk is None or view.nbytes <= chunk:
             try:
-                return dev.conn.transfer(ttype, ep, data=view, interval=interval,
-                                         timeout=deadline.remaining()).actual_length
+                return dev.conn._sync(ttype, ep, None, view, None, None, interval,
+                                      timeout / 1000.0 if timeout and timeout > 0 else None).actual_length
             except UsbipTimeoutError as exc:
                 if exc.transferred:
                     return exc.transferred  # libusb1: a timeout after some I/O is not an error
                 _raise_usb(exc, _what(ttype, "write to", ep, dev))
             except UsbipError as exc:
                 _raise_usb(exc, _what(ttype, "write to", ep, dev))
-        return self._write_split(dev, ttype, ep, view, chunk, interval, deadline, _what(ttype, "write to", ep, dev))
+        return self._write_split(dev, ttype, ep, view, chunk, interval, _Deadline(timeout),
+                                 _what(ttype, "write to", ep, dev))
 
     def _write_split(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, view: memoryview, chunk: int,
                      interval: int, deadline: _Deadline, what: str) -> int:
@@ -719,20 +750,34 @@ class UsbipBackend(usb.backend.IBackend):
                 pass
 
     def _read(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, buff, timeout: int) -> int:
-        desc = self._endpoint(dev, ep) if (ttype != P.TransferType.BULK or self.max_transfer) else None
-        interval = self._interval(dev, ttype, desc)
-        view = memoryview(buff).cast("B")
+        view = _bytes_view(buff)
         total = view.nbytes
-        chunk = self._chunk_size(desc) or total
+        if ttype == _BULK and self.max_transfer is None:
+            interval, chunk = 0, total  # the common case: no descriptor lookup
+        else:
+            desc = self._endpoint(dev, ep)
+            interval = self._interval(dev, ttype, desc)
+            chunk = self._chunk_size(desc) or total
+        if chunk >= total:
+            # One URB straight into the caller's buffer (what nearly every call is).
+            try:
+                return dev.conn._sync(ttype, ep, None, None, view, total, interval,
+                                      timeout / 1000.0 if timeout and timeout > 0 else None).actual_length
+            except UsbipTimeoutError as exc:
+                if exc.transferred:
+                    return exc.transferred
+                _raise_usb(exc, _what(ttype, "read from", ep, dev))
+            except UsbipError as exc:
+                _raise_usb(exc, _what(ttype, "read from", ep, dev))
         deadline = _Deadline(timeout)
         got = 0
-        # One URB at a time straight into the caller's buffer; a short packet ends the transfer,
-        # so no byte belonging to the device's next transfer is consumed.
+        # URBs of ``chunk`` bytes one at a time, straight into the caller's buffer; a short packet
+        # ends the transfer, so no byte belonging to the device's next transfer is consumed.
         while True:
             size = min(chunk, total - got)
             try:
-                urb = dev.conn.transfer(ttype, ep, buffer=view[got:got + size], interval=interval,
-                                        timeout=deadline.remaining())
+                urb = dev.conn._sync(ttype, ep, None, None, view[got:got + size], size, interval,
+                                     deadline.remaining())
             except UsbipTimeoutError as exc:
                 got += exc.transferred
                 if got:

@@ -87,6 +87,7 @@ _URB_DIR_IN = P.USBIP_URB_DIR_IN
 _NO_SETUP = bytes(8)
 _RET_SUBMIT = P.USBIP_RET_SUBMIT
 _RET_UNLINK = P.USBIP_RET_UNLINK
+_HEADER = P.URB_HEADER_SIZE
 
 
 class Urb:
@@ -99,7 +100,29 @@ class Urb:
         "error_count", "complete_time", "submit_failed", "_done", "_unlink_seqnum", "_error",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, conn: "Connection", transfer_type: P.TransferType, endpoint: int, direction: int,
+                 setup: Optional[bytes], length: int, interval: int, data: memoryview) -> None:
+        self.conn = conn
+        self.devid = conn.devid
+        self.busnum = conn.busnum
+        self.devnum = conn.devnum
+        self.transfer_type = transfer_type
+        self.endpoint = endpoint
+        self.direction = direction
+        self.setup = setup
+        self.transfer_flags = 0
+        self.length = length
+        self.interval = interval
+        self.start_frame = 0
+        self.iso_packets: Optional[List[P.IsoPacket]] = None
+        if direction:
+            self.buffer: Optional[memoryview] = data  # IN: the caller's buffer
+            self.out_data: Optional[memoryview] = None
+        else:
+            self.buffer = None
+            self.out_data = data
+        self.seqnum = 0
+        self.submit_time = 0.0
         self.status: Optional[int] = None
         self.actual_length = 0
         self.in_data: Optional[memoryview] = None
@@ -224,33 +247,25 @@ class Connection:
         transfer_flags: int = 0,
     ) -> Urb:
         """Send one CMD_SUBMIT and return its :class:`Urb` at once (see module docstring)."""
-        urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
-                           iso_packet_lengths, transfer_flags)
+        urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
+                            iso_packet_lengths, transfer_flags)
+        self._post(urb)
         # Someone must read the reply: wake the reader thread if it sleeps (it re-checks for work
         # after saying it is idle and before sleeping, so a URB added here is never missed).
         if self._reader_idle:
             self._need_reader.set()
         return urb
 
-    def _submit(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
-                length: Optional[int], interval: int, iso_packet_lengths: Optional[Sequence[int]],
-                transfer_flags: int) -> Urb:
+    def _prepare(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
+                 length: Optional[int], interval: int, iso_packet_lengths: Optional[Sequence[int]],
+                 transfer_flags: int) -> Urb:
+        """Check the arguments and build the URB (not sent yet; no seqnum)."""
         if self._lost is not None:
             raise self._lost
-        urb = Urb()
-        urb.conn = self
-        urb.devid = self.devid
-        urb.busnum = self.busnum
-        urb.devnum = self.devnum
-        urb.transfer_type = transfer_type
-        urb.transfer_flags = transfer_flags
-        urb.interval = interval
-        urb.start_frame = 0
-        urb.setup = setup
         if transfer_type == _CONTROL:
             if setup is None or len(setup) != 8:
                 raise ValueError("a control URB needs an 8-byte setup packet")
-            direction = 1 if setup[0] & 0x80 else 0
+            direction = setup[0] >> 7
             endpoint = (endpoint & 0x0F) | (0x80 if direction else 0)
         else:
             direction = 1 if endpoint & 0x80 else 0
@@ -258,8 +273,6 @@ class Connection:
                 # The kernel rejects interval 0 for these (usb_submit_urb -EINVAL) and the stub
                 # then drops the whole connection.
                 raise ValueError(f"{transfer_type.name.lower()} URBs need a positive interval")
-        urb.endpoint = endpoint
-        urb.direction = direction
         if direction:
             if buffer is None:
                 if length is None:
@@ -274,21 +287,17 @@ class Connection:
                 length = mv.nbytes
             elif length > mv.nbytes:
                 raise ValueError(f"length {length} exceeds the buffer ({mv.nbytes} bytes)")
-            urb.buffer = mv
-            urb.out_data = None
-            payload = None
+            transfer_flags |= _URB_DIR_IN
         else:
-            payload = memoryview(data if data is not None else b"").cast("B")
-            if length is not None and length != payload.nbytes:
-                raise ValueError(f"length {length} differs from the OUT data ({payload.nbytes} bytes)")
-            length = payload.nbytes
-            urb.buffer = None
-            urb.out_data = payload
+            mv = memoryview(data if data is not None else b"")
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
+            if length is not None and length != mv.nbytes:
+                raise ValueError(f"length {length} differs from the OUT data ({mv.nbytes} bytes)")
+            length = mv.nbytes
         if length < 0 or length > MAX_URB_LENGTH:
             raise ValueError(f"URB length {length} outside 0..{MAX_URB_LENGTH}")
-        urb.length = length
-        iso_raw = b""
-        npackets = 0
+        urb = Urb(self, transfer_type, endpoint, direction, setup, length, interval, mv)
         if transfer_type == _ISOCHRONOUS:
             lengths = list(iso_packet_lengths or [length])
             if not 0 < len(lengths) <= P.MAX_ISO_PACKETS:
@@ -300,41 +309,45 @@ class Connection:
             if offset != length:
                 raise ValueError(f"ISO packet lengths add up to {offset}, not the URB length {length}")
             urb.iso_packets = packets
-            npackets = len(packets)
-            iso_raw = P.pack_iso_packets(packets)
-            urb.transfer_flags |= P.USBIP_URB_ISO_ASAP
-        else:
-            urb.iso_packets = None
-        if direction:
-            urb.transfer_flags |= _URB_DIR_IN
-        ep_num = endpoint & 0x0F
+            transfer_flags |= P.USBIP_URB_ISO_ASAP
+        urb.transfer_flags = transfer_flags
+        return urb
+
+    def _post(self, urb: Urb) -> None:
+        """Give the URB a seqnum, enter it in the pending table and send its CMD_SUBMIT."""
         hook = self.hook
+        pending = self._pending
+        iso = urb.iso_packets
+        length = urb.length
         with self._send_lock:
             if self._lost is not None:
                 raise self._lost
             seq = (self._seq + 1) & 0xFFFFFFFF
-            if not seq or seq in self._pending or seq in self._unlinks or seq in self._retired:
+            if not seq or seq in pending or seq in self._unlinks or seq in self._retired:
                 seq = self._next_seqnum()
             else:
                 self._seq = seq
             urb.seqnum = seq
+            setup = urb.setup
             header = _SUBMIT_PACK(
-                _CMD_SUBMIT, seq, self.devid, direction, ep_num, urb.transfer_flags,
-                length, 0, npackets, interval, setup if setup is not None else _NO_SETUP,
+                _CMD_SUBMIT, seq, self.devid, urb.direction, urb.endpoint & 0x0F, urb.transfer_flags,
+                length, 0, 0 if iso is None else len(iso), urb.interval,
+                _NO_SETUP if setup is None else setup,
             )
-            self._pending[seq] = urb
+            pending[seq] = urb
             urb.submit_time = time.time()
             if hook is not None:
                 self._call_hook(hook.urb_submitted, urb)
             try:
-                if payload is None or not length:
-                    if iso_raw:
-                        self._send([header, iso_raw])
-                    else:
-                        self.sock.sendall(header)
+                if iso is not None:
+                    iso_raw = P.pack_iso_packets(iso)
+                    self._send([header, iso_raw] if urb.direction or not length
+                               else [header, urb.out_data, iso_raw])
+                elif urb.direction or not length:
+                    self.sock.sendall(header)
                 else:
-                    self._send([header, payload, iso_raw] if iso_raw else [header, payload])
-                return urb
+                    self._send([header, urb.out_data])
+                return
             except OSError as exc:
                 urb.submit_failed = True
                 failure = exc
@@ -351,17 +364,28 @@ class Connection:
         If nobody is reading the socket, the calling thread reads its reply itself (leader; see
         the module docstring); otherwise it waits for the token holder to complete its URB.
         """
+        return self._sync(transfer_type, endpoint, setup, data, buffer, length, interval, timeout,
+                          iso_packet_lengths, transfer_flags)
+
+    def _sync(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
+              length: Optional[int], interval: int, timeout: Optional[float],
+              iso_packet_lengths: Optional[Sequence[int]] = None, transfer_flags: int = 0) -> Urb:
+        """:meth:`transfer` with positional arguments: the path every synchronous PyUSB call takes
+        (the backend calls it directly), so it is kept short."""
         if not self._can_lead or not self._token.acquire(False):
             # Follower: the token holder (reader thread or another leader) completes our URB.
-            return self.submit(transfer_type, endpoint, setup=setup, data=data, buffer=buffer, length=length,
-                               interval=interval, iso_packet_lengths=iso_packet_lengths,
-                               transfer_flags=transfer_flags).wait(timeout)
-        deadline = time.monotonic() + timeout if timeout and timeout > 0 else None
+            urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
+                                iso_packet_lengths, transfer_flags)
+            self._post(urb)
+            if self._reader_idle:
+                self._need_reader.set()
+            return urb.wait(timeout)
         self._led += 1
         try:
-            urb = self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
-                               iso_packet_lengths, transfer_flags)
-            self._lead(urb, deadline)
+            urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
+                                iso_packet_lengths, transfer_flags)
+            self._post(urb)
+            deadline = self._lead(urb, timeout)
         finally:
             self._led -= 1
             self._token.release()
@@ -369,7 +393,10 @@ class Connection:
             # behind us, unlinks): hand the reading over to the reader thread.
             if self._pending or self._unlinks:
                 self._need_reader.set()
-        if urb.status is None:
+        status = urb.status
+        if status == 0:
+            return urb
+        if status is None:
             # We stopped reading before our reply came: the deadline passed, or the reply is slow
             # and the reader thread took over (a long wait must not keep others from leading).
             # Either way, wait as a follower; a timeout takes the usual unlink path.
@@ -380,30 +407,85 @@ class Connection:
             return urb.wait(left)
         return urb._result()
 
-    def _lead(self, urb: Urb, deadline: Optional[float]) -> bool:
-        """Read replies (token held) until ``urb`` completes: True. False: no reply began before
-        ``deadline`` or within _LEAD_WAIT (then the caller hands the reading over)."""
+    def _lead(self, urb: Urb, timeout: Optional[float]) -> Optional[float]:
+        """Read replies (token held) until ``urb`` completes, or no reply began before the
+        caller's deadline or within _LEAD_WAIT (then the caller hands the reading over).
+        Returns the deadline (time.monotonic(); None: no timeout)."""
         now = time.monotonic()
         first = now + _LEAD_WAIT
-        if deadline is not None and deadline < first:
-            first = deadline
-        limit = None if deadline is None else deadline + self.unlink_grace
-        self._rd.arm(first - now)
+        wait = _LEAD_WAIT
+        if timeout and timeout > 0:
+            deadline = now + timeout
+            if deadline < first:
+                first = deadline
+                wait = timeout
+            limit = deadline + self.unlink_grace
+        else:
+            deadline = limit = None
+        rd = self._rd
+        if rd.rcvtimeo != wait:
+            rd.arm(wait)
         try:
+            if rd.end == rd.start and urb.iso_packets is None:
+                # Fast path: nothing buffered, so the next reply is most likely our own. Take
+                # one recv into the buffer and, if it holds our RET_SUBMIT, complete the URB
+                # here (what _read_one and _receive_submit do for it). Anything else is left in
+                # the buffer for the general loop below.
+                try:
+                    n = self.sock.recv_into(rd.view, _CHUNK)
+                except (BlockingIOError, InterruptedError):
+                    n = 0  # SO_RCVTIMEO expired: the loop below waits out the rest
+                else:
+                    if not n:
+                        raise EOFError
+                    rd.start = 0
+                    rd.end = n
+                if n >= _HEADER:
+                    (command, seq, _, _, _, status, actual, _, npackets,
+                     error_count) = _RET_SUBMIT_UNPACK(rd.buf)
+                    length = urb.length
+                    if (command == _RET_SUBMIT and seq == urb.seqnum and not npackets
+                            and 0 <= actual <= length):
+                        del self._pending[seq]
+                        urb.actual_length = actual
+                        urb.error_count = error_count
+                        if urb.direction:
+                            dest = urb.buffer
+                            end = _HEADER + actual
+                            if end <= n:
+                                dest[:actual] = rd.view[_HEADER:end]
+                                rd.start = end
+                            else:
+                                # A big reply: the rest goes straight into the caller's buffer.
+                                self._receiving = urb
+                                dest[:n - _HEADER] = rd.view[_HEADER:n]
+                                rd.start = rd.end = 0
+                                rd.first = None
+                                rd.limit = limit
+                                rd.read_into(dest[n - _HEADER:actual])
+                                self._receiving = None
+                            urb.in_data = dest[:actual]
+                        else:
+                            rd.start = _HEADER
+                        # (what _complete does)
+                        urb.complete_time = time.time()
+                        urb.status = status
+                        if self.hook is not None:
+                            self._call_hook(self.hook.urb_completed, urb)
+                        urb._done.release()
             while urb.status is None:
                 if not self._read_one(first, limit):
-                    return False
+                    return deadline
             # The recv that brought our reply may have brought replies to other URBs behind it.
             # The reader thread may be asleep in poll() on a socket that now looks empty (Linux
             # re-checks readiness after a wake-up), so dispatch them before giving up the token.
-            rd = self._rd
             while rd.end > rd.start:
                 self._read_one(None, limit)
         except BaseException as exc:
             self._fail_all(self._read_failed(exc))
             if not isinstance(exc, (ProtocolError, EOFError, OSError)):
                 raise
-        return True
+        return deadline
 
     def control_transfer(self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
                          data_or_length=0, timeout: Optional[float] = None):
@@ -411,12 +493,11 @@ class Connection:
         if bmRequestType & 0x80:
             length = int(data_or_length)
             setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, length)
-            urb = self.transfer(P.TransferType.CONTROL, 0x80, setup=setup, length=length, timeout=timeout)
+            urb = self._sync(_CONTROL, 0x80, setup, None, None, length, 0, timeout)
             return bytes(urb.buffer[: urb.actual_length])
         data = bytes(data_or_length or b"")
         setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(data))
-        urb = self.transfer(P.TransferType.CONTROL, 0x00, setup=setup, data=data, timeout=timeout)
-        return urb.actual_length
+        return self._sync(_CONTROL, 0x00, setup, data, None, None, 0, timeout).actual_length
 
     def close(self) -> None:
         """Close the connection: fail pending URBs, join the reader thread, close the socket."""
