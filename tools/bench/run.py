@@ -47,7 +47,7 @@ DEPTHS = [1, 4, 16, 64]
 TESTS = ["control", "bulk", "pipeline", "pending", "timeout", "cpu", "scale"]
 SCALE_DEVICES = 32
 # Bus numbers of the loopback devices each client imports from the server (busid "<bus>-1").
-BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4}
+BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5}
 SCALE_FIRST_BUS = 9
 
 
@@ -385,13 +385,14 @@ class Bench:
     def control(self) -> None:
         n = 40 if self.smoke else 1500
         log(f"control: GET_DESCRIPTOR(18) x {n}, {self.runs} runs")
-        self.interleaved(["raw", "ours", "published", "engine"], [("ctrl", "ctrl", {"n": n})])
+        self.interleaved(["raw", "ours", "published", "engine", "ceiling"], [("ctrl", "ctrl", {"n": n})])
         self.res.row("control", "control GET_DESCRIPTOR(18) round trips, usb.core", "URB/s",
                      self.stat("ctrl", "ours", "rate"), self.stat("ctrl", "raw", "rate"),
                      self.stat("ctrl", "published", "rate"),
                      floors=[("raw", ">=", 0.9), ("published", ">=", 1.0)])
         self.res.row("control", "  same, engine API (conn.control_transfer)", "URB/s",
                      self.stat("ctrl", "engine", "rate"), self.stat("ctrl", "raw", "rate"))
+        self.ceiling_row("control", "ctrl")
 
     # -- 2. bulk throughput ---------------------------------------------------------------------------
     def bulk(self) -> None:
@@ -402,7 +403,7 @@ class Bench:
             jobs.append((f"bulk_in_{size}", "bulk_in", {"size": size, "n": n}))
             jobs.append((f"bulk_out_{size}", "bulk_out", {"size": size, "n": n}))
         log(f"bulk: IN/OUT at {', '.join(map(size_name, SIZES))}, {self.runs} runs")
-        self.interleaved(["raw", "ours", "published", "engine"], jobs)
+        self.interleaved(["raw", "ours", "published", "engine", "ceiling"], jobs)
         for size in SIZES:
             big = size >= 64 * KiB
             for d in ("in", "out"):
@@ -418,6 +419,21 @@ class Bench:
                 if big:
                     self.res.row("bulk", "  same, engine API (conn.transfer)", "MiB/s",
                                  self.stat(key, "engine", "rate"), self.stat(key, "raw", "rate"))
+                    self.ceiling_row("bulk", key)
+
+    def ceiling_row(self, section: str, key: str) -> None:
+        """usb.core over a backend that is nothing but the raw floor's socket code (ceiling.py):
+        its ratio to the raw floor is the most any PyUSB backend can reach here."""
+        row = self.res.row(section, "  same, usb.core over a bare-socket backend (ceiling)",
+                           self.res.rows[-1]["unit"], self.stat(key, "ceiling", "rate"),
+                           self.stat(key, "raw", "rate"))
+        ceiling = self.stat(key, "ceiling", "rate")
+        notes = []
+        for client in ("ours", "published"):
+            other = self.stat(key, client, "rate")
+            if isinstance(other, dict) and isinstance(ceiling, dict):
+                notes.append(f"{client}/ceiling {fmt_num(paired_ratio(other, ceiling))}")
+        row["note"] = "; ".join(notes)
 
     # -- 3. pipelining ----------------------------------------------------------------------------------
     def pipeline(self) -> None:
@@ -650,6 +666,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "engine": Client("engine", ours_python, "engine", env),
             "ours": Client("ours", ours_python, "pyusb", env,
                            f"unavailable: {missing_pyusb}" if missing_pyusb else None),
+            "ceiling": Client("ceiling", ours_python, "ceiling", env,
+                              f"unavailable: {missing_pyusb}" if missing_pyusb else None),
         }
         if args.no_published:
             pub_python, why = None, "not run (--no-published)"

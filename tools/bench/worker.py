@@ -4,6 +4,7 @@
 
 * ``raw``    - the socket+struct floor (rawclient.py, no usbip_backend import at all);
 * ``engine`` - our URB engine used directly (usbip_backend.client.import_device);
+* ``ceiling`` - usb.core over ceiling.CeilingBackend (raw socket code in the backend methods);
 * ``pyusb``  - whatever ``usbip_backend.get_backend`` the interpreter imports, driven through
   ``usb.core``. run.py starts it twice: with our src/ on the path, and with the published
   ``pyusb-usbip-backend==0.0.1`` venv's python, so both do exactly the same PyUSB calls.
@@ -311,6 +312,26 @@ class PyusbImpl:
                 conn.close()
 
 
+class CeilingImpl(PyusbImpl):
+    """usb.core over ceiling.CeilingBackend: the most any PyUSB backend could reach."""
+
+    def __init__(self, host: str, port: int, busid: str) -> None:
+        import usb.core
+        import ceiling
+        import rawclient
+        self.usb = usb
+        self.module = ceiling.__file__
+        self.raw = _retry_import(lambda: rawclient.RawDevice(host, port, busid))
+        self.backend = ceiling.CeilingBackend(self.raw)
+        self.dev = usb.core.find(backend=self.backend)
+        self.dev.set_configuration()
+
+    def close(self) -> None:
+        import usb.util
+        usb.util.dispose_resources(self.dev)
+        self.raw.close()
+
+
 def _get_backend(module: Any, host: str, port: int, busids: List[str]) -> Any:
     """Ours can be told which busids to import (else find() imports every listed device);
     the published get_backend has no such parameter and imports on first use anyway."""
@@ -431,7 +452,8 @@ def main(argv: List[str]) -> int:
                 result = scale(impl_name, host, port, **cmd)
             else:
                 if impl is None:
-                    cls = {"raw": RawImpl, "engine": EngineImpl, "pyusb": PyusbImpl}[impl_name]
+                    cls = {"raw": RawImpl, "engine": EngineImpl, "pyusb": PyusbImpl,
+                           "ceiling": CeilingImpl}[impl_name]
                     impl = cls(host, port, busid)
                 if op == "hello":
                     result = {"module": getattr(impl, "module", None), "pid": os.getpid()}
