@@ -254,6 +254,41 @@ def test_reply_arriving_in_pieces_is_reassembled(cuts):
             assert urb.actual_length == length and bytes(buf) == payload[:length]
 
 
+def test_slow_but_flowing_reply_completes():
+    # Gaps inside the data longer than the leader's receive timeout (it wakes every ~10 ms) are a
+    # slow link, not a broken server: the reply is reassembled and nothing is lost.
+    payload = bytes(range(256)) * 256
+
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        reply = ret_submit(cmd.seqnum, data=payload)
+        for pos in range(0, len(reply), 16384):
+            sock.sendall(reply[pos:pos + 16384])
+            threading.Event().wait(0.04)  # shapes the traffic; nothing waits on it
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        buf = bytearray(len(payload))
+        urb = conn.transfer(BULK, 0x81, buffer=buf, timeout=5)
+        assert urb.actual_length == len(payload) and buf == payload
+
+
+def test_server_stalling_inside_a_reply_fails_the_connection(monkeypatch):
+    from usbip_backend import engine
+    monkeypatch.setattr(engine, "_MID_REPLY_STALL", 0.2)
+
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=bytes(65536))[:10000])
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLostError, match="stalled in the middle of a reply"):
+            conn.transfer(BULK, 0x81, length=65536, timeout=0.2)
+        assert time.monotonic() - t0 < 0.2 + conn.unlink_grace + 0.2 + 1.0
+
+
 def test_leader_dispatches_another_urbs_reply_that_comes_first():
     # An asynchronous URB is outstanding when a synchronous transfer starts leading; the server
     # answers the asynchronous one first, so the leader's first recv brings a reply not its own.

@@ -458,11 +458,23 @@ class Connection:
                             else:
                                 # A big reply: the rest goes straight into the caller's buffer.
                                 self._receiving = urb
-                                dest[:n - _HEADER] = rd.view[_HEADER:n]
+                                got = n - _HEADER
+                                dest[:got] = rd.view[_HEADER:n]
                                 rd.start = rd.end = 0
-                                rd.first = None
-                                rd.limit = limit
-                                rd.read_into(dest[n - _HEADER:actual])
+                                recv_into = self.sock.recv_into
+                                try:
+                                    while got < actual:
+                                        k = recv_into(dest[got:actual], actual - got)
+                                        if not k:
+                                            raise EOFError
+                                        got += k
+                                except (BlockingIOError, InterruptedError):
+                                    # SO_RCVTIMEO expired mid-reply: _Reader bounds the rest
+                                    # (bytes were flowing until now, so the stall clock starts now).
+                                    rd.first = None
+                                    rd.limit = None if limit is None else max(
+                                        limit, time.monotonic() + _MID_REPLY_STALL)
+                                    rd.read_into(dest[got:actual])
                                 self._receiving = None
                             urb.in_data = dest[:actual]
                         else:
