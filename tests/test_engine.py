@@ -520,3 +520,119 @@ def test_leader_and_reader_thread_poll_at_the_same_time():
         with pytest.raises(UsbipTimeoutError):
             pending.wait(2)
         assert not conn.closed
+
+
+# -- the synchronous lane ----------------------------------------------------------------------------
+# Connection.control_transfer (and the PyUSB backend) go through Connection._count, which builds no
+# Urb while nothing else is in flight. Each test runs both ways: the lane and transfer().
+def _ctrl_lane(conn, timeout=5):
+    return conn.control_transfer(0x80, 6, 0x0100, 0, 18, timeout)
+
+
+def _ctrl_urb(conn, timeout=5):
+    urb = conn.transfer(CTRL, 0x80, setup=GET_DEVICE_DESCRIPTOR, length=18, timeout=timeout)
+    return bytes(urb.in_data)
+
+
+BOTH_WAYS = pytest.mark.parametrize("ctrl", [_ctrl_lane, _ctrl_urb], ids=["lane", "urb"])
+
+
+@BOTH_WAYS
+@pytest.mark.parametrize("cuts", [(1,), (47,), (50,)])
+def test_sync_control_reply_in_pieces(ctrl, cuts):
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        reply = ret_submit(cmd.seqnum, data=bytes(range(18)))
+        pos = 0
+        for cut in cuts + (len(reply),):
+            sock.sendall(reply[pos:cut])
+            pos = cut
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        assert ctrl(conn) == bytes(range(18))
+
+
+@BOTH_WAYS
+def test_sync_control_stall_is_an_urb_error_and_the_connection_stays(ctrl):
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, status=-32))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"x" * 18))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        with pytest.raises(UrbError, match="stall") as info:
+            ctrl(conn)
+        assert info.value.status == -32
+        assert ctrl(conn) == b"x" * 18
+
+
+@BOTH_WAYS
+def test_sync_control_timeout_unlinks_then_works(ctrl):
+    def script(sock):
+        read_cmd(sock)
+        unl = read_cmd(sock)[0]
+        sock.sendall(ret_unlink(unl.seqnum, -104))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"y" * 18))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(UsbipTimeoutError):
+            ctrl(conn, 0.1)
+        assert 0.1 <= time.monotonic() - t0 < 0.3
+        assert ctrl(conn) == b"y" * 18
+
+
+@BOTH_WAYS
+def test_sync_control_skips_a_late_reply_to_an_abandoned_urb(ctrl):
+    # The first transfer times out and its unlink is never answered (the URB is abandoned);
+    # its late reply then arrives ahead of the next transfer's own.
+    def script(sock):
+        first = read_cmd(sock)[0]
+        read_cmd(sock)  # the CMD_UNLINK, left unanswered
+        second = read_cmd(sock)[0]
+        sock.sendall(ret_submit(first.seqnum, data=b"L" * 18) + ret_submit(second.seqnum, data=b"S" * 18))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv, unlink_grace=0.05) as conn:
+        with pytest.raises(UsbipTimeoutError):
+            ctrl(conn, 0.05)
+        assert ctrl(conn) == b"S" * 18
+
+
+@BOTH_WAYS
+def test_sync_control_server_hanging_up_fails_fast(ctrl):
+    def script(sock):
+        read_cmd(sock)
+        sock.shutdown(socket.SHUT_RDWR)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLostError, match="2-1"):
+            ctrl(conn, 0)  # no timeout: must not hang
+        assert time.monotonic() - t0 < 1.0
+        with pytest.raises(ConnectionLostError):
+            ctrl(conn)
+
+
+@BOTH_WAYS
+def test_sync_control_drops_a_stray_reply_after_a_cancelled_unlink(ctrl):
+    # A server that cancels a URB (RET_UNLINK -ECONNRESET) and then sends its RET_SUBMIT anyway:
+    # the stray reply comes first on the next transfer, with nothing else in flight.
+    def script(sock):
+        first = read_cmd(sock)[0]
+        unl = read_cmd(sock)[0]
+        sock.sendall(ret_unlink(unl.seqnum, -104))
+        second = read_cmd(sock)[0]
+        sock.sendall(ret_submit(first.seqnum, data=b"L" * 18) + ret_submit(second.seqnum, data=b"S" * 18))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        with pytest.raises(UsbipTimeoutError):
+            ctrl(conn, 0.05)
+        assert not conn._pending and not conn._unlinks  # so the lane is taken next
+        assert ctrl(conn) == b"S" * 18

@@ -126,6 +126,7 @@ _CANCEL_WAIT = 1.0
 _SETUP_PACK = P.SETUP_STRUCT.pack
 _CONTROL, _BULK = P.TransferType.CONTROL, P.TransferType.BULK
 _EMPTY = memoryview(b"")
+_EMPTY_IN = memoryview(bytearray(0))  # a writable empty buffer for a zero-length control IN
 
 
 def speed_to_pyusb(wire_speed: int) -> int:
@@ -580,10 +581,9 @@ class UsbipBackend(usb.backend.IBackend):
             length = buf.nbytes
             if 0 < length <= 0xFFFF and not buf.readonly:
                 try:
-                    return dev.conn._sync(_CONTROL, 0x80, _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF,
-                                                                      wValue & 0xFFFF, wIndex & 0xFFFF, length),
-                                          None, buf, length, 0,
-                                          timeout / 1000.0 if timeout and timeout > 0 else None).actual_length
+                    return dev.conn._count(_CONTROL, 0x80, _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF,
+                                                                       wValue & 0xFFFF, wIndex & 0xFFFF, length),
+                                           None, buf, timeout / 1000.0 if timeout and timeout > 0 else None)
                 except UsbipError as exc:
                     _raise_usb(exc, f"control request 0x{bmRequestType:02x}/0x{bRequest:02x} to {dev.name}")
         n = self._control(dev, bmRequestType, bRequest, wValue, wIndex, data, timeout, None)
@@ -615,15 +615,13 @@ class UsbipBackend(usb.backend.IBackend):
         setup = _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF, wValue & 0xFFFF, wIndex & 0xFFFF, length)
         try:
             if bmRequestType & 0x80:
-                urb = dev.conn._sync(_CONTROL, 0x80, setup, None, buf if length else bytearray(0), length, 0,
-                                     timeout / 1000.0 if timeout and timeout > 0 else None)
-            else:
-                urb = dev.conn._sync(_CONTROL, 0x00, setup, buf, None, None, 0,
-                                     timeout / 1000.0 if timeout and timeout > 0 else None)
+                return dev.conn._count(_CONTROL, 0x80, setup, None, buf if length else _EMPTY_IN,
+                                       timeout / 1000.0 if timeout and timeout > 0 else None)
+            return dev.conn._count(_CONTROL, 0x00, setup, buf, None,
+                                   timeout / 1000.0 if timeout and timeout > 0 else None)
         except UsbipError as exc:
             what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
             _raise_usb(exc, f"{what} to {dev.name}")
-        return urb.actual_length
 
     def clear_halt(self, dev_handle: UsbipHandle, ep: int) -> None:
         dev = dev_handle.dev
@@ -688,9 +686,11 @@ class UsbipBackend(usb.backend.IBackend):
             interval = self._interval(dev, ttype, desc)
             chunk = self._chunk_size(desc)
         if chunk is None or view.nbytes <= chunk:
+            t = timeout / 1000.0 if timeout and timeout > 0 else None
             try:
-                return dev.conn._sync(ttype, ep, None, view, None, None, interval,
-                                      timeout / 1000.0 if timeout and timeout > 0 else None).actual_length
+                if ttype == _BULK:
+                    return dev.conn._count(ttype, ep, None, view, None, t)
+                return dev.conn._sync(ttype, ep, None, view, None, None, interval, t).actual_length
             except UsbipTimeoutError as exc:
                 if exc.transferred:
                     return exc.transferred  # libusb1: a timeout after some I/O is not an error
@@ -760,9 +760,11 @@ class UsbipBackend(usb.backend.IBackend):
             chunk = self._chunk_size(desc) or total
         if chunk >= total:
             # One URB straight into the caller's buffer (what nearly every call is).
+            t = timeout / 1000.0 if timeout and timeout > 0 else None
             try:
-                return dev.conn._sync(ttype, ep, None, None, view, total, interval,
-                                      timeout / 1000.0 if timeout and timeout > 0 else None).actual_length
+                if ttype == _BULK:
+                    return dev.conn._count(ttype, ep, None, None, view, t)
+                return dev.conn._sync(ttype, ep, None, None, view, total, interval, t).actual_length
             except UsbipTimeoutError as exc:
                 if exc.transferred:
                     return exc.transferred

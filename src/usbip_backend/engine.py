@@ -52,7 +52,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import protocol as P
 from .errors import (
@@ -370,8 +370,7 @@ class Connection:
     def _sync(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
               length: Optional[int], interval: int, timeout: Optional[float],
               iso_packet_lengths: Optional[Sequence[int]] = None, transfer_flags: int = 0) -> Urb:
-        """:meth:`transfer` with positional arguments: the path every synchronous PyUSB call takes
-        (the backend calls it directly), so it is kept short."""
+        """:meth:`transfer` with positional arguments (the backend calls it directly)."""
         if not self._can_lead or not self._token.acquire(False):
             # Follower: the token holder (reader thread or another leader) completes our URB.
             urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
@@ -388,11 +387,18 @@ class Connection:
             deadline = self._lead(urb, timeout)
         finally:
             self._led -= 1
-            self._token.release()
-            # Replies still owed (our own if we stopped leading early, followers that queued
-            # behind us, unlinks): hand the reading over to the reader thread.
-            if self._pending or self._unlinks:
-                self._need_reader.set()
+            self._release_token()
+        return self._finish(urb, deadline)
+
+    def _release_token(self) -> None:
+        self._token.release()
+        # Replies still owed (our own if we stopped leading early, followers that queued behind
+        # us, unlinks): hand the reading over to the reader thread.
+        if self._pending or self._unlinks:
+            self._need_reader.set()
+
+    def _finish(self, urb: Urb, deadline: Optional[float]) -> Urb:
+        """After leading (token given back): the URB, its error, or wait for it as a follower."""
         status = urb.status
         if status == 0:
             return urb
@@ -407,10 +413,97 @@ class Connection:
             return urb.wait(left)
         return urb._result()
 
-    def _lead(self, urb: Urb, timeout: Optional[float]) -> Optional[float]:
-        """Read replies (token held) until ``urb`` completes, or no reply began before the
-        caller's deadline or within _LEAD_WAIT (then the caller hands the reading over).
-        Returns the deadline (time.monotonic(); None: no timeout)."""
+    def _count(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes],
+               data: Optional[memoryview], buffer: Optional[memoryview], timeout: Optional[float]) -> int:
+        """One control or bulk transfer for the PyUSB backend; returns actual_length.
+
+        ``data`` (OUT) or ``buffer`` (IN) is a flat, writable-if-IN byte memoryview. When the
+        caller can lead, nothing else is in flight and no hook listens (what a PyUSB program
+        doing one thing at a time always meets), no :class:`Urb` is built at all: the CMD_SUBMIT
+        goes out, the leader takes its reply with one recv, and the count is returned. Anything
+        unusual (another reply first, a reply in pieces, none yet, an error status) turns the
+        transfer into an ordinary URB in the pending table, read by the general loop.
+        """
+        if (self.hook is not None or self._pending or self._unlinks or not self._can_lead
+                or not self._token.acquire(False)):
+            return self._sync(transfer_type, endpoint, setup, data, buffer, None, 0, timeout).actual_length
+        urb = None
+        try:
+            # What _prepare checks, for the two shapes of argument the backend passes.
+            if self._lost is not None:
+                raise self._lost
+            if transfer_type == _CONTROL:
+                direction = setup[0] >> 7
+                endpoint = (endpoint & 0x0F) | (0x80 if direction else 0)
+            else:
+                direction = 1 if endpoint & 0x80 else 0
+            view = buffer if direction else data
+            length = view.nbytes
+            if direction and view.readonly:
+                raise ValueError("the IN buffer must be writable")
+            if length > MAX_URB_LENGTH:
+                raise ValueError(f"URB length {length} outside 0..{MAX_URB_LENGTH}")
+            flags = _URB_DIR_IN if direction else 0
+            failure = None
+            with self._send_lock:
+                # What _post does (no hook here).
+                if self._lost is not None:
+                    raise self._lost
+                seq = (self._seq + 1) & 0xFFFFFFFF
+                if not seq or seq in self._pending or seq in self._unlinks or seq in self._retired:
+                    seq = self._next_seqnum()
+                else:
+                    self._seq = seq
+                header = _SUBMIT_PACK(_CMD_SUBMIT, seq, self.devid, direction, endpoint & 0x0F, flags, length,
+                                      0, 0, 0, _NO_SETUP if setup is None else setup)
+                try:
+                    if direction or not length:
+                        self.sock.sendall(header)
+                    else:
+                        self._send([header, view])
+                except OSError as exc:
+                    failure = exc
+            if failure is not None:
+                lost = self._fail_all(f"send failed: {failure}")
+                raise lost from failure
+            first, limit, deadline = self._lead_times(timeout)
+            try:
+                got = self._own_reply(seq, direction, view, length, limit)
+            except BaseException as exc:
+                self._fail_all(self._read_failed(exc))
+                if not isinstance(exc, (ProtocolError, EOFError, OSError)):
+                    raise
+                raise self._lost from exc
+            if got is not None and not got[0]:
+                return got[1]  # (the finally gives the token back)
+            urb = Urb(self, transfer_type, endpoint, direction, setup, length, 0, view)
+            urb.seqnum = seq
+            urb.transfer_flags = flags
+            if got is not None:
+                status, urb.actual_length, urb.error_count = got
+                if direction:
+                    urb.in_data = view[:urb.actual_length]
+                urb.status = status  # not 0: _finish raises the error
+            else:
+                # Unusual: make it an ordinary URB and let the general loop read for it. Under
+                # the send lock, as _fail_all clears the table under it: if the connection was
+                # lost while we waited, nobody would ever complete a URB entered after that.
+                with self._send_lock:
+                    if self._lost is None:
+                        self._pending[seq] = urb
+                if self._lost is not None:
+                    raise self._lost
+                self._led += 1
+                try:
+                    self._lead_loop(urb, first, limit)
+                finally:
+                    self._led -= 1
+        finally:
+            self._release_token()
+        return self._finish(urb, deadline).actual_length
+
+    def _lead_times(self, timeout: Optional[float]) -> Tuple[float, Optional[float], Optional[float]]:
+        """(first, limit, deadline) for a leader, see _read_one; arms the receive timeout."""
         now = time.monotonic()
         first = now + _LEAD_WAIT
         wait = _LEAD_WAIT
@@ -422,72 +515,89 @@ class Connection:
             limit = deadline + self.unlink_grace
         else:
             deadline = limit = None
+        if self._rd.rcvtimeo != wait:
+            self._rd.arm(wait)
+        return first, limit, deadline
+
+    def _own_reply(self, seq: int, direction: int, dest: Optional[memoryview], length: int,
+                   limit: Optional[float]) -> Optional[Tuple[int, int, int]]:
+        """The leader's fast path (token held): if nothing is buffered, take one recv and, if it
+        holds the RET_SUBMIT for ``seq`` (non-ISO, sane length), consume it, IN data into ``dest``
+        and return (status, actual_length, error_count). Otherwise return None with whatever
+        arrived left in the buffer for _read_one: no byte is consumed that is not ours."""
         rd = self._rd
-        if rd.rcvtimeo != wait:
-            rd.arm(wait)
+        if rd.end != rd.start:
+            return None
         try:
-            if rd.end == rd.start and urb.iso_packets is None:
-                # Fast path: nothing buffered, so the next reply is most likely our own. Take
-                # one recv into the buffer and, if it holds our RET_SUBMIT, complete the URB
-                # here (what _read_one and _receive_submit do for it). Anything else is left in
-                # the buffer for the general loop below.
-                try:
-                    n = self.sock.recv_into(rd.view, _CHUNK)
-                except (BlockingIOError, InterruptedError):
-                    n = 0  # SO_RCVTIMEO expired: the loop below waits out the rest
-                else:
-                    if not n:
-                        raise EOFError
-                    rd.start = 0
-                    rd.end = n
-                if n >= _HEADER:
-                    (command, seq, _, _, _, status, actual, _, npackets,
-                     error_count) = _RET_SUBMIT_UNPACK(rd.buf)
-                    length = urb.length
-                    if (command == _RET_SUBMIT and seq == urb.seqnum and not npackets
-                            and 0 <= actual <= length):
-                        del self._pending[seq]
-                        urb.actual_length = actual
-                        urb.error_count = error_count
-                        if urb.direction:
-                            dest = urb.buffer
-                            end = _HEADER + actual
-                            if end <= n:
-                                dest[:actual] = rd.view[_HEADER:end]
-                                rd.start = end
-                            else:
-                                # A big reply: the rest goes straight into the caller's buffer.
-                                self._receiving = urb
-                                got = n - _HEADER
-                                dest[:got] = rd.view[_HEADER:n]
-                                rd.start = rd.end = 0
-                                recv_into = self.sock.recv_into
-                                try:
-                                    while got < actual:
-                                        k = recv_into(dest[got:actual], actual - got)
-                                        if not k:
-                                            raise EOFError
-                                        got += k
-                                except (BlockingIOError, InterruptedError):
-                                    # SO_RCVTIMEO expired mid-reply: _Reader bounds the rest
-                                    # (bytes were flowing until now, so the stall clock starts now).
-                                    rd.first = None
-                                    rd.limit = None if limit is None else max(
-                                        limit, time.monotonic() + _MID_REPLY_STALL)
-                                    rd.read_into(dest[got:actual])
-                                self._receiving = None
-                            urb.in_data = dest[:actual]
-                        else:
-                            rd.start = _HEADER
-                        # (what _complete does)
-                        urb.complete_time = time.time()
-                        urb.status = status
-                        if self.hook is not None:
-                            self._call_hook(self.hook.urb_completed, urb)
-                        urb._done.release()
+            n = self.sock.recv_into(rd.view, _CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None  # SO_RCVTIMEO expired: _read_one waits out the rest
+        if not n:
+            raise EOFError
+        rd.start = 0
+        rd.end = n
+        if n < _HEADER:
+            return None
+        command, rseq, _, _, _, status, actual, _, npackets, error_count = _RET_SUBMIT_UNPACK(rd.buf)
+        if command != _RET_SUBMIT or rseq != seq or npackets or not 0 <= actual <= length:
+            return None
+        if not direction:
+            rd.start = _HEADER
+            return status, actual, error_count
+        end = _HEADER + actual
+        if end <= n:
+            dest[:actual] = rd.view[_HEADER:end]
+            rd.start = end
+            return status, actual, error_count
+        # A big reply: the rest goes straight into the caller's buffer.
+        got = n - _HEADER
+        dest[:got] = rd.view[_HEADER:n]
+        rd.start = rd.end = 0
+        recv_into = self.sock.recv_into
+        try:
+            while got < actual:
+                k = recv_into(dest[got:actual], actual - got)
+                if not k:
+                    raise EOFError
+                got += k
+        except (BlockingIOError, InterruptedError):
+            # SO_RCVTIMEO expired mid-reply: _Reader bounds the rest (bytes were flowing until
+            # now, so the stall clock starts now).
+            rd.first = None
+            rd.limit = None if limit is None else max(limit, time.monotonic() + _MID_REPLY_STALL)
+            rd.read_into(dest[got:actual])
+        return status, actual, error_count
+
+    def _lead(self, urb: Urb, timeout: Optional[float]) -> Optional[float]:
+        """Read replies (token held) until ``urb`` completes, or no reply began before the
+        caller's deadline or within _LEAD_WAIT (then the caller hands the reading over).
+        Returns the deadline (time.monotonic(); None: no timeout)."""
+        first, limit, deadline = self._lead_times(timeout)
+        if urb.iso_packets is None:
+            try:
+                got = self._own_reply(urb.seqnum, urb.direction, urb.buffer, urb.length, limit)
+            except BaseException as exc:
+                self._fail_all(self._read_failed(exc))  # fails the URB too: it is still pending
+                if not isinstance(exc, (ProtocolError, EOFError, OSError)):
+                    raise
+                return deadline
+            if got is not None:
+                self._pending.pop(urb.seqnum, None)  # (gone already if _fail_all ran meanwhile)
+                status, urb.actual_length, urb.error_count = got
+                if urb.direction:
+                    urb.in_data = urb.buffer[:urb.actual_length]
+                self._complete(urb, status)
+        self._lead_loop(urb, first, limit)
+        return deadline
+
+    def _lead_loop(self, urb: Urb, first: float, limit: Optional[float]) -> None:
+        """The general leader loop: read and dispatch replies until ``urb`` completes (or none
+        began by ``first``: return with it pending), then what the last recv buffered."""
+        rd = self._rd
+        try:
             while urb.status is None:
                 if not self._read_one(first, limit):
-                    return deadline
+                    return
             # The recv that brought our reply may have brought replies to other URBs behind it.
             # The reader thread may be asleep in poll() on a socket that now looks empty (Linux
             # re-checks readiness after a wake-up), so dispatch them before giving up the token.
@@ -497,19 +607,17 @@ class Connection:
             self._fail_all(self._read_failed(exc))
             if not isinstance(exc, (ProtocolError, EOFError, OSError)):
                 raise
-        return deadline
 
     def control_transfer(self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
                          data_or_length=0, timeout: Optional[float] = None):
         """One control transfer: returns the bytes read (IN) or the count written (OUT)."""
         if bmRequestType & 0x80:
-            length = int(data_or_length)
-            setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, length)
-            urb = self._sync(_CONTROL, 0x80, setup, None, None, length, 0, timeout)
-            return bytes(urb.buffer[: urb.actual_length])
+            buf = bytearray(int(data_or_length))
+            setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(buf))
+            return bytes(buf[:self._count(_CONTROL, 0x80, setup, None, memoryview(buf), timeout)])
         data = bytes(data_or_length or b"")
         setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(data))
-        return self._sync(_CONTROL, 0x00, setup, data, None, None, 0, timeout).actual_length
+        return self._count(_CONTROL, 0x00, setup, memoryview(data), None, timeout)
 
     def close(self) -> None:
         """Close the connection: fail pending URBs, join the reader thread, close the socket."""
