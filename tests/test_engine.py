@@ -524,7 +524,7 @@ def test_leader_and_reader_thread_poll_at_the_same_time():
 
 # -- the synchronous lane ----------------------------------------------------------------------------
 # Connection.control_transfer (and the PyUSB backend) go through Connection._count, which builds no
-# Urb while nothing else is in flight. Each test runs both ways: the lane and transfer().
+# Urb unless something unusual happens. Each test runs both ways: the lane and transfer().
 def _ctrl_lane(conn, timeout=5):
     return conn.control_transfer(0x80, 6, 0x0100, 0, 18, timeout)
 
@@ -634,5 +634,40 @@ def test_sync_control_drops_a_stray_reply_after_a_cancelled_unlink(ctrl):
     with ScriptedServer(script) as srv, connect(srv) as conn:
         with pytest.raises(UsbipTimeoutError):
             ctrl(conn, 0.05)
-        assert not conn._pending and not conn._unlinks  # so the lane is taken next
         assert ctrl(conn) == b"S" * 18
+
+
+@BOTH_WAYS
+def test_sync_control_while_an_async_urb_is_answered_first(ctrl):
+    # An asynchronous URB is outstanding; the server answers it just before the control
+    # request: the synchronous caller dispatches it on the way to its own reply.
+    def script(sock):
+        early = read_cmd(sock)[0]
+        control = read_cmd(sock)[0]
+        sock.sendall(ret_submit(early.seqnum, data=b"early") + ret_submit(control.seqnum, data=b"c" * 18))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        early = conn.submit(BULK, 0x81, length=5)
+        assert ctrl(conn) == b"c" * 18
+        assert bytes(early.wait(5).in_data) == b"early"
+
+
+@BOTH_WAYS
+def test_async_reply_right_after_a_sync_one_is_delivered_promptly(ctrl):
+    # The reader thread waits for the asynchronous URB's reply; a synchronous caller leads in
+    # between. Whichever reads the late reply (the leader, or the reader thread after backing
+    # off), it reaches its URB at once, not after some timeout.
+    def script(sock):
+        early = read_cmd(sock)[0]
+        control = read_cmd(sock)[0]
+        sock.sendall(ret_submit(control.seqnum, data=b"c" * 18))
+        sock.sendall(ret_submit(early.seqnum, data=b"later"))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        early = conn.submit(BULK, 0x81, length=5)
+        assert ctrl(conn) == b"c" * 18
+        t0 = time.monotonic()
+        assert bytes(early.wait(5).in_data) == b"later"
+        assert time.monotonic() - t0 < 0.5

@@ -393,8 +393,10 @@ class Connection:
     def _release_token(self) -> None:
         self._token.release()
         # Replies still owed (our own if we stopped leading early, followers that queued behind
-        # us, unlinks): hand the reading over to the reader thread.
-        if self._pending or self._unlinks:
+        # us, unlinks): hand the reading over to the reader thread, if it sleeps. (Awake, it
+        # re-checks for work before sleeping; see submit(). Not waking it needlessly matters:
+        # it would contend for the GIL with this caller's next transfer.)
+        if self._reader_idle and (self._pending or self._unlinks):
             self._need_reader.set()
 
     def _finish(self, urb: Urb, deadline: Optional[float]) -> Urb:
@@ -418,14 +420,13 @@ class Connection:
         """One control or bulk transfer for the PyUSB backend; returns actual_length.
 
         ``data`` (OUT) or ``buffer`` (IN) is a flat, writable-if-IN byte memoryview. When the
-        caller can lead, nothing else is in flight and no hook listens (what a PyUSB program
-        doing one thing at a time always meets), no :class:`Urb` is built at all: the CMD_SUBMIT
-        goes out, the leader takes its reply with one recv, and the count is returned. Anything
-        unusual (another reply first, a reply in pieces, none yet, an error status) turns the
-        transfer into an ordinary URB in the pending table, read by the general loop.
+        caller can lead and no hook listens, no :class:`Urb` is built at all: the CMD_SUBMIT goes
+        out, the leader takes its reply with one recv, and the count is returned. Anything
+        unusual (another URB's reply first, a reply in pieces, none yet, an error status) turns
+        the transfer into an ordinary URB in the pending table, read by the general loop. While
+        it has no URB, the reader thread does not count on this caller for any reply (_unled).
         """
-        if (self.hook is not None or self._pending or self._unlinks or not self._can_lead
-                or not self._token.acquire(False)):
+        if self.hook is not None or not self._can_lead or not self._token.acquire(False):
             return self._sync(transfer_type, endpoint, setup, data, buffer, None, 0, timeout).actual_length
         urb = None
         try:
@@ -474,8 +475,11 @@ class Connection:
                 if not isinstance(exc, (ProtocolError, EOFError, OSError)):
                     raise
                 raise self._lost from exc
-            if got is not None and not got[0]:
-                return got[1]  # (the finally gives the token back)
+            if got is not None:
+                if self._rd.end > self._rd.start:
+                    self._lead_loop(None, first, limit)  # replies the same recv brought
+                if not got[0]:
+                    return got[1]  # (the finally gives the token back)
             urb = Urb(self, transfer_type, endpoint, direction, setup, length, 0, view)
             urb.seqnum = seq
             urb.transfer_flags = flags
@@ -590,12 +594,12 @@ class Connection:
         self._lead_loop(urb, first, limit)
         return deadline
 
-    def _lead_loop(self, urb: Urb, first: float, limit: Optional[float]) -> None:
+    def _lead_loop(self, urb: Optional[Urb], first: float, limit: Optional[float]) -> None:
         """The general leader loop: read and dispatch replies until ``urb`` completes (or none
         began by ``first``: return with it pending), then what the last recv buffered."""
         rd = self._rd
         try:
-            while urb.status is None:
+            while urb is not None and urb.status is None:
                 if not self._read_one(first, limit):
                     return
             # The recv that brought our reply may have brought replies to other URBs behind it.
@@ -823,11 +827,21 @@ class Connection:
                         # Wait for bytes *without* the token, so that a transfer() may lead (read
                         # its own reply) meanwhile. close() shuts the socket down, which wakes us.
                         poll.poll()
-                    with token:
+                    if not token.acquire(False):
+                        # A leader is reading: it dispatches whatever arrives while it leads,
+                        # very likely what woke us. Look again a little later instead of
+                        # queueing on the token, which would wake us again the moment the
+                        # leader lets go, in the middle of its caller's next transfer.
+                        need.wait(_READER_BACKOFF)
+                        need.clear()
+                        continue
+                    try:
                         # Read what is there (a burst of pipelined replies in one go); nothing
                         # there means a leader read what woke us.
                         while (rd.end > rd.start or poll.poll(0)) and self._unled() and not self._closing:
                             self._read_one(None, None)
+                    finally:
+                        token.release()
         except BaseException as exc:
             reason = self._read_failed(exc)
         finally:
@@ -965,6 +979,10 @@ _MID_REPLY_STALL = 2.0
 #: reading to the reader thread and waits as a follower: a URB that stays pending (a bulk IN
 #: waiting for data) must not keep other threads' transfers from leading.
 _LEAD_WAIT = 0.02
+#: How long the reader thread waits before looking at the socket again when bytes woke it but a
+#: leader holds the read token (the leader dispatches what arrives while it leads; this bounds
+#: how late a reply that arrives just after the leader let go is read).
+_READER_BACKOFF = 0.001
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
