@@ -32,8 +32,14 @@ transfer at a time). So the socket is read by whoever holds the *read token* (``
 * The reader thread reads only replies no leader is reading for (``_unled``): after an
   asynchronous :meth:`~Connection.submit`, a CMD_UNLINK, or a leader that gave up with its URB
   still outstanding. With one such reply owed it waits for bytes with poll() *without* the token
-  (a transfer() may lead meanwhile) and takes the token to read what arrived; with several owed
-  (pipelining) it reads them back to back. When none is owed it sleeps on ``_need_reader``.
+  (a transfer() may lead meanwhile) and takes the token to read what arrived; if a leader holds
+  it, the leader dispatches what arrives, so the reader thread looks again ``_READER_BACKOFF``
+  later rather than queue on the token. With several replies owed (pipelining) it reads them
+  back to back. When none is owed it sleeps on ``_need_reader``.
+* The PyUSB backend's control and bulk calls take a lane (:meth:`Connection._count`) that is a
+  leader without a :class:`Urb`: send, one recv, return the count. Only when something unusual
+  happens (another reply first, a reply in pieces, none yet, an error status) does the
+  transfer become an ordinary URB in the pending table.
 
 Only the token holder touches the buffered :class:`_Reader`, so messages are never interleaved.
 A leader waits in one blocking recv bounded by SO_RCVTIMEO (set once, see :meth:`_Reader.arm`)
