@@ -591,3 +591,45 @@ def test_pcap_path_is_written_and_closed(tmp_path):
             usb.util.dispose_resources(dev)
     raw = path.read_bytes()
     assert raw[:4] == b"\x0a\x0d\x0d\x0a" and len(raw) > 200  # SHB, then records
+
+
+def test_threads_sharing_a_device_each_get_their_own_data(loopback):
+    # Several threads call PyUSB on one device at once: each synchronous call either takes the
+    # lane (no URB while it holds the read token) or becomes an ordinary URB another thread's
+    # call may read for; a bulk IN stays pending on the side the whole time. Every call must get
+    # exactly its own reply.
+    descriptor = bytes(loopback.ctrl_transfer(0x80, 6, 0x0100, 0, 18, 1000))
+    source = (bytes(range(63)) * 10)[:512]
+    errors = []
+    pending = {}
+
+    def side_read():
+        try:
+            pending["data"] = bytes(loopback.read(0x81, 64, timeout=10000))
+        except Exception as exc:
+            pending["error"] = exc
+
+    def worker(n):
+        try:
+            for i in range(150):
+                if (n + i) % 2:
+                    got = bytes(loopback.ctrl_transfer(0x80, 6, 0x0100, 0, 18, 5000))
+                    assert got == descriptor, (n, i, got)
+                else:
+                    got = bytes(loopback.read(0x82, 512, timeout=5000))
+                    assert got == source, (n, i, got[:16])
+        except BaseException as exc:
+            errors.append(exc)
+
+    side = threading.Thread(target=side_read)
+    side.start()
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    loopback.write(0x01, b"released", timeout=1000)
+    side.join(10)
+    assert not errors, errors[:3]
+    assert not any(t.is_alive() for t in threads + [side])
+    assert pending == {"data": b"released"}

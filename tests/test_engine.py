@@ -671,3 +671,28 @@ def test_async_reply_right_after_a_sync_one_is_delivered_promptly(ctrl):
         t0 = time.monotonic()
         assert bytes(early.wait(5).in_data) == b"later"
         assert time.monotonic() - t0 < 0.5
+
+
+@BOTH_WAYS
+def test_close_from_another_thread_ends_a_sync_call_waiting_forever(ctrl):
+    def script(sock):
+        read_cmd(sock)  # the request, never answered
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv:
+        conn = connect(srv)
+        outcome = {}
+
+        def caller():
+            try:
+                outcome["result"] = ctrl(conn, 0)
+            except Exception as exc:
+                outcome["error"] = exc
+
+        t = threading.Thread(target=caller)
+        t.start()
+        conn.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert isinstance(outcome.get("error"), ConnectionLostError), outcome
+        assert "server closed" not in str(outcome["error"])  # ended by close(), not by the server
