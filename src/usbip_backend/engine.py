@@ -253,6 +253,12 @@ class Connection:
         transfer_flags: int = 0,
     ) -> Urb:
         """Send one CMD_SUBMIT and return its :class:`Urb` at once (see module docstring)."""
+        return self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
+                            iso_packet_lengths, transfer_flags)
+
+    def _submit(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], data, buffer,
+                length: Optional[int], interval: int, iso_packet_lengths: Optional[Sequence[int]],
+                transfer_flags: int) -> Urb:
         urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
                             iso_packet_lengths, transfer_flags)
         self._post(urb)
@@ -379,12 +385,8 @@ class Connection:
         """:meth:`transfer` with positional arguments (the backend calls it directly)."""
         if not self._can_lead or not self._token.acquire(False):
             # Follower: the token holder (reader thread or another leader) completes our URB.
-            urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
-                                iso_packet_lengths, transfer_flags)
-            self._post(urb)
-            if self._reader_idle:
-                self._need_reader.set()
-            return urb.wait(timeout)
+            return self._submit(transfer_type, endpoint, setup, data, buffer, length, interval,
+                                iso_packet_lengths, transfer_flags).wait(timeout)
         self._led += 1
         try:
             urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
