@@ -696,3 +696,39 @@ def test_close_from_another_thread_ends_a_sync_call_waiting_forever(ctrl):
         assert not t.is_alive()
         assert isinstance(outcome.get("error"), ConnectionLostError), outcome
         assert "server closed" not in str(outcome["error"])  # ended by close(), not by the server
+
+
+def test_wait_that_leads_in_vain_still_times_out_and_unlinks():
+    # Urb.wait() finds the token free and reads for its URB itself; no reply comes, so it hands
+    # the reading over and the timeout takes the usual unlink path.
+    def script(sock):
+        read_cmd(sock)
+        unl = read_cmd(sock)[0]
+        sock.sendall(ret_unlink(unl.seqnum, -104))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"next"))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urb = conn.submit(BULK, 0x81, length=4)
+        t0 = time.monotonic()
+        with pytest.raises(UsbipTimeoutError, match="timed out"):
+            urb.wait(0.1)
+        assert 0.1 <= time.monotonic() - t0 < 0.3
+        assert bytes(conn.submit(BULK, 0x81, length=4).wait(2).in_data) == b"next"
+
+
+def test_pipelined_waits_get_their_own_replies():
+    # A sliding window of submits, each wait() leading in turn; the server answers every window
+    # in reverse order, so most replies a waiter reads are for the URBs behind it.
+    def script(sock):
+        for _ in range(25):
+            cmds = [read_cmd(sock)[0] for _ in range(8)]
+            sock.sendall(b"".join(ret_submit(c.seqnum, data=c.seqnum.to_bytes(4, "big")) for c in reversed(cmds)))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        for _ in range(25):
+            urbs = [conn.submit(BULK, 0x81, length=4) for _ in range(8)]
+            for urb in urbs:
+                assert bytes(urb.wait(5).in_data) == urb.seqnum.to_bytes(4, "big")

@@ -29,6 +29,9 @@ transfer at a time). So the socket is read by whoever holds the *read token* (``
   leading their own short transfers.
 * If the token is taken, the caller is a *follower*: it waits on its URB and the token holder
   completes it.
+* :meth:`Urb.wait` leads the same way when it finds the token free (once per URB: a caller
+  that led in vain then waits as a follower), so a caller pipelining with
+  :meth:`~Connection.submit` reads its own replies on its own thread, as the raw loop does.
 * The reader thread reads only replies no leader is reading for (``_unled``): after an
   asynchronous :meth:`~Connection.submit`, a CMD_UNLINK, or a leader that gave up with its URB
   still outstanding. With one such reply owed it waits for bytes with poll() *without* the token
@@ -157,6 +160,27 @@ class Urb:
             UrbError: completed with a non-zero status.
             ConnectionLostError: the connection went away.
         """
+        if self.status is None:
+            conn = self.conn
+            if conn._can_lead and conn._token.acquire(False):
+                # Nobody is reading: read for this URB ourselves, as transfer() does, instead of
+                # having the reader thread read the reply and wake us (a pipelining caller
+                # then runs on one thread, like the raw loop).
+                deadline = conn._lead_for(self, timeout)
+                if self.status is not None:
+                    return self._result()
+                if deadline is not None:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        conn._timed_out(self)
+                        return self._result()
+            return self._wait_done(timeout)
+        return self._result()
+
+    def _wait_done(self, timeout: Optional[float]) -> "Urb":
+        """wait() without leading: for the token holder (or the reader thread) to complete it.
+        A caller that already led for this URB in vain waits here, so that a long wait (a bulk IN
+        waiting for data) does not keep taking the token from other threads' transfers."""
         if self.status is None:
             if not timeout or timeout < 0:
                 self._done.acquire()
@@ -398,6 +422,15 @@ class Connection:
             self._release_token()
         return self._finish(urb, deadline)
 
+    def _lead_for(self, urb: Urb, timeout: Optional[float]) -> Optional[float]:
+        """:meth:`Urb.wait` got the token (held): lead for ``urb``; returns the deadline."""
+        self._led += 1
+        try:
+            return self._lead(urb, timeout)
+        finally:
+            self._led -= 1
+            self._release_token()
+
     def _release_token(self) -> None:
         self._token.release()
         # Replies still owed (our own if we stopped leading early, followers that queued behind
@@ -420,7 +453,7 @@ class Connection:
             if left is not None and left <= 0:
                 self._timed_out(urb)
                 return urb._result()
-            return urb.wait(left)
+            return urb._wait_done(left)
         return urb._result()
 
     def _count(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes],
@@ -826,8 +859,8 @@ class Connection:
                 need.clear()
                 self._reader_idle = False
                 while self._unled() and not self._closing and self._lost is None:
-                    if poll is None or len(self._pending) + len(self._unlinks) - self._led >= 2:
-                        # Several replies owed (pipelining): read them back to back, blocking.
+                    if poll is None:
+                        # No poll(): read replies back to back, blocking, with the token.
                         with token:
                             self._read_one(None, None)
                         continue
