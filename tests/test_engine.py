@@ -732,3 +732,66 @@ def test_pipelined_waits_get_their_own_replies():
             urbs = [conn.submit(BULK, 0x81, length=4) for _ in range(8)]
             for urb in urbs:
                 assert bytes(urb.wait(5).in_data) == urb.seqnum.to_bytes(4, "big")
+
+
+# -- platforms without SO_RCVTIMEO (poll() before each recv) or without poll() too (Windows) --------
+@pytest.fixture(params=["rcvtimeo", "poll-only", "windows"])
+def platform_mode(request, monkeypatch):
+    from usbip_backend import engine
+    if request.param != "rcvtimeo":
+        monkeypatch.setattr(engine, "_HAVE_RCVTIMEO", False)
+    if request.param == "windows":  # neither: callers never lead, the reader thread reads all
+        monkeypatch.setattr(engine, "_HAVE_POLL", False)
+    return request.param
+
+
+def test_platform_round_trips_both_ways(platform_mode):
+    with ScriptedServer(echo_script) as srv, connect(srv) as conn:
+        assert conn._can_lead == (platform_mode != "windows")
+        for _ in range(20):
+            assert len(conn.control_transfer(0x80, 6, 0x0100, 0, 18, 5)) == 18
+            assert conn.control_transfer(0x40, 1, 0, 0, b"abc", 5) == 3
+            assert bytes(conn.transfer(BULK, 0x81, length=4, timeout=5).in_data) == bytes([conn._seq & 0xFF]) * 4
+
+
+def test_platform_timeout_unlinks_then_works(platform_mode):
+    def script(sock):
+        read_cmd(sock)
+        unl = read_cmd(sock)[0]
+        sock.sendall(ret_unlink(unl.seqnum, -104))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=b"z" * 18))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(UsbipTimeoutError):
+            conn.control_transfer(0x80, 6, 0x0100, 0, 18, 0.1)
+        assert 0.1 <= time.monotonic() - t0 < 0.4
+        assert conn.control_transfer(0x80, 6, 0x0100, 0, 18, 5) == b"z" * 18
+
+
+def test_platform_pipelined_waits(platform_mode):
+    def script(sock):
+        for _ in range(10):
+            cmds = [read_cmd(sock)[0] for _ in range(6)]
+            sock.sendall(b"".join(ret_submit(c.seqnum, data=c.seqnum.to_bytes(4, "big")) for c in reversed(cmds)))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        for _ in range(10):
+            urbs = [conn.submit(BULK, 0x81, length=4) for _ in range(6)]
+            for urb in urbs:
+                assert bytes(urb.wait(5).in_data) == urb.seqnum.to_bytes(4, "big")
+
+
+def test_platform_server_hanging_up_fails_fast(platform_mode):
+    def script(sock):
+        read_cmd(sock)
+        sock.shutdown(socket.SHUT_RDWR)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionLostError, match="2-1"):
+            conn.control_transfer(0x80, 6, 0x0100, 0, 18, 0)
+        assert time.monotonic() - t0 < 1.0

@@ -58,6 +58,7 @@ import logging
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -77,6 +78,10 @@ ESHUTDOWN = -108
 _allocate_lock = threading.Lock  # the cheapest waitable primitive CPython has
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
 _HAVE_POLL = hasattr(select, "poll")
+#: Windows takes SO_RCVTIMEO as a DWORD of milliseconds, not a timeval, and leaves a socket whose
+#: receive timed out in an indeterminate state, so it is not used there. (Windows has no poll()
+#: either: there, callers never lead and the reader thread reads every reply.)
+_HAVE_RCVTIMEO = sys.platform != "win32"
 _IOV_MAX = 1024
 
 #: Largest transfer_buffer_length a URB may ask for. The kernel warns and drops the connection
@@ -571,8 +576,8 @@ class Connection:
         and return (status, actual_length, error_count). Otherwise return None with whatever
         arrived left in the buffer for _read_one: no byte is consumed that is not ours."""
         rd = self._rd
-        if rd.end != rd.start:
-            return None
+        if rd.end != rd.start or rd.rcvtimeo is None:
+            return None  # (no SO_RCVTIMEO: only _Reader's poll() before each recv bounds a wait)
         try:
             n = self.sock.recv_into(rd.view, _CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -1058,6 +1063,9 @@ class _Reader:
         if _HAVE_POLL:
             self.poll = select.poll()
             self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        if not _HAVE_RCVTIMEO:
+            self.rcvtimeo = None
+            return
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, 0))
         except (OSError, AttributeError, struct.error):
