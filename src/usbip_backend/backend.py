@@ -573,19 +573,6 @@ class UsbipBackend(usb.backend.IBackend):
     def ctrl_transfer(self, dev_handle: UsbipHandle, bmRequestType: int, bRequest: int, wValue: int,
                       wIndex: int, data, timeout: int) -> int:
         dev = dev_handle.dev
-        if bmRequestType & 0x80 and data is not None:
-            # The common case (an IN request with a buffer) without the detour through _control.
-            buf = memoryview(data)  # PyUSB passes array('B'): no cast needed
-            if buf.format != "B" or buf.ndim != 1:
-                buf = buf.cast("B")
-            length = buf.nbytes
-            if 0 < length <= 0xFFFF and not buf.readonly:
-                try:
-                    return dev.conn._count(_CONTROL, 0x80, _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF,
-                                                                       wValue & 0xFFFF, wIndex & 0xFFFF, length),
-                                           None, buf, timeout / 1000.0 if timeout and timeout > 0 else None)
-                except UsbipError as exc:
-                    _raise_usb(exc, f"control request 0x{bmRequestType:02x}/0x{bRequest:02x} to {dev.name}")
         n = self._control(dev, bmRequestType, bRequest, wValue, wIndex, data, timeout, None)
         # Keep track of state changes made through raw control requests too.
         if bmRequestType == 0x00 and bRequest == _SET_CONFIGURATION:
@@ -602,23 +589,17 @@ class UsbipBackend(usb.backend.IBackend):
 
         ``what`` names the request in errors (None: built from the request, only on error).
         """
-        if data is None:
-            buf, length = _EMPTY, 0
-        else:
-            buf = memoryview(data)  # PyUSB passes array('B'): no cast needed
-            if buf.format != "B" or buf.ndim != 1:
-                buf = buf.cast("B")
-            length = buf.nbytes
-            if length > 0xFFFF:
-                what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
-                raise ValueError(f"{what}: control transfers carry at most 65535 bytes, not {length}")
+        buf = _bytes_view(data) if data is not None else _EMPTY
+        length = buf.nbytes
+        if length > 0xFFFF:
+            what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
+            raise ValueError(f"{what}: control transfers carry at most 65535 bytes, not {length}")
         setup = _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF, wValue & 0xFFFF, wIndex & 0xFFFF, length)
         try:
             if bmRequestType & 0x80:
                 return dev.conn._count(_CONTROL, 0x80, setup, None, buf if length else _EMPTY_IN,
-                                       timeout / 1000.0 if timeout and timeout > 0 else None)
-            return dev.conn._count(_CONTROL, 0x00, setup, buf, None,
-                                   timeout / 1000.0 if timeout and timeout > 0 else None)
+                                       _timeout_s(timeout))
+            return dev.conn._count(_CONTROL, 0x00, setup, buf, None, _timeout_s(timeout))
         except UsbipError as exc:
             what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
             _raise_usb(exc, f"{what} to {dev.name}")
@@ -679,26 +660,34 @@ class UsbipBackend(usb.backend.IBackend):
 
     def _write(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data, timeout: int) -> int:
         view = _bytes_view(data)
-        if ttype == _BULK and self.max_transfer is None:
-            interval, chunk = 0, None  # the common case: no descriptor lookup
-        else:
-            desc = self._endpoint(dev, ep)
-            interval = self._interval(dev, ttype, desc)
-            chunk = self._chunk_size(desc)
+        interval, chunk = self._plan(dev, ttype, ep)
         if chunk is None or view.nbytes <= chunk:
-            t = timeout / 1000.0 if timeout and timeout > 0 else None
-            try:
-                if ttype == _BULK:
-                    return dev.conn._count(ttype, ep, None, view, None, t)
-                return dev.conn._sync(ttype, ep, None, view, None, None, interval, t).actual_length
-            except UsbipTimeoutError as exc:
-                if exc.transferred:
-                    return exc.transferred  # libusb1: a timeout after some I/O is not an error
-                _raise_usb(exc, _what(ttype, "write to", ep, dev))
-            except UsbipError as exc:
-                _raise_usb(exc, _what(ttype, "write to", ep, dev))
+            return self._one_urb(dev, ttype, ep, view, None, interval, timeout, "write to")
         return self._write_split(dev, ttype, ep, view, chunk, interval, _Deadline(timeout),
                                  _what(ttype, "write to", ep, dev))
+
+    def _plan(self, dev: UsbipDevice, ttype: P.TransferType, ep: int) -> Tuple[int, Optional[int]]:
+        """(URB interval, most bytes per URB or None) for a bulk/interrupt transfer."""
+        if ttype == _BULK and self.max_transfer is None:
+            return 0, None  # the common case: no descriptor lookup
+        desc = self._endpoint(dev, ep)
+        return self._interval(dev, ttype, desc), self._chunk_size(desc)
+
+    def _one_urb(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data: Optional[memoryview],
+                 buffer: Optional[memoryview], interval: int, timeout: int, verb: str) -> int:
+        """One URB straight from (OUT) or into (IN) the caller's buffer: what nearly every call
+        is. Returns the count; a timeout after some I/O returns that count, as libusb1 does."""
+        t = _timeout_s(timeout)
+        try:
+            if ttype == _BULK:
+                return dev.conn._count(ttype, ep, None, data, buffer, t)
+            return dev.conn._sync(ttype, ep, None, data, buffer, None, interval, t).actual_length
+        except UsbipTimeoutError as exc:
+            if exc.transferred:
+                return exc.transferred
+            _raise_usb(exc, _what(ttype, verb, ep, dev))
+        except UsbipError as exc:
+            _raise_usb(exc, _what(ttype, verb, ep, dev))
 
     def _write_split(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, view: memoryview, chunk: int,
                      interval: int, deadline: _Deadline, what: str) -> int:
@@ -752,25 +741,10 @@ class UsbipBackend(usb.backend.IBackend):
     def _read(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, buff, timeout: int) -> int:
         view = _bytes_view(buff)
         total = view.nbytes
-        if ttype == _BULK and self.max_transfer is None:
-            interval, chunk = 0, total  # the common case: no descriptor lookup
-        else:
-            desc = self._endpoint(dev, ep)
-            interval = self._interval(dev, ttype, desc)
-            chunk = self._chunk_size(desc) or total
+        interval, chunk = self._plan(dev, ttype, ep)
+        chunk = chunk or total
         if chunk >= total:
-            # One URB straight into the caller's buffer (what nearly every call is).
-            t = timeout / 1000.0 if timeout and timeout > 0 else None
-            try:
-                if ttype == _BULK:
-                    return dev.conn._count(ttype, ep, None, None, view, t)
-                return dev.conn._sync(ttype, ep, None, None, view, total, interval, t).actual_length
-            except UsbipTimeoutError as exc:
-                if exc.transferred:
-                    return exc.transferred
-                _raise_usb(exc, _what(ttype, "read from", ep, dev))
-            except UsbipError as exc:
-                _raise_usb(exc, _what(ttype, "read from", ep, dev))
+            return self._one_urb(dev, ttype, ep, None, view, interval, timeout, "read from")
         deadline = _Deadline(timeout)
         got = 0
         # URBs of ``chunk`` bytes one at a time, straight into the caller's buffer; a short packet

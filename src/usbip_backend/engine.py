@@ -104,6 +104,21 @@ _RET_UNLINK = P.USBIP_RET_UNLINK
 _HEADER = P.URB_HEADER_SIZE
 
 
+def _direction(transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes], interval: int):
+    """(direction, endpoint address) of a URB, after the checks the wire needs: a control URB's
+    direction comes from its 8-byte setup packet; interrupt and ISO URBs need an interval."""
+    if transfer_type == _CONTROL:
+        if setup is None or len(setup) != 8:
+            raise ValueError("a control URB needs an 8-byte setup packet")
+        direction = setup[0] >> 7
+        return direction, (endpoint & 0x0F) | (0x80 if direction else 0)
+    if interval <= 0 and transfer_type in _PERIODIC:
+        # The kernel rejects interval 0 for these (usb_submit_urb -EINVAL) and the stub then
+        # drops the whole connection.
+        raise ValueError(f"{transfer_type.name.lower()} URBs need a positive interval")
+    return (1 if endpoint & 0x80 else 0), endpoint
+
+
 class Urb:
     """One USB request block in flight (or done). Attributes are read-only for users/hooks."""
 
@@ -303,17 +318,7 @@ class Connection:
         """Check the arguments and build the URB (not sent yet; no seqnum)."""
         if self._lost is not None:
             raise self._lost
-        if transfer_type == _CONTROL:
-            if setup is None or len(setup) != 8:
-                raise ValueError("a control URB needs an 8-byte setup packet")
-            direction = setup[0] >> 7
-            endpoint = (endpoint & 0x0F) | (0x80 if direction else 0)
-        else:
-            direction = 1 if endpoint & 0x80 else 0
-            if interval <= 0 and transfer_type in _PERIODIC:
-                # The kernel rejects interval 0 for these (usb_submit_urb -EINVAL) and the stub
-                # then drops the whole connection.
-                raise ValueError(f"{transfer_type.name.lower()} URBs need a positive interval")
+        direction, endpoint = _direction(transfer_type, endpoint, setup, interval)
         if direction:
             if buffer is None:
                 if length is None:
@@ -363,12 +368,7 @@ class Connection:
         with self._send_lock:
             if self._lost is not None:
                 raise self._lost
-            seq = (self._seq + 1) & 0xFFFFFFFF
-            if not seq or seq in pending or seq in self._unlinks or seq in self._retired:
-                seq = self._next_seqnum()
-            else:
-                self._seq = seq
-            urb.seqnum = seq
+            urb.seqnum = seq = self._next_seqnum()
             setup = urb.setup
             header = _SUBMIT_PACK(
                 _CMD_SUBMIT, seq, self.devid, urb.direction, urb.endpoint & 0x0F, urb.transfer_flags,
@@ -479,11 +479,7 @@ class Connection:
             # What _prepare checks, for the two shapes of argument the backend passes.
             if self._lost is not None:
                 raise self._lost
-            if transfer_type == _CONTROL:
-                direction = setup[0] >> 7
-                endpoint = (endpoint & 0x0F) | (0x80 if direction else 0)
-            else:
-                direction = 1 if endpoint & 0x80 else 0
+            direction, endpoint = _direction(transfer_type, endpoint, setup, 0)
             view = buffer if direction else data
             length = view.nbytes
             if direction and view.readonly:
@@ -496,11 +492,7 @@ class Connection:
                 # What _post does (no hook here).
                 if self._lost is not None:
                     raise self._lost
-                seq = (self._seq + 1) & 0xFFFFFFFF
-                if not seq or seq in self._pending or seq in self._unlinks or seq in self._retired:
-                    seq = self._next_seqnum()
-                else:
-                    self._seq = seq
+                seq = self._next_seqnum()
                 header = _SUBMIT_PACK(_CMD_SUBMIT, seq, self.devid, direction, endpoint & 0x0F, flags, length,
                                       0, 0, 0, _NO_SETUP if setup is None else setup)
                 try:
