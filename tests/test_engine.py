@@ -33,6 +33,14 @@ def hold_until_client_closes(sock):
         pass
 
 
+def send_in_pieces(sock, reply: bytes, cuts) -> None:
+    """Send ``reply`` cut at the given offsets, one sendall per piece."""
+    pos = 0
+    for cut in tuple(cuts) + (len(reply),):
+        sock.sendall(reply[pos:cut])
+        pos = cut
+
+
 def echo_script(sock):
     """Answer every IN URB with its seqnum repeated, every OUT with its length."""
     while True:
@@ -240,11 +248,7 @@ def test_reply_arriving_in_pieces_is_reassembled(cuts):
     def script(sock):
         for _ in range(3):
             cmd = read_cmd(sock)[0]
-            reply = ret_submit(cmd.seqnum, data=payload[: cmd.transfer_buffer_length])
-            pos = 0
-            for cut in cuts + (len(reply),):
-                sock.sendall(reply[pos:cut])
-                pos = cut
+            send_in_pieces(sock, ret_submit(cmd.seqnum, data=payload[: cmd.transfer_buffer_length]), cuts)
         hold_until_client_closes(sock)
 
     with ScriptedServer(script) as srv, connect(srv) as conn:
@@ -542,11 +546,7 @@ BOTH_WAYS = pytest.mark.parametrize("ctrl", [_ctrl_lane, _ctrl_urb], ids=["lane"
 def test_sync_control_reply_in_pieces(ctrl, cuts):
     def script(sock):
         cmd = read_cmd(sock)[0]
-        reply = ret_submit(cmd.seqnum, data=bytes(range(18)))
-        pos = 0
-        for cut in cuts + (len(reply),):
-            sock.sendall(reply[pos:cut])
-            pos = cut
+        send_in_pieces(sock, ret_submit(cmd.seqnum, data=bytes(range(18))), cuts)
         hold_until_client_closes(sock)
 
     with ScriptedServer(script) as srv, connect(srv) as conn:
