@@ -10,7 +10,7 @@ import threading
 from typing import List, Optional
 
 from .devices import STOCK, stock_devices
-from .server import SimServer
+from .server import UNLINK_BEHAVIOURS, SimServer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated stock devices (default {','.join(STOCK)})")
     p.add_argument("--count", type=int, default=1,
                    help="copies of the device set, copy N on bus N (default 1)")
+    p.add_argument("--unlink", choices=UNLINK_BEHAVIOURS, default="kernel",
+                   help="how CMD_UNLINK is answered: kernel (usbip-host: -ECONNRESET for a pending "
+                        "URB), status0 (PyPI usbip 0.7.0: always 0, the pending URB dropped), ignore "
+                        "(never answered, the URB stays pending); default kernel")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     return p
 
@@ -40,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = SimServer(devices, host=args.host, port=args.port)
+    server = SimServer(devices, host=args.host, port=args.port, unlink=args.unlink)
     try:
         server.start()
     except OSError as exc:

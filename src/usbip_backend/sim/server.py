@@ -5,7 +5,8 @@ usbipd) and is then closed, except a successful OP_REQ_IMPORT, after which the s
 carries the URB stream (CMD_SUBMIT / CMD_UNLINK) and its thread is the reader. Pending IN URBs are
 completed later from whatever thread calls ``Device.notify``; every reply goes out under the
 connection's send lock while the device lock is held, so a RET_UNLINK(0) can never overtake the
-RET_SUBMIT of the URB it names.
+RET_SUBMIT of the URB it names. How CMD_UNLINK is answered is switchable (``SimServer(unlink=...)``,
+see :data:`UNLINK_BEHAVIOURS`) because real servers disagree and clients must cope with each.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ EREMOTEIO = -121
 EPROTO = -71
 
 _EMPTY = b""
+
+#: The CMD_UNLINK behaviours :class:`SimServer` can imitate (its ``unlink`` argument).
+#: "kernel" is the Linux stub (usbip-host): a pending URB is cancelled with RET_UNLINK
+#: -ECONNRESET (-104) and never gets a RET_SUBMIT, while an already completed or unknown URB gets
+#: RET_UNLINK 0 after its RET_SUBMIT. "status0" is the PyPI ``usbip`` 0.7.0 server: every
+#: CMD_UNLINK gets RET_UNLINK 0, and a pending URB is silently dropped, so a status 0 never
+#: promises that a RET_SUBMIT follows. "ignore" is a server that never answers CMD_UNLINK: no
+#: RET_UNLINK is sent and the URB stays pending, completing normally if the device later has data.
+UNLINK_BEHAVIOURS = ("kernel", "status0", "ignore")
 
 
 class _DropConnection(Exception):
@@ -432,6 +442,11 @@ class _Connection:
     def _unlink(self, seqnum: int, target: int) -> None:
         device = self.device
         assert device is not None
+        behaviour = self.server.unlink
+        if behaviour == "ignore":
+            # The URB is left exactly as it was: pending URBs still complete when data comes.
+            log.debug("%s: CMD_UNLINK seqnum %d of %d ignored (unlink=ignore)", self.peer, seqnum, target)
+            return
         with device.lock:
             urb = self.pending.pop(target, None)
             if urb is None:
@@ -449,6 +464,11 @@ class _Connection:
                 # allocating anything for it, so the stub's unlink finds no such seqnum and
                 # answers status 0, and no RET_SUBMIT ever follows. Clients must cope (a bounded
                 # wait after the unlink), so the virtual server does the same.
+                self._ret_unlink(seqnum, 0)
+                return
+            if behaviour == "status0":
+                # usbip 0.7.0 drops the parked URB and reports success, as if it had completed;
+                # removed under the device lock, so no RET_SUBMIT for it can follow.
                 self._ret_unlink(seqnum, 0)
                 return
             # Cancelled: RET_UNLINK carries the CMD_UNLINK's own seqnum and -ECONNRESET, and no
@@ -529,10 +549,20 @@ class SimServer:
         reset_keeps_configuration: what SET_PORT_FEATURE(PORT_RESET) does to the configuration.
             True (default) is the kernel's usb_reset_device(), which re-applies the configuration
             and alternate settings; False leaves the device unconfigured like a bare bus reset.
+        unlink: how CMD_UNLINK is answered, one of :data:`UNLINK_BEHAVIOURS`. "kernel" (default)
+            imitates the Linux stub (usbip-host): RET_UNLINK -ECONNRESET for a pending URB, which
+            then never gets a RET_SUBMIT, and RET_UNLINK 0 for a completed or unknown one (after
+            its RET_SUBMIT). "status0" imitates the PyPI ``usbip`` 0.7.0 server: RET_UNLINK 0
+            always, a pending URB being dropped without any RET_SUBMIT. "ignore" imitates servers
+            that never answer CMD_UNLINK: nothing is sent and the URB stays pending, completing
+            normally if the device later produces data. Anything else raises ValueError.
     """
 
     def __init__(self, devices: Optional[Iterable[Device]] = None, host: str = "127.0.0.1",
-                 port: int = 0, reset_keeps_configuration: bool = True) -> None:
+                 port: int = 0, reset_keeps_configuration: bool = True, unlink: str = "kernel") -> None:
+        if unlink not in UNLINK_BEHAVIOURS:
+            raise ValueError(f"unlink must be one of {', '.join(map(repr, UNLINK_BEHAVIOURS))}, "
+                             f"not {unlink!r}")
         if devices is None:
             from .devices import stock_devices
             devices = stock_devices()
@@ -547,6 +577,7 @@ class SimServer:
         self.host = host
         self._requested_port = port
         self.reset_keeps_configuration = reset_keeps_configuration
+        self.unlink = unlink
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._owners: Dict[str, _Connection] = {}
