@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import struct
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from usbip_backend.descriptors import (
+    USB_MAXALTSETTING,
+    USB_MAXCONFIG,
+    USB_MAXENDPOINTS,
+    USB_MAXINTERFACES,
     ConfigurationDescriptor,
     config_total_length,
+    configurations_to_read,
     endpoint_max_packet,
     iter_descriptors,
     parse_configuration,
@@ -64,6 +72,25 @@ def config(body: bytes, num_interfaces: int, value: int = 1, total: int | None =
 
 
 CDC_ACM_CONFIG = config(CDC_ACM_CONFIG_BODY, 2)
+
+
+def intf(number: int, alt: int, num_endpoints: int) -> bytes:
+    """A 9-byte vendor-specific interface descriptor."""
+    return bytes([0x09, 0x04, number, alt, num_endpoints, 0xFF, 0x00, 0x00, 0x00])
+
+
+def ep(address: int, attributes: int = 0x02) -> bytes:
+    """A 7-byte endpoint descriptor (bulk unless told), wMaxPacketSize 64, bInterval 0."""
+    return bytes([0x07, 0x05, address, attributes, 0x40, 0x00, 0x00])
+
+
+#: The 30 endpoint addresses one alternate setting can use: OUT 0x01..0x0F, IN 0x81..0x8F.
+ADDRESSES = [*range(0x01, 0x10), *range(0x81, 0x90)]
+
+
+def parser_warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "usbip_backend.descriptors" and r.levelno == logging.WARNING]
 
 HID_REPORT_DESC_LEN = 63
 HID_DESC = bytes([0x09, 0x21, 0x11, 0x01, 0x00, 0x01, 0x22, HID_REPORT_DESC_LEN, 0x00])
@@ -209,13 +236,256 @@ def test_malformed_configurations(raw, message):
         parse_configuration(raw)
 
 
-def test_too_many_interfaces_and_endpoints():
-    many = b"".join(bytes([9, 4, n, 0, 0, 0xFF, 0, 0, 0]) for n in range(33))
-    with pytest.raises(ProtocolError, match="more than 32 interfaces"):
-        parse_configuration(config(many, 33))
-    eps = bytes([9, 4, 0, 0, 33, 0xFF, 0, 0, 0]) + b"".join(bytes([7, 5, 0x81, 2, 64, 0, 0]) for _ in range(33))
-    with pytest.raises(ProtocolError, match="more than 32 endpoints"):
-        parse_configuration(config(eps, 1))
+def test_too_many_interfaces_keeps_the_first_32_like_linux(caplog):
+    # 33 interface numbers, 32 down to 0. Linux keeps the first 32 to appear (config.c), so
+    # interface 0 goes, with its class-specific descriptor and endpoint; a later altsetting of
+    # a kept interface is parsed again.
+    body = (
+        b"".join(intf(n, 0, 0) for n in range(32, 0, -1))
+        + intf(0, 0, 1) + CDC_HEADER + ep(0x81) + CS_EP  # the 33rd interface: ignored
+        + intf(5, 1, 1) + ep(0x82)                       # interface 5 alt 1: kept
+    )
+    with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+        cfg = parse_configuration(config(body, 33))
+    assert USB_MAXINTERFACES == 32
+    assert [g[0].bInterfaceNumber for g in cfg.interfaces] == list(range(32, 0, -1))
+    assert cfg.bNumInterfaces == 32
+    five = cfg.interfaces[32 - 5]
+    assert [a.bAlternateSetting for a in five] == [0, 1]
+    assert [e.bEndpointAddress for e in five[1].endpoints] == [0x82]
+    everything = [a for g in cfg.interfaces for a in g]
+    assert all(a.extra_descriptors == [] for a in everything)
+    assert [e.bEndpointAddress for a in everything for e in a.endpoints] == [0x82]
+    assert parser_warnings(caplog) == [
+        "config 1 has too many interfaces: 33, using maximum allowed: 32 (1 interface descriptor(s) ignored)",
+        "configuration 1 declares bNumInterfaces 33 but contains 32 interface(s); using 32",
+    ]
+
+
+@pytest.mark.parametrize("alternate_settings", [129, 256])
+def test_too_many_alternate_settings_keeps_the_first_128_like_linux(caplog, alternate_settings):
+    # Interface 0 has alternate settings 0..n-1, each with bulk IN 0x81; those from 128 on also
+    # carry a class-specific descriptor and bulk IN 0x82, ignored with them. Interface 1 follows.
+    body = (
+        b"".join(intf(0, a, 1) + ep(0x81) for a in range(128))
+        + b"".join(intf(0, a, 2) + CDC_HEADER + ep(0x81) + ep(0x82) + CS_EP
+                   for a in range(128, alternate_settings))
+        + intf(1, 0, 1) + ep(0x02)
+    )
+    with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+        cfg = parse_configuration(config(body, 2))
+    assert USB_MAXALTSETTING == 128
+    first, second = cfg.interfaces
+    assert [a.bAlternateSetting for a in first] == list(range(128))
+    assert all([e.bEndpointAddress for e in a.endpoints] == [0x81] for a in first)
+    assert all(a.extra_descriptors == [] and a.endpoints[0].extra_descriptors == [] for a in first)
+    (data,) = second
+    assert (data.bInterfaceNumber, [e.bEndpointAddress for e in data.endpoints]) == (1, [0x02])
+    # One warning however many were ignored.
+    assert parser_warnings(caplog) == [
+        f"too many alternate settings for config 1 interface 0: {alternate_settings}, using maximum "
+        f"allowed: 128 ({alternate_settings - 128} interface descriptor(s) ignored in all)",
+    ]
+
+
+def test_too_many_endpoints_keeps_the_first_30_like_linux(caplog):
+    # Alternate settings 0 and 1 of interface 0 each declare and carry 31 endpoints: the 30
+    # addresses an altsetting can have, then a 31st (0x81 again) followed by a class-specific
+    # endpoint descriptor; Linux checks the limit first and skips both. Interface 1 follows
+    # (without endpoints: interface 0 uses every address).
+    def alt(a: int) -> bytes:
+        return intf(0, a, 31) + b"".join(ep(x) for x in ADDRESSES) + ep(0x81) + CS_EP
+
+    body = alt(0) + alt(1) + intf(1, 0, 0) + CDC_HEADER
+    with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+        cfg = parse_configuration(config(body, 2))
+    assert USB_MAXENDPOINTS == 30
+    alts = cfg.interfaces[0]
+    assert [a.bAlternateSetting for a in alts] == [0, 1]
+    for a in alts:
+        assert [e.bEndpointAddress for e in a.endpoints] == ADDRESSES
+        assert a.bNumEndpoints == 30
+        assert all(e.extra_descriptors == [] for e in a.endpoints)  # CS_EP went with the 31st
+    assert cfg.interfaces[1][0].extra_descriptors == list(CDC_HEADER)
+    assert parser_warnings(caplog) == [
+        "too many endpoints for config 1 interface 0 altsetting 0: 31, using maximum allowed: 30 "
+        "(2 altsetting(s) affected)",
+    ]
+
+
+DUPLICATES_BODY = (
+    intf(0, 0, 3) + ep(0x81) + ep(0x82)
+    + ep(0x81) + CS_EP                        # 0x81 again in this altsetting: ignored, CS_EP too
+    + intf(0, 1, 1) + ep(0x81)                # another altsetting of interface 0 may reuse 0x81
+    + intf(0, 0, 1) + CDC_HEADER + ep(0x83)   # altsetting 0 again: ignored with all that follows
+    + intf(1, 0, 5) + ep(0x01)
+    + ep(0x81)                                # interface 0 uses 0x81: ignored
+    + ep(0x91)                                # reserved bit 4 set: still 0x81, ignored
+    + ep(0x02, attributes=0x00)               # control endpoint 2 while interface 0 has 0x82: ignored
+    + ep(0x83)                                # 0x83 was only in the ignored altsetting: kept
+)
+DUPLICATES_IGNORED_BYTES = 7 + len(CS_EP) + 9 + len(CDC_HEADER) + 7 + 3 * 7
+
+
+def test_duplicate_altsettings_and_endpoints_are_skipped_like_linux(caplog):
+    with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+        cfg = parse_configuration(config(DUPLICATES_BODY, 2))
+    zero, one = cfg.interfaces
+    assert [(a.bAlternateSetting, [e.bEndpointAddress for e in a.endpoints]) for a in zero] == [
+        (0, [0x81, 0x82]), (1, [0x81])]
+    assert [(a.bAlternateSetting, [e.bEndpointAddress for e in a.endpoints]) for a in one] == [
+        (0, [0x01, 0x83])]
+    assert [a.bNumEndpoints for a in zero + one] == [2, 1, 2]
+    assert all(a.extra_descriptors == [] for a in zero + one)
+    assert all(e.extra_descriptors == [] for a in zero + one for e in a.endpoints)
+    # Nothing else is lost: kept descriptors and extras cover all but the ignored bytes.
+    accounted = 9 + sum(a.bLength + sum(e.bLength for e in a.endpoints) for a in zero + one)
+    assert accounted == cfg.wTotalLength - DUPLICATES_IGNORED_BYTES
+    # One warning per kind, naming the first and counting all; declared counts matched what was
+    # present, so no bNumEndpoints warning.
+    assert parser_warnings(caplog) == [
+        "config 1 interface 0 altsetting 0 has a duplicate endpoint with address 0x81, skipping "
+        "(4 duplicate(s) in all)",
+        "Duplicate descriptor for config 1 interface 0 altsetting 0, skipping (1 duplicate(s) in all)",
+    ]
+
+
+def test_endpoint_count_mismatches_warn_once_per_configuration(caplog):
+    # 200 alternate settings each declaring 2 endpoints and having none: one warning, not 200.
+    body = b"".join(intf(0, a, 2) for a in range(128)) + b"".join(intf(1, a, 2) for a in range(72))
+    with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+        cfg = parse_configuration(config(body, 2))
+    assert all(a.bNumEndpoints == 0 for g in cfg.interfaces for a in g)
+    assert parser_warnings(caplog) == [
+        "config 1 interface 0 altsetting 0 has 0 endpoint descriptor(s), different from the "
+        "interface descriptor's value: 2 (200 altsetting(s) differ)",
+    ]
+
+
+@pytest.mark.parametrize("declared, read", [(0, 0), (1, 1), (8, 8), (9, 8), (255, 8)])
+def test_configurations_to_read_caps_at_8_like_linux(caplog, declared, read):
+    with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+        assert configurations_to_read(declared) == read
+    assert USB_MAXCONFIG == 8
+    expected = [] if declared <= 8 else [f"too many configurations: {declared}, using maximum allowed: 8"]
+    assert parser_warnings(caplog) == expected
+
+
+@pytest.mark.parametrize("declared", [-1, 256])
+def test_configurations_to_read_rejects_non_u8(declared):
+    with pytest.raises(ValueError, match="u8"):
+        configurations_to_read(declared)
+
+
+def worst_case_configuration() -> bytes:
+    """65535 bytes (wTotalLength's maximum) past every limit, as a hostile device could send.
+
+    Kept objects, not bytes, are what cost memory, so it maximises what survives the limits:
+    interface 0 has 130 altsettings of 31 endpoints (128 x 30 kept), interfaces 1..30 have 129
+    endpoint-less altsettings (128 kept), interface 31 has 100 and a duplicate, interfaces 32
+    and 33 are one too many, and 2-byte unknown descriptors fill the rest (kept as extra).
+    """
+    body = b"".join(intf(0, a, 31) + b"".join(ep(x) for x in ADDRESSES) + ep(0x81) for a in range(130))
+    body += b"".join(intf(n, a, 0) for n in range(1, 31) for a in range(129))
+    body += b"".join(intf(31, a, 0) for a in range(100))
+    body += intf(32, 0, 0) + intf(33, 0, 0) + intf(31, 0, 0) + intf(31, 100, 0)
+    filler = 0xFFFF - 9 - len(body)
+    assert filler >= 0 and filler % 2 == 0
+    return config(body + bytes([0x02, 0xFF]) * (filler // 2), 34)
+
+
+#: About 3.6x the tracemalloc peak measured for the configuration above (2.2 MiB, CPython
+#: 3.11, 64-bit): enumeration holds at most USB_MAXCONFIG of these.
+WORST_CASE_PEAK_BOUND = 8 * 2**20
+
+
+def test_worst_case_configuration_is_bounded(caplog):
+    raw = worst_case_configuration()
+    assert len(raw) == 0xFFFF
+    already = tracemalloc.is_tracing()
+    if not already:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        with caplog.at_level(logging.WARNING, logger="usbip_backend.descriptors"):
+            cfg = parse_configuration(raw)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        if not already:
+            tracemalloc.stop()
+    assert peak < WORST_CASE_PEAK_BOUND
+    # Exactly Linux's limits were kept (work is linear in what is kept and skipped).
+    assert [len(g) for g in cfg.interfaces] == [USB_MAXALTSETTING] * 31 + [101]
+    assert cfg.bNumInterfaces == USB_MAXINTERFACES
+    assert [len(a.endpoints) for a in cfg.interfaces[0]] == [USB_MAXENDPOINTS] * USB_MAXALTSETTING
+    assert sum(len(a.endpoints) for g in cfg.interfaces for a in g) == 3840
+    assert cfg.interfaces[31][-1].extra_descriptors == [0x02, 0xFF] * 190
+    assert parser_warnings(caplog) == [
+        "too many endpoints for config 1 interface 0 altsetting 0: 31, using maximum allowed: 30 "
+        "(128 altsetting(s) affected)",
+        "too many alternate settings for config 1 interface 0: 130, using maximum allowed: 128 "
+        "(32 interface descriptor(s) ignored in all)",
+        "config 1 has too many interfaces: 34, using maximum allowed: 32 (2 interface descriptor(s) ignored)",
+        "Duplicate descriptor for config 1 interface 31 altsetting 0, skipping (1 duplicate(s) in all)",
+        "configuration 1 declares bNumInterfaces 34 but contains 32 interface(s); using 32",
+    ]
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+_WARNING_KINDS = re.compile(
+    r"config \d+ has too many interfaces|too many alternate settings|too many endpoints"
+    r"|Duplicate descriptor|has a duplicate endpoint|endpoint descriptor\(s\), different"
+    r"|declares bNumInterfaces")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just(4), st.integers(0, 2), st.integers(0, 2), st.integers(0, 3)),
+    st.tuples(st.just(5), st.sampled_from([0x01, 0x81, 0x02, 0x82, 0x91]), st.sampled_from([0, 2, 3])),
+    st.just((0x24,)),
+), max_size=40))
+def test_duplicates_never_raise_and_are_never_kept(parts):
+    """Any mix of repeated interfaces and endpoints parses: limits hold, each warning once."""
+    body = intf(0, 0, 0)
+    for part in parts:
+        if part[0] == 4:
+            body += intf(*part[1:])
+        elif part[0] == 5:
+            body += ep(part[1], part[2])
+        else:
+            body += CDC_HEADER
+    logger = logging.getLogger("usbip_backend.descriptors")
+    handler = _Collect()  # caplog is function-scoped: hypothesis needs a fresh one per example
+    logger.addHandler(handler)
+    try:
+        cfg = parse_configuration(config(body, 1))
+    finally:
+        logger.removeHandler(handler)
+    owners: dict = {}
+    for group in cfg.interfaces:
+        number = group[0].bInterfaceNumber
+        assert [a.bInterfaceNumber for a in group] == [number] * len(group)
+        assert len({a.bAlternateSetting for a in group}) == len(group)
+        for alt in group:
+            addresses = [e.bEndpointAddress & 0x8F for e in alt.endpoints]
+            assert len(set(addresses)) == len(addresses) and alt.bNumEndpoints == len(addresses)
+            controls = [e.bEndpointAddress & 0x0F for e in alt.endpoints if e.transfer_type == 0]
+            numbers = [e.bEndpointAddress & 0x0F for e in alt.endpoints]
+            assert all(numbers.count(n) == 1 for n in controls)
+            for a in addresses:
+                owners.setdefault(a, set()).add(number)
+    assert all(len(users) == 1 for users in owners.values())
+    kinds = [_WARNING_KINDS.search(r.getMessage()).group(0) for r in handler.records]
+    assert len(kinds) == len(set(kinds))
 
 
 def test_config_total_length_and_iter():
@@ -259,22 +529,32 @@ def test_random_bytes_parse_or_raise_protocol_error(blob):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([IAD, CDC_HEADER, HID_DESC, CS_EP,
-                                 bytes([9, 4, 0, 0, 1, 0xFF, 0, 0, 0]),
-                                 bytes([9, 4, 1, 1, 1, 0xFF, 0, 0, 0]),
-                                 bytes([7, 5, 0x81, 2, 64, 0, 0])]), max_size=20))
+@given(st.lists(st.sampled_from(["iad", "cdc", "hid", "cs_ep", "intf0", "intf1", "ep"]), max_size=20))
 def test_every_byte_lands_somewhere(parts):
-    """Well-formed streams: every byte is in exactly one descriptor or extra (nothing lost)."""
-    body = b"".join(parts)
-    first_intf = next((i for i, p in enumerate(parts) if p[1] == 4), None)
-    if any(p[1] == 5 for p in parts[:first_intf if first_intf is not None else len(parts)]):
+    """Well-formed streams (no duplicates, within the limits): every byte is in exactly one
+    descriptor or extra (nothing lost)."""
+    extras = {"iad": IAD, "cdc": CDC_HEADER, "hid": HID_DESC, "cs_ep": CS_EP}
+    next_alt = {"intf0": 0, "intf1": 0}
+    addresses = iter(ADDRESSES)
+    chunks = []
+    for part in parts:
+        if part in next_alt:
+            chunks.append(intf(int(part[-1]), next_alt[part], 1))
+            next_alt[part] += 1
+        elif part == "ep":
+            chunks.append(ep(next(addresses)))
+        else:
+            chunks.append(extras[part])
+    body = b"".join(chunks)
+    first_intf = next((i for i, p in enumerate(chunks) if p[1] == 4), None)
+    if any(p[1] == 5 for p in chunks[:first_intf if first_intf is not None else len(chunks)]):
         with pytest.raises(ProtocolError, match="before any interface"):
             parse_configuration(config(body, 1))
         return
     cfg = parse_configuration(config(body, 1))
     accounted = 9 + len(cfg.extra_descriptors)
     for group in cfg.interfaces:
-        for intf in group:
-            accounted += intf.bLength + len(intf.extra_descriptors)
-            accounted += sum(e.bLength + len(e.extra_descriptors) for e in intf.endpoints)
+        for alt in group:
+            accounted += alt.bLength + len(alt.extra_descriptors)
+            accounted += sum(e.bLength + len(e.extra_descriptors) for e in alt.endpoints)
     assert accounted == cfg.wTotalLength
