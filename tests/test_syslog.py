@@ -6,6 +6,8 @@ import io
 import logging
 import queue
 import socket
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -228,8 +230,14 @@ class _Events(logging.Handler):
         self.records.put(record)
 
     def wait_for(self, text: str, timeout: float = 10.0) -> logging.LogRecord:
+        """The next record containing ``text``; fails after ``timeout`` s in all (a flood of
+        other records must not extend the wait)."""
+        deadline = time.monotonic() + timeout
         while True:
-            record = self.records.get(timeout=timeout)
+            try:
+                record = self.records.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no log record containing {text!r} within {timeout} s") from None
             if text in record.getMessage():
                 return record
 
@@ -380,3 +388,272 @@ def test_messages_land_in_pcap_in_time_order(tmp_path):
     assert len(msgs) == 3 and all(f"message {i}" in msgs[i] for i in range(3))
     src = ts.fields(path, ["exported_pdu.ipv4_src", "exported_pdu.ipv4_dst"], "syslog")
     assert src[0] == ["127.0.0.1", "127.0.0.1"]
+
+
+# --- bad input must never kill the receiver or swallow the next message ------------------------
+_BAD_TIMESTAMPS = [
+    "2024-05-01T10:00:00+24:00",  # offset out of range (timezone() raises for >= 24 h)
+    "2024-05-01T10:00:00+99:99",
+    "2024-05-01T10:00:00-23:60",
+    "2024-13-01T10:00:00Z",  # month 13
+    "2024-05-01T25:00:00Z",  # hour 25
+    "2024-05-01T10:61:00Z",
+    "2024-05-01T10:00:61Z",
+    "2024-02-30T10:00:00Z",
+    "0000-05-01T10:00:00Z",
+    "garbage",
+]
+
+
+@pytest.mark.parametrize("ts_text", _BAD_TIMESTAMPS)
+def test_out_of_range_timestamp_is_unknown_not_an_error(ts_text):
+    raw = f"<13>1 {ts_text} host app 42 ID1 - the message".encode()
+    m = parse_message(raw)
+    assert (m.format, m.timestamp, m.timestamp_text) == ("rfc5424", None, ts_text)
+    assert (m.hostname, m.app_name, m.procid, m.msgid, m.msg) == ("host", "app", "42", "ID1", "the message")
+    assert m.format_line() == f"NOTICE {ts_text} host app[42] ID1: the message"  # shown as sent
+
+
+def test_timestamp_extremes_still_parse():
+    m = parse_message(b"<13>1 2024-05-01T10:00:60.5+23:59 h a - - - leap second, largest offset")
+    assert m.timestamp == datetime(2024, 5, 1, 10, 0, 59, 500000,
+                                   tzinfo=timezone(timedelta(hours=23, minutes=59)))
+    assert m.timestamp_text == "2024-05-01T10:00:60.5+23:59"
+    assert parse_message(b"<13>1 - h a - - - nil").timestamp_text is None
+
+
+def test_parse_accepts_text():
+    m = parse_message("<13>1 - h a - - - caf\u00e9")
+    assert m.msg == "caf\u00e9" and m.raw == "<13>1 - h a - - - caf\u00e9".encode()
+
+
+def _field(lo: int, hi: int, width: int) -> st.SearchStrategy[str]:
+    return st.integers(lo, hi).map(lambda n: str(n).zfill(width))
+
+
+#: RFC 5424 headers whose timestamp has every field drawn from far beyond its legal range.
+_near_5424 = st.builds(
+    lambda y, mo, d, h, mi, s, frac, zone, rest: f"<13>1 {y}-{mo}-{d}T{h}:{mi}:{s}{frac}{zone} host app - - {rest}",
+    _field(0, 9999, 4), _field(0, 99, 2), _field(0, 99, 2), _field(0, 99, 2), _field(0, 99, 2),
+    _field(0, 99, 2), st.sampled_from(["", ".0", ".123456", ".9"]),
+    st.one_of(st.just("Z"), st.builds(lambda sign, hh, mm: f"{sign}{hh}:{mm}", st.sampled_from("+-"),
+                                      _field(0, 99, 2), _field(0, 99, 2))),
+    st.text(max_size=40),
+)
+_near_3164 = st.builds(
+    lambda mon, d, h, mi, s, rest: f"<13>{mon} {d} {h}:{mi}:{s} {rest}",
+    st.sampled_from(["Jan", "Feb", "Dec", "Foo"]), _field(0, 99, 2), _field(0, 99, 2), _field(0, 99, 2),
+    _field(0, 99, 2), st.text(max_size=40),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300), _near_5424, _near_3164,
+                 _near_5424.map(lambda s: s.encode("utf-8", "surrogatepass"))))
+def test_parse_never_raises_on_bytes_text_or_near_valid_headers(raw):
+    m = parse_message(raw)
+    expected_raw = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    assert isinstance(m, SyslogMessage) and m.raw == expected_raw
+    line = m.format_line("peer")
+    assert "\n" not in line and "\x1b" not in line
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.datetimes(), st.sampled_from(["Jan", "Feb", "Dec"]), st.integers(0, 99))
+def test_rfc3164_never_raises_for_any_reference_time(now, mon, day):
+    m = parse_message(f"<13>{mon} {day:2d} 00:00:00 host app: x".encode(), now=now)
+    assert (m.format, m.app_name, m.msg, m.timestamp_text) == ("rfc3164", "app", "x", f"{mon} {day:2d} 00:00:00")
+    if m.timestamp is not None:  # never in the future (beyond a day of clock skew)
+        assert m.timestamp - now <= timedelta(days=1) and m.timestamp.day == day
+
+
+def test_rfc3164_year_inference_at_the_ends_of_time():
+    m = parse_message(b"<13>Dec 31 23:59:59 host app: x", now=datetime.max)
+    assert m.timestamp == datetime(9999, 12, 31, 23, 59, 59)
+    m = parse_message(b"<13>Jan  1 00:00:00 host app: x", now=datetime.min)
+    assert m.timestamp == datetime(1, 1, 1)
+    m = parse_message(b"<13>Dec 31 23:59:59 host app: x", now=datetime.min)
+    assert (m.timestamp, m.timestamp_text) == (None, "Dec 31 23:59:59")  # would be year 0
+
+
+class _ExplodingConsole(io.StringIO):
+    """A console stream that fails on one line (as a broken pipe wrapper or a GUI sink might)."""
+
+    def write(self, s: str) -> int:
+        if "explode" in s:
+            raise RuntimeError("console sink failed")
+        return super().write(s)
+
+
+@pytest.mark.timeout(30)
+def test_receiver_survives_hostile_messages(syslog_events):
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+
+    def handler(msg: SyslogMessage) -> None:
+        if "handler bomb" in msg.msg:
+            raise KeyError("handler failed")
+        got.put(msg)
+
+    console = _ExplodingConsole()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        rx = SyslogReceiver("127.0.0.1", server.getsockname()[1], on_message=handler, console=console)
+        rx.start()
+        try:
+            with _accept(server) as conn:
+                conn.sendall(b"<13>1 2024-05-01T10:00:00+24:00 host app - - - offset out of range\n")
+                assert got.get(timeout=10).timestamp is None
+                conn.sendall(b"<13>1 - host app - - - handler bomb\n")
+                syslog_events.wait_for("on_message callback failed")
+                conn.sendall(b"<13>1 - host app - - - explode the console\n")
+                syslog_events.wait_for("printing")
+                assert "explode" in got.get(timeout=10).msg  # the console failed, the handler still got it
+                conn.sendall(b"<13>1 2024-05-01T10:00:00Z host app - - - still delivered\n")
+                m = got.get(timeout=10)
+                assert m.msg == "still delivered" and m.timestamp is not None
+                assert rx._thread.is_alive()
+                rx.stop()
+        finally:
+            rx.stop()
+    assert rx.messages_received == 4
+    # every message printed except the one the console choked on
+    printed = [line.split(": ", 1)[1] for line in console.getvalue().splitlines()]
+    assert printed == ["offset out of range", "handler bomb", "still delivered"]
+
+
+@pytest.mark.timeout(30)
+def test_idle_sender_resets_skip_states_so_the_next_message_survives(syslog_events):
+    """A lying octet count, or an over-long line, then silence: the next message is whole."""
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    with SyslogReceiver("127.0.0.1", 0, listen=True, on_message=got.put, console=False,
+                        max_frame=256, partial_timeout=0.3) as rx:
+        assert rx.partial_timeout == 0.3
+        with socket.create_connection(("127.0.0.1", rx.port), timeout=10) as sender:
+            # octet count far beyond max_frame, with more than max_frame bytes sent: the first 256
+            # are delivered cut, the rest of the claimed 100000 would be skipped...
+            sender.sendall(b"100000 <13>" + b"z" * 400)
+            m = got.get(timeout=10)
+            assert m.truncated and len(m.raw) == 256
+            # ... but the sender went quiet, so the skip ends there
+            syslog_events.wait_for("back in sync")
+            sender.sendall(b"<13>after the lying count\n")
+            m = got.get(timeout=10)
+            assert (m.msg, m.truncated) == ("after the lying count", False)
+
+            # an over-long line: cut, the rest of the line discarded until LF... or silence
+            sender.sendall(b"<13>" + b"y" * 1000)
+            m = got.get(timeout=10)
+            assert m.truncated and len(m.raw) == 256
+            syslog_events.wait_for("back in sync")
+            sender.sendall(b"<13>after the long line\n")
+            m = got.get(timeout=10)
+            assert (m.msg, m.truncated) == ("after the long line", False)
+
+            # a lying count with only a few bytes behind it: delivered cut when the sender idles
+            sender.sendall(b"999999 <13>short")
+            m = got.get(timeout=10)
+            assert (m.msg, m.truncated) == ("short", True)
+            sender.sendall(b"<13>after the short one\n")
+            m = got.get(timeout=10)
+            assert (m.msg, m.truncated) == ("after the short one", False)
+    assert rx.connections == 1
+
+
+def test_decoder_skip_state_is_visible_and_idle_ends_it():
+    d = FrameDecoder(64)
+    out = d.feed(b"9999999999 " + b"a" * 100)  # claims ~10 GB: never allocated
+    assert len(out) == 1 and len(out[0].data) == 64 and out[0].truncated
+    assert not d.pending and d.in_frame  # nothing buffered, but still skipping the claimed rest
+    for _ in range(50):
+        assert d.feed(b"b" * 10000) == [] and len(d._buf) == 0
+    assert d.idle(0.5) == [] and not d.in_frame
+    assert [f.data for f in d.feed(b"<13>next\n")] == [b"<13>next"]
+    d.feed(b"x" * 100)  # over-long line: cut, then discarding
+    assert d.in_frame and not d.pending
+    d.idle(0.5)
+    assert [f.data for f in d.feed(b"<13>next\n")] == [b"<13>next"]
+
+
+class _AcceptAndClose:
+    """A real TCP listener on 127.0.0.1 that accepts and closes at once, noting each time.
+
+    ``greet`` (optional) lists what to send on each connection before closing (b"": nothing).
+    """
+
+    def __init__(self, greet: "list[bytes]" = ()) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)
+        self.port = self.server.getsockname()[1]
+        self.greet = list(greet)
+        self.times: "list[float]" = []
+        self.cond = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-accept-and-close", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                with self.cond:
+                    n = len(self.times)
+                    self.times.append(time.monotonic())
+                    self.cond.notify_all()
+                if n < len(self.greet) and self.greet[n]:
+                    conn.sendall(self.greet[n])
+
+    def wait_for_connections(self, n: int, timeout: float = 20.0) -> "list[float]":
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.times) >= n, timeout), \
+                f"only {len(self.times)} connection(s) within {timeout} s"
+            return list(self.times)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.server.close()
+
+
+@pytest.mark.timeout(60)
+def test_port_that_accepts_and_closes_gets_exponential_backoff(syslog_events):
+    peer = _AcceptAndClose()
+    rx = SyslogReceiver("127.0.0.1", peer.port, console=False, backoff_initial=0.1, backoff_max=0.8)
+    try:
+        rx.start()
+        times = peer.wait_for_connections(5)
+    finally:
+        rx.stop()
+        peer.close()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    # waits of 0.1, 0.2, 0.4, 0.8 s between the first five connections (lower bounds only: a
+    # loaded machine makes them longer, never shorter); without back-off they come in microseconds
+    for gap, wait in zip(gaps, (0.1, 0.2, 0.4, 0.8)):
+        assert gap >= wait * 0.9, gaps
+    assert times[4] - times[0] >= 1.5 * 0.9
+    syslog_events.wait_for("closed at once", timeout=1)
+
+
+@pytest.mark.timeout(60)
+def test_backoff_resets_after_a_connection_that_delivered(syslog_events):
+    big = b"<13>" + b"q" * 500
+    # three empty connections, one that delivers (a lying octet count, cut), then empty ones
+    peer = _AcceptAndClose([b"", b"", b"", b"100000 " + big])
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    rx = SyslogReceiver("127.0.0.1", peer.port, console=False, on_message=got.put, max_frame=256,
+                        backoff_initial=0.05, backoff_max=10.0)
+    try:
+        rx.start()
+        delays = []
+        for _ in range(5):
+            record = syslog_events.wait_for("reconnecting in")
+            delays.append(float(record.getMessage().split("reconnecting in ")[1].split(" s")[0]))
+        m = got.get(timeout=10)
+        assert m.truncated and len(m.raw) == 256  # cut; the next connection starts a new decoder
+    finally:
+        rx.stop()
+        peer.close()
+    # 0.05, 0.1, 0.2 doubling after empty connections; the 4th delivered: back to 0.05, then 0.1
+    assert delays == [0.05, 0.1, 0.2, 0.05, 0.1]
+    assert rx.messages_received == 1

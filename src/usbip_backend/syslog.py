@@ -9,11 +9,14 @@ Three layers, the first two pure (bytes in, objects out):
 * :func:`parse_message` turns one message into a :class:`SyslogMessage`: RFC 5424 (PRI, version,
   timestamp, hostname, app-name, procid, msgid, structured data with ``\\" \\\\ \\]`` escapes,
   MSG with its BOM stripped), tolerating RFC 3164 lines (``<34>Oct 11 22:14:15 host su: ...``)
-  and lines without PRI. It never raises.
+  and lines without PRI. It never raises: a field it cannot make sense of (a timestamp with month
+  13 or offset +24:00, say) is left unknown and the rest of the message is still parsed.
 * :class:`SyslogReceiver` runs the socket side: it connects to the device's log port (the ESP32
   bridge serves its log on TCP 1514) and reconnects with exponential back-off when the device
-  restarts, or it listens for senders (standard syslog over TCP). Each message is printed as one
-  readable line and written to a :class:`~usbip_backend.pcap.PcapWriter`.
+  restarts or the port drops connections at once, or it listens for senders (standard syslog over
+  TCP). Each message is printed as one readable line and written to a
+  :class:`~usbip_backend.pcap.PcapWriter`. No single message, and no failing callback or console,
+  stops it: such failures are logged and the next message is handled as usual.
 """
 
 from __future__ import annotations
@@ -71,6 +74,9 @@ class SyslogMessage:
     format: str = "rfc5424"
     #: Set when framing cut the message (oversized, or a length prefix that lied).
     truncated: bool = False
+    #: The TIMESTAMP field as sent (None when absent or NILVALUE). When it is set but
+    #: :attr:`timestamp` is None, the sender's timestamp was out of range or malformed.
+    timestamp_text: Optional[str] = None
 
     @property
     def severity_name(self) -> str:
@@ -88,6 +94,8 @@ class SyslogMessage:
         parts.append(self.severity_name)
         if self.timestamp is not None:
             parts.append(_format_ts(self.timestamp))
+        elif self.timestamp_text:
+            parts.append(self.timestamp_text)  # unparseable: show it as sent rather than nothing
         if self.hostname:
             parts.append(self.hostname)
         if self.app_name or self.procid:
@@ -97,11 +105,13 @@ class SyslogMessage:
             parts.append(tag)
         if self.msgid:
             parts.append(self.msgid)
-        head = " ".join(parts)
+        # Header fields and SD names are the sender's bytes too: no raw control characters on
+        # the console.
+        head = _one_line(" ".join(parts))
         text = _one_line(self.msg)
         if self.structured_data:
-            sd = " ".join(f"[{sid}" + "".join(f" {k}={v!r}" for k, v in params) + "]"
-                          for sid, params in self.structured_data)
+            sd = _one_line(" ".join(f"[{sid}" + "".join(f" {k}={v!r}" for k, v in params) + "]"
+                                    for sid, params in self.structured_data))
             text = f"{text} {sd}" if text else sd
         if self.truncated:
             text += " [truncated]"
@@ -119,9 +129,11 @@ def _one_line(text: str) -> str:
 
 
 def _format_ts(ts: datetime) -> str:
+    # isoformat rather than strftime: strftime's %Y is platform-dependent for years < 1000.
+    text = ts.isoformat(timespec="milliseconds")
     if ts.tzinfo is not None and ts.utcoffset() == timedelta(0):
-        return ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    return ts.isoformat(timespec="milliseconds")
+        return text[:-len("+00:00")] + "Z"
+    return text
 
 
 # --- parsing (pure) ---------------------------------------------------------------------------
@@ -129,7 +141,8 @@ _PRI_RE = re.compile(r"<(\d{1,3})>")
 #: RFC 5424 section 6: VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID
 _HEADER_5424_RE = re.compile(r"([1-9]\d{0,2}) (\S+) (\S+) (\S+) (\S+) (\S+)(?: |$)")
 _TS_5424_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?(Z|[+-]\d{2}:\d{2})\Z"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})\Z"
 )
 _MONTHS = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
@@ -144,20 +157,29 @@ def _nil(value: str) -> Optional[str]:
 
 
 def _parse_ts_5424(text: str) -> Optional[datetime]:
+    """RFC 5424 section 6.2.3 TIMESTAMP, or None when any field is out of range or malformed."""
     m = _TS_5424_RE.match(text)
     if not m:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     frac = m.group(7) or ""
     zone = m.group(8)
+    # TIME-HOUR 00-23, TIME-MINUTE 00-59, TIME-SECOND 00-60 (60: a leap second), and the same
+    # for TIME-NUMOFFSET; datetime would reject some of these only by raising, some not at all.
+    if hour > 23 or minute > 59 or second > 60:
+        return None
     if zone == "Z":
         tz = timezone.utc
     else:
+        off_hours, off_minutes = int(zone[1:3]), int(zone[4:6])
+        if off_hours > 23 or off_minutes > 59:
+            return None
         sign = -1 if zone[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6])))
+        tz = timezone(sign * timedelta(hours=off_hours, minutes=off_minutes))
     try:
+        # datetime has no second 60: a leap second lands on :59
         return datetime(year, month, day, hour, minute, min(second, 59), int(frac.ljust(6, "0")), tzinfo=tz)
-    except ValueError:
+    except (ValueError, OverflowError):  # month 13, February 30, year 0
         return None
 
 
@@ -220,16 +242,23 @@ def _strip_msg(text: str) -> str:
     return text.rstrip("\r\n\0")
 
 
-def parse_message(raw: bytes, *, truncated: bool = False, now: Optional[datetime] = None) -> SyslogMessage:
-    """Parse one syslog message (RFC 5424, RFC 3164, or a bare line). Never raises.
+def parse_message(raw: Union[bytes, bytearray, memoryview, str], *, truncated: bool = False,
+                  now: Optional[datetime] = None) -> SyslogMessage:
+    """Parse one syslog message (RFC 5424, RFC 3164, or a bare line). Never raises on any content.
+
+    A header field that is out of range or malformed (a timestamp with month 13, hour 25 or
+    offset +24:00) is left as None, its text kept (:attr:`SyslogMessage.timestamp_text`), and
+    the rest of the message is parsed as usual.
 
     Args:
-        raw: the message without framing.
+        raw: the message without framing: bytes, or text (stored UTF-8 encoded in ``raw``).
         truncated: framing cut it (carried into the result).
         now: reference time for RFC 3164 timestamps, which carry no year (default: now).
     """
-    text = bytes(raw).decode("utf-8", errors="replace")
-    base: dict = dict(raw=bytes(raw), truncated=truncated)
+    data = raw.encode("utf-8", errors="surrogatepass") if isinstance(raw, str) else bytes(raw)
+    # Text is parsed exactly as its bytes would be (lone surrogates become U+FFFD).
+    text = data.decode("utf-8", errors="replace")
+    base: dict = dict(raw=data, truncated=truncated)
     m = _PRI_RE.match(text)
     pri = int(m.group(1)) if m else -1
     if not m or pri > 191:
@@ -241,6 +270,8 @@ def parse_message(raw: bytes, *, truncated: bool = False, now: Optional[datetime
     h = _HEADER_5424_RE.match(rest)
     if h:
         ts_text = h.group(2)
+        timestamp = None if ts_text == "-" else _parse_ts_5424(ts_text)
+        base["timestamp_text"] = None if ts_text == "-" else ts_text
         after = rest[h.end():]
         try:
             sd, after_sd = parse_structured_data(after)
@@ -248,15 +279,13 @@ def parse_message(raw: bytes, *, truncated: bool = False, now: Optional[datetime
             sd, after_sd = None, after
         if sd is not None and (after_sd == "" or after_sd.startswith(" ")):
             return SyslogMessage(
-                facility, severity, int(h.group(1)),
-                None if ts_text == "-" else _parse_ts_5424(ts_text),
+                facility, severity, int(h.group(1)), timestamp,
                 _nil(h.group(3)), _nil(h.group(4)), _nil(h.group(5)), _nil(h.group(6)),
                 sd, _strip_msg(after_sd[1:]), format="rfc5424", **base,
             )
         # A header but broken STRUCTURED-DATA: keep the header, the rest is the message.
         return SyslogMessage(
-            facility, severity, int(h.group(1)),
-            None if ts_text == "-" else _parse_ts_5424(ts_text),
+            facility, severity, int(h.group(1)), timestamp,
             _nil(h.group(3)), _nil(h.group(4)), _nil(h.group(5)), _nil(h.group(6)),
             [], _strip_msg(after), format="rfc5424", **base,
         )
@@ -264,12 +293,17 @@ def parse_message(raw: bytes, *, truncated: bool = False, now: Optional[datetime
     t = _TS_3164_RE.match(rest)
     if t and t.group(1) in _MONTHS:
         ref = now or datetime.now()
+        base["timestamp_text"] = rest[:t.end() - 1]
+        ts: Optional[datetime]
         try:
-            ts: Optional[datetime] = datetime(ref.year, _MONTHS[t.group(1)], int(t.group(2)),
-                                              int(t.group(3)), int(t.group(4)), int(t.group(5)))
-            if ts > ref.replace(tzinfo=None) + timedelta(days=1):  # "Dec 31" received in January
-                ts = ts.replace(year=ref.year - 1)
-        except ValueError:
+            stamp = datetime(ref.year, _MONTHS[t.group(1)], int(t.group(2)),
+                             int(t.group(3)), int(t.group(4)), int(t.group(5)))
+            # "Dec 31" received in January. A difference, not ref + 1 day: that overflows near
+            # datetime.max.
+            if stamp - ref.replace(tzinfo=None) > timedelta(days=1):
+                stamp = stamp.replace(year=ref.year - 1)
+            ts = stamp
+        except ValueError:  # "Feb 30", "Oct 11 25:00:00", or no year before the reference's
             ts = None
         after = rest[t.end():]
         hostname: Optional[str] = None
@@ -315,6 +349,13 @@ class FrameDecoder:
 
     ``feed(data)`` returns the complete frames; ``flush()`` (at EOF or close) returns the final
     unterminated message, if any; ``idle()`` does the same for a sender that stopped mid-frame.
+
+    An octet count beyond ``max_frame`` is never allocated: the first ``max_frame`` bytes are
+    delivered (cut) and the rest is counted off without buffering it. Likewise a line longer than
+    ``max_frame`` is cut and the rest of it discarded up to its terminator. Both discards trust
+    the sender, so a lying count or a missing LF would swallow the messages after it; ``idle()``
+    (the caller's idle timer, see :attr:`in_frame`) and ``flush()`` end them, so the next byte
+    starts a new frame.
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -335,7 +376,32 @@ class FrameDecoder:
         """True while part of a frame is buffered."""
         return bool(self._buf) or self._need > 0
 
-    def feed(self, data: bytes) -> List[Frame]:
+    @property
+    def discarding(self) -> bool:
+        """True while the rest of an oversized frame or line is being thrown away."""
+        return self._skip > 0 or self._cut_rest > 0 or self._discard_line
+
+    @property
+    def in_frame(self) -> bool:
+        """True mid-frame: buffering part of one, or discarding the rest of an oversized one.
+
+        While this holds, a caller should call :meth:`idle` once the sender has been quiet for
+        a while, or a lying length (or a line that never ends) takes the next message with it.
+        """
+        return self.pending or self.discarding
+
+    def reset(self) -> None:
+        """Forget everything buffered or being discarded: the next byte starts a new frame."""
+        self._buf.clear()
+        self._need = self._claimed = self._cut_rest = self._skip = self._scan = 0
+        self._discard_line = self._after_count = False
+
+    def feed(self, data: Union[bytes, bytearray, memoryview]) -> List[Frame]:
+        if self._skip and not self._buf:
+            # Count skipped bytes off the input without copying them into the buffer.
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = memoryview(data)[n:]
         self._buf += data
         out: List[Frame] = []
         buf = self._buf
@@ -438,13 +504,13 @@ class FrameDecoder:
             frame = bytes(self._buf).rstrip(b"\r")
             if frame:
                 out.append(Frame(frame))  # a final unterminated message is normal
-        self._buf.clear()
-        self._need = self._claimed = self._cut_rest = self._skip = self._scan = 0
-        self._discard_line = self._after_count = False
+        self.reset()
         return out
 
     def idle(self, seconds: float) -> List[Frame]:
-        """The sender went quiet mid-frame for ``seconds``: deliver the partial frame."""
+        """The sender went quiet mid-frame for ``seconds``: deliver the partial frame, and stop
+        discarding the rest of an oversized one (a sender that pauses has finished the frame,
+        whatever its length prefix said), so the next byte starts a new frame."""
         return self.flush(f"no data for {seconds:g} s")
 
 
@@ -464,9 +530,16 @@ class SyslogReceiver:
         console: True prints one line per message to stderr; a text stream prints there;
             False/None prints nothing.
         max_frame: bound on one message; longer frames are cut and reported.
-        backoff_initial, backoff_max: reconnect delays in client mode (doubling, bounded).
+        backoff_initial, backoff_max: reconnect delays in client mode, doubling up to the
+            bound. They apply whether the port refuses or accepts and then closes at once.
+        backoff_reset_after: client mode: a connection that delivered a message, or stayed up
+            this many seconds, counts as healthy: the next reconnect starts again from
+            ``backoff_initial``. Any other connection keeps doubling the delay.
         connect_timeout: for one connection attempt.
-        partial_timeout: a frame left incomplete this long is delivered as is (None: never).
+        partial_timeout: the idle bound, in seconds: when a sender is quiet this long in the
+            middle of a frame, the partial frame is delivered as is (cut) and the discarding of
+            an oversized frame's or line's rest ends, so a length prefix that lied cannot take
+            the next message with it. None or 0: never (trust every length prefix).
         max_connections: listen mode: senders served at once.
     """
 
@@ -482,12 +555,17 @@ class SyslogReceiver:
         max_frame: int = DEFAULT_MAX_FRAME,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
+        backoff_reset_after: float = 5.0,
         connect_timeout: float = 5.0,
-        partial_timeout: Optional[float] = 2.0,
+        partial_timeout: Optional[float] = 1.0,
         max_connections: int = 16,
     ) -> None:
         if backoff_initial <= 0 or backoff_max < backoff_initial:
             raise ValueError("need 0 < backoff_initial <= backoff_max")
+        if backoff_reset_after < 0:
+            raise ValueError("backoff_reset_after must not be negative")
+        if partial_timeout is not None and partial_timeout < 0:
+            raise ValueError("partial_timeout must not be negative")
         self.host = host
         self.port = port
         self.pcap = pcap
@@ -497,12 +575,14 @@ class SyslogReceiver:
         self.max_frame = max_frame
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.backoff_reset_after = backoff_reset_after
         self.connect_timeout = connect_timeout
         self.partial_timeout = partial_timeout
         self.max_connections = max_connections
         self.messages_received = 0
         self.connections = 0
         self.problems = 0
+        self._print_failures = 0
         self._lock = threading.Lock()
         self._print_lock = threading.Lock()
         self._stopping = False
@@ -580,10 +660,17 @@ class SyslogReceiver:
 
     # -- client mode -----------------------------------------------------------------------
     def _client_loop(self) -> None:
+        # One delay sequence for refused attempts and for connections that end at once: a port
+        # that accepts and closes immediately must not be hammered thousands of times a second.
         delay = self.backoff_initial
-        failures = 0
+        failures = 0  # consecutive attempts that did not connect
+        short_lived = 0  # consecutive connections that ended without proving healthy
         while not self._stopping:
-            sock, error = self._connect()
+            try:
+                sock, error = self._connect()
+            except Exception as exc:  # a bug here must not end the receiver for good
+                log.exception("syslog connect to %s:%d failed unexpectedly", self.host, self.port)
+                sock, error = None, repr(exc)
             if sock is None:
                 if self._stopping:
                     break
@@ -599,17 +686,36 @@ class SyslogReceiver:
                 delay = min(delay * 2, self.backoff_max)
                 continue
             failures = 0
-            delay = self.backoff_initial
             with self._lock:
                 self.connections += 1
-            log.info("connected to syslog at %s:%d", self.host, self.port)
+                received_before = self.messages_received
+            log.log(logging.DEBUG if short_lived else logging.INFO,
+                    "connected to syslog at %s:%d", self.host, self.port)
+            started = time.monotonic()
             try:
                 self._serve(sock)
+            except Exception:
+                log.exception("syslog connection to %s:%d failed", self.host, self.port)
             finally:
                 sock.close()
-            if not self._stopping:
-                log.info("syslog connection to %s:%d closed (device restarting?); reconnecting",
-                         self.host, self.port)
+            if self._stopping:
+                break
+            lasted = time.monotonic() - started
+            with self._lock:
+                delivered = self.messages_received - received_before
+            if delivered or lasted >= self.backoff_reset_after:
+                short_lived = 0
+                delay = self.backoff_initial
+                log.info("syslog connection to %s:%d closed after %.1f s (device restarting?); "
+                         "reconnecting in %.2f s", self.host, self.port, lasted, delay)
+            else:
+                short_lived += 1
+                log.log(logging.WARNING if short_lived == 1 else logging.DEBUG,
+                        "syslog at %s:%d closed at once (after %.2f s, no message); reconnecting in %.2f s, "
+                        "backing off up to %.1f s", self.host, self.port, lasted, delay, self.backoff_max)
+            if self._wait(delay):
+                break
+            delay = min(delay * 2, self.backoff_max)
 
     def _wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds`` unless stop() is called; True when stopping."""
@@ -682,31 +788,46 @@ class SyslogReceiver:
                 conn.close()
                 continue
             log.info("syslog sender connected from %s:%d", peer[0], peer[1])
-            t.start()
+            try:
+                t.start()
+            except RuntimeError as exc:  # "can't start new thread": refuse this one, keep listening
+                log.warning("syslog listener: cannot serve %s:%d: %s", peer[0], peer[1], exc)
+                with self._lock:
+                    self._conn_threads.remove(t)
+                conn.close()
 
     def _serve_accepted(self, conn: socket.socket) -> None:
         try:
             self._serve(conn)
+        except Exception:
+            log.exception("syslog connection from %s failed", _peer_text(_peername(conn)))
         finally:
             conn.close()
 
     # -- one stream ------------------------------------------------------------------------
     def _serve(self, sock: socket.socket) -> None:
-        """Read one connection until EOF or stop(); deliver every message on the way."""
+        """Read one connection until EOF or stop(); deliver every message on the way.
+
+        Each connection gets a new decoder, so nothing half-framed carries over a reconnect.
+        """
         assert self._wake_r is not None
+        peer = _peername(sock)
         try:
-            peer = sock.getpeername()[:2]
-            local = sock.getsockname()[:2]
+            local: Optional[Address] = sock.getsockname()[:2]
         except OSError:
-            peer, local = None, None
+            local = None
         sock.setblocking(False)
         decoder = FrameDecoder(self.max_frame)
         wake = self._wake_r
         while True:
-            timeout = self.partial_timeout if decoder.pending and self.partial_timeout else None
+            timeout = self.partial_timeout if self.partial_timeout and decoder.in_frame else None
             readable, _, _ = select.select([sock, wake], [], [], timeout)
             if not readable:
-                self._deliver(decoder.idle(timeout or 0), peer, local)
+                assert timeout is not None
+                if decoder.discarding:
+                    log.info("syslog from %s: no data for %g s while discarding the rest of an oversized "
+                             "frame: back in sync, the next byte starts a new message", _peer_text(peer), timeout)
+                self._deliver(decoder.idle(timeout), peer, local)
                 continue
             if sock in readable:
                 try:
@@ -714,12 +835,12 @@ class SyslogReceiver:
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as exc:
-                    log.info("syslog connection from %s: %s", peer, exc)
+                    log.info("syslog connection from %s: %s", _peer_text(peer), exc)
                     data = b""
                 if not data:
                     self._deliver(decoder.flush(), peer, local)
                     return
-                self._deliver(decoder.feed(data), peer, local)
+                self._deliver(self._feed(decoder, data, peer), peer, local)
                 continue
             # stop(): take what already arrived (bounded), then the final unterminated message.
             for _ in range(64):
@@ -729,45 +850,81 @@ class SyslogReceiver:
                     break
                 if not data:
                     break
-                self._deliver(decoder.feed(data), peer, local)
+                self._deliver(self._feed(decoder, data, peer), peer, local)
             self._deliver(decoder.flush("receiver stopped"), peer, local)
             return
 
+    @staticmethod
+    def _feed(decoder: FrameDecoder, data: bytes, peer: Optional[Address]) -> List[Frame]:
+        try:
+            return decoder.feed(data)
+        except Exception:  # a decoder bug: lose what it held, not the connection or the thread
+            log.exception("syslog from %s: framing failed; %d bytes dropped, starting afresh",
+                          _peer_text(peer), len(data))
+            decoder.reset()
+            return []
+
     def _deliver(self, frames: List[Frame], peer: Optional[Address], local: Optional[Address]) -> None:
         for frame in frames:
-            now = time.time()
-            if frame.problem:
-                with self._lock:
-                    self.problems += 1
-                    count = self.problems
-                level = logging.WARNING if count <= 20 else logging.DEBUG
-                log.log(level, "syslog from %s: %s", _peer_text(peer), frame.problem)
-            msg = parse_message(frame.data, truncated=frame.truncated)
+            try:
+                self._deliver_one(frame, peer, local)
+            except Exception:  # whatever one message does, the next one is still handled
+                log.exception("syslog from %s: handling a message failed: %r", _peer_text(peer), frame.data[:200])
+
+    def _deliver_one(self, frame: Frame, peer: Optional[Address], local: Optional[Address]) -> None:
+        now = time.time()
+        if frame.problem:
             with self._lock:
-                self.messages_received += 1
-            if self.pcap is not None:
-                try:
-                    self.pcap.write_syslog(frame.data, timestamp=now, src=peer, dst=local)
-                except Exception:
-                    log.exception("writing a syslog message to the capture failed")
-            self._print(msg, peer)
-            if self.on_message is not None:
-                try:
-                    self.on_message(msg)
-                except Exception:
-                    log.exception("syslog on_message callback failed")
+                self.problems += 1
+                count = self.problems
+            level = logging.WARNING if count <= 20 else logging.DEBUG
+            log.log(level, "syslog from %s: %s", _peer_text(peer), frame.problem)
+        try:
+            msg = parse_message(frame.data, truncated=frame.truncated)
+        except Exception:  # documented never to raise; if it does, deliver the bytes unparsed
+            log.exception("syslog from %s: parsing failed; delivering the message unparsed", _peer_text(peer))
+            msg = SyslogMessage(NO_PRI_FACILITY, NO_PRI_SEVERITY, 0, None, None, None, None, None, [],
+                                frame.data.decode("utf-8", errors="replace"), raw=frame.data,
+                                format="plain", truncated=frame.truncated)
+        with self._lock:
+            self.messages_received += 1
+        if self.pcap is not None:
+            try:
+                self.pcap.write_syslog(frame.data, timestamp=now, src=peer, dst=local)
+            except Exception:
+                log.exception("writing a syslog message to the capture failed")
+        self._print(msg, peer)
+        if self.on_message is not None:
+            try:
+                self.on_message(msg)
+            except Exception:
+                log.exception("syslog on_message callback failed")
 
     def _print(self, msg: SyslogMessage, peer: Optional[Address]) -> None:
         if not self.console:
             return
         stream = sys.stderr if self.console is True else self.console
-        line = msg.format_line(_peer_text(peer) if self.listen else None)
-        with self._print_lock:
-            try:
+        try:
+            line = msg.format_line(_peer_text(peer) if self.listen else None)
+            with self._print_lock:
                 stream.write(line + "\n")  # type: ignore[union-attr]
                 stream.flush()  # type: ignore[union-attr]
-            except (OSError, ValueError):
-                pass
+        except (OSError, ValueError):
+            pass  # console closed (or cannot encode): the capture and callback still get it
+        except Exception:
+            with self._lock:
+                self._print_failures += 1
+                first = self._print_failures == 1
+            # a console that keeps failing must not flood the log with tracebacks
+            log.log(logging.WARNING if first else logging.DEBUG, "printing a syslog message failed",
+                    exc_info=first)
+
+
+def _peername(sock: socket.socket) -> Optional[Address]:
+    try:
+        return sock.getpeername()[:2]
+    except OSError:
+        return None
 
 
 def _peer_text(peer: Optional[Address]) -> str:
