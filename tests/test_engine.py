@@ -12,7 +12,7 @@ import pytest
 from usbip_backend import protocol as P
 from usbip_backend.client import import_device, list_devices
 from usbip_backend.errors import (
-    ConnectionLostError, ImportRefusedError, UrbError, UsbipTimeoutError,
+    ConnectionLostError, ImportRefusedError, UrbCancelledError, UrbError, UsbipTimeoutError,
 )
 from scripted import DEVICE, ScriptedServer, read_cmd, recv_exact, ret_submit, ret_unlink
 
@@ -180,7 +180,7 @@ def test_double_unlink_answers_are_tolerated():
     with ScriptedServer(script) as srv, connect(srv) as conn:
         urb = conn.submit(BULK, 0x81, length=2)
         urb.cancel()
-        with pytest.raises(UsbipTimeoutError):
+        with pytest.raises(UrbCancelledError):
             urb.wait(2)
         assert urb.status == -104
         assert bytes(conn.transfer(BULK, 0x81, length=2, timeout=2).in_data) == b"ok"
@@ -277,20 +277,17 @@ def test_slow_but_flowing_reply_completes():
         assert urb.actual_length == len(payload) and buf == payload
 
 
-def test_server_stalling_inside_a_reply_fails_the_connection(monkeypatch):
-    from usbip_backend import engine
-    monkeypatch.setattr(engine, "_MID_REPLY_STALL", 0.2)
-
+def test_server_stalling_inside_a_reply_fails_the_connection():
     def script(sock):
         cmd = read_cmd(sock)[0]
         sock.sendall(ret_submit(cmd.seqnum, data=bytes(65536))[:10000])
         hold_until_client_closes(sock)
 
-    with ScriptedServer(script) as srv, connect(srv) as conn:
+    with ScriptedServer(script) as srv, connect(srv, reply_stall=0.2) as conn:
         t0 = time.monotonic()
-        with pytest.raises(ConnectionLostError, match="stalled in the middle of a reply"):
+        with pytest.raises(ConnectionLostError, match="stopped sending in the middle of a reply"):
             conn.transfer(BULK, 0x81, length=65536, timeout=0.2)
-        assert time.monotonic() - t0 < 0.2 + conn.unlink_grace + 0.2 + 1.0
+        assert time.monotonic() - t0 < 0.2 + 0.2 + 1.0
 
 
 def test_leader_dispatches_another_urbs_reply_that_comes_first():
@@ -319,7 +316,7 @@ def test_seqnum_wraps_and_skips_zero():
             sock.sendall(ret_submit(cmd.seqnum, data=b"z"))
 
     with ScriptedServer(script) as srv, connect(srv) as conn:
-        conn._seq = 0xFFFFFFFE
+        conn._table._seq = 0xFFFFFFFE
         for _ in range(3):
             conn.transfer(BULK, 0x81, length=1, timeout=2)
     assert seen == [0xFFFFFFFF, 1, 2]
@@ -521,7 +518,7 @@ def test_leader_and_reader_thread_poll_at_the_same_time():
                 conn.transfer(BULK, 0x01, data=b"x", timeout=timeout)
             assert not conn.closed
         pending.cancel()
-        with pytest.raises(UsbipTimeoutError):
+        with pytest.raises(UrbCancelledError):
             pending.wait(2)
         assert not conn.closed
 
@@ -738,18 +735,19 @@ def test_pipelined_waits_get_their_own_replies(platform_mode):
 # Tests that take the platform_mode fixture run in all three modes.
 @pytest.fixture(params=["rcvtimeo", "poll-only", "windows"])
 def platform_mode(request, monkeypatch):
-    from usbip_backend import engine
+    from usbip_backend.engine import connection
     if request.param != "rcvtimeo":
-        monkeypatch.setattr(engine, "_HAVE_RCVTIMEO", False)
-    if request.param == "windows":  # neither: callers never lead, the reader thread reads all
-        monkeypatch.setattr(engine, "_HAVE_POLL", False)
+        monkeypatch.setattr(connection, "_HAVE_RCVTIMEO", False)
+    if request.param == "windows":  # neither: select() before each recv, blocking unlink sends
+        monkeypatch.setattr(connection, "_HAVE_POLL", False)
+        monkeypatch.setattr(connection, "_HAVE_DONTWAIT", False)
     return request.param
 
 
 def test_platform_round_trips_both_ways(platform_mode):
     with ScriptedServer(echo_script) as srv, connect(srv) as conn:
-        assert conn._can_lead == (platform_mode != "windows")
         for _ in range(20):
             assert len(conn.control_transfer(0x80, 6, 0x0100, 0, 18, 5)) == 18
             assert conn.control_transfer(0x40, 1, 0, 0, b"abc", 5) == 3
-            assert bytes(conn.transfer(BULK, 0x81, length=4, timeout=5).in_data) == bytes([conn._seq & 0xFF]) * 4
+            urb = conn.transfer(BULK, 0x81, length=4, timeout=5)
+            assert bytes(urb.in_data) == bytes([urb.seqnum & 0xFF]) * 4

@@ -597,9 +597,9 @@ class UsbipBackend(usb.backend.IBackend):
         setup = _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF, wValue & 0xFFFF, wIndex & 0xFFFF, length)
         try:
             if bmRequestType & 0x80:
-                return dev.conn._count(_CONTROL, 0x80, setup, None, buf if length else _EMPTY_IN,
-                                       _timeout_s(timeout))
-            return dev.conn._count(_CONTROL, 0x00, setup, buf, None, _timeout_s(timeout))
+                return dev.conn.sync_transfer(_CONTROL, 0x80, setup, buf if length else _EMPTY_IN,
+                                              _timeout_s(timeout))
+            return dev.conn.sync_transfer(_CONTROL, 0x00, setup, buf, _timeout_s(timeout))
         except UsbipError as exc:
             what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
             _raise_usb(exc, f"{what} to {dev.name}")
@@ -679,9 +679,7 @@ class UsbipBackend(usb.backend.IBackend):
         is. Returns the count; a timeout after some I/O returns that count, as libusb1 does."""
         t = _timeout_s(timeout)
         try:
-            if ttype == _BULK:
-                return dev.conn._count(ttype, ep, None, data, buffer, t)
-            return dev.conn._sync(ttype, ep, None, data, buffer, None, interval, t).actual_length
+            return dev.conn.sync_transfer(ttype, ep, None, data if buffer is None else buffer, t, interval)
         except UsbipTimeoutError as exc:
             if exc.transferred:
                 return exc.transferred
@@ -713,7 +711,7 @@ class UsbipBackend(usb.backend.IBackend):
         except UsbipError as exc:
             error = exc
             if isinstance(exc, (UrbError, UsbipTimeoutError)):
-                written += exc.actual_length if isinstance(exc, UrbError) else exc.transferred
+                written += exc.transferred
         finally:
             self._cancel_all(in_flight)
         if error is not None:
@@ -752,8 +750,7 @@ class UsbipBackend(usb.backend.IBackend):
         while True:
             size = min(chunk, total - got)
             try:
-                urb = dev.conn._sync(ttype, ep, None, None, view[got:got + size], size, interval,
-                                     deadline.remaining())
+                n = dev.conn.sync_transfer(ttype, ep, None, view[got:got + size], deadline.remaining(), interval)
             except UsbipTimeoutError as exc:
                 got += exc.transferred
                 if got:
@@ -761,8 +758,8 @@ class UsbipBackend(usb.backend.IBackend):
                 _raise_usb(exc, _what(ttype, "read from", ep, dev))
             except UsbipError as exc:
                 _raise_usb(exc, _what(ttype, "read from", ep, dev))
-            got += urb.actual_length
-            if urb.actual_length < size or got >= total:
+            got += n
+            if n < size or got >= total:
                 return got
             if deadline.expired():
                 return got

@@ -11,7 +11,7 @@ import logging
 import socket
 import time
 from dataclasses import replace
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from . import protocol as P
 from .engine import Connection
@@ -25,10 +25,16 @@ DEFAULT_TIMEOUT = 5.0
 MAX_DEVICES = 4096
 
 
-def connect(host: str, port: int = P.USBIP_PORT, timeout: float = DEFAULT_TIMEOUT) -> socket.socket:
-    """Open a TCP connection the way usbip_net_tcp_connect() does."""
+def _seconds(timeout: Optional[float]) -> Optional[float]:
+    """A timeout as sockets take it: None (wait forever) for None, 0 or less, as everywhere in
+    this package (a socket timeout of 0 would mean non-blocking instead)."""
+    return timeout if timeout is not None and timeout > 0 else None
+
+
+def connect(host: str, port: int = P.USBIP_PORT, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:
+    """Open a TCP connection the way usbip_net_tcp_connect() does (``timeout`` 0: no limit)."""
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=_seconds(timeout))
     except socket.timeout as exc:
         raise UsbipTimeoutError(f"connecting to {host}:{port} timed out after {timeout:g} s") from exc
     except ConnectionRefusedError as exc:
@@ -44,16 +50,22 @@ def connect(host: str, port: int = P.USBIP_PORT, timeout: float = DEFAULT_TIMEOU
 
 
 class _Exchange:
-    """Exact reads against one overall deadline; every failure becomes a clear UsbipError."""
+    """Exact reads against one overall deadline (none for a timeout of 0); every failure becomes
+    a clear UsbipError."""
 
-    def __init__(self, sock: socket.socket, what: str, timeout: float) -> None:
+    def __init__(self, sock: socket.socket, what: str, timeout: Optional[float]) -> None:
         self.sock = sock
         self.what = what
-        self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.timeout = _seconds(timeout)
+        self.started = time.monotonic()
+        self.deadline = None if self.timeout is None else self.started + self.timeout
+
+    def _left(self) -> Optional[float]:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     def send(self, data: bytes) -> None:
-        self.sock.settimeout(max(self.deadline - time.monotonic(), 0.001))
+        left = self._left()
+        self.sock.settimeout(None if left is None else max(left, 0.001))
         try:
             self.sock.sendall(data)
         except socket.timeout as exc:
@@ -66,8 +78,8 @@ class _Exchange:
         view = memoryview(buf)
         got = 0
         while got < size:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
+            remaining = self._left()
+            if remaining is not None and remaining <= 0:
                 raise UsbipTimeoutError(f"{self.what}: no complete {part} within {self.timeout:g} s")
             self.sock.settimeout(remaining)
             try:
@@ -84,8 +96,11 @@ class _Exchange:
         return bytes(buf)
 
 
-def list_devices(host: str, port: int = P.USBIP_PORT, timeout: float = DEFAULT_TIMEOUT) -> List[P.UsbDevice]:
+def list_devices(host: str, port: int = P.USBIP_PORT,
+                 timeout: Optional[float] = DEFAULT_TIMEOUT) -> List[P.UsbDevice]:
     """OP_REQ_DEVLIST: the devices a server exports (busid, path, ids, speed, interfaces...).
+
+    ``timeout`` bounds the connect and the whole exchange; 0 or None waits forever.
 
     Raises:
         ConnectionLostError: cannot connect / the server hung up.
@@ -119,11 +134,14 @@ def import_device(
     host: str,
     port: int = P.USBIP_PORT,
     busid: str = "",
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: Optional[float] = DEFAULT_TIMEOUT,
     hook: Optional[UrbHook] = None,
-    **conn_kw,
+    **conn_kw: Any,
 ) -> Connection:
     """OP_REQ_IMPORT ``busid`` and return the live :class:`Connection` (one TCP connection each).
+
+    ``timeout`` bounds the connect and the exchange (0 or None: forever); ``conn_kw`` go to
+    :class:`Connection`. The exchange's round trip seeds the connection's RTT estimate.
 
     Raises:
         ImportRefusedError: the server answered ST_DEV_BUSY / ST_NODEV / ...; names the busid.
@@ -137,7 +155,9 @@ def import_device(
     try:
         ex = _Exchange(sock, f"import of {busid} from {where}", timeout)
         ex.send(P.pack_req_import(busid))
+        sent = time.monotonic()
         header = P.OpHeader.unpack(ex.recv(P.OP_COMMON_SIZE, "OP_REP_IMPORT header"), P.OP_REP_IMPORT)
+        rtt = time.monotonic() - sent
         if header.status != P.Status.ST_OK:
             raise ImportRefusedError(
                 f"{where} refused to export {busid}: {P.status_text(header.status)}",
@@ -150,4 +170,5 @@ def import_device(
     except BaseException:
         sock.close()
         raise
+    conn_kw.setdefault("rtt", rtt)
     return Connection(sock, dev, name=f"{busid}@{where}", hook=hook, **conn_kw)

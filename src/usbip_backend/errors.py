@@ -7,7 +7,10 @@
      +-- ImportRefusedError       OP_REP_IMPORT / OP_REP_DEVLIST carried a non-zero ST_* status
      +-- ConnectionLostError      the TCP connection closed or failed (also a ConnectionError)
      +-- UsbipTimeoutError        an operation did not finish in time (also a TimeoutError)
+     +-- UrbCancelledError        a URB was cancelled by its owner (Urb.cancel, CMD_UNLINK)
      +-- UrbError                 a URB completed with a negative errno status
+
+The three URB outcomes carry ``transferred``: the bytes that moved before the URB ended.
 
 At the PyUSB boundary (:mod:`usbip_backend.backend`) these become ``usb.core.USBError`` /
 ``usb.core.USBTimeoutError`` with a real ``errno``, the way PyUSB's libusb1 backend raises them.
@@ -49,13 +52,33 @@ class UsbipTimeoutError(UsbipError, TimeoutError):
         self.transferred = transferred
 
 
+class UrbCancelledError(UsbipError):
+    """A URB was cancelled by its owner (:meth:`Urb.cancel`) before it completed.
+
+    ``status`` is the URB status it ended with: -104 (-ECONNRESET) as the server's RET_UNLINK
+    reports it, or what a RET_SUBMIT that came with the cancellation said.
+    """
+
+    def __init__(self, message: str, *, transferred: int = 0, status: int = -104) -> None:
+        super().__init__(message)
+        #: bytes moved before the cancellation took effect
+        self.transferred = transferred
+        self.status = status
+
+
 class UrbError(UsbipError):
     """A URB completed with a non-zero status (a negative Linux errno, e.g. -32 for a stall)."""
 
-    def __init__(self, message: str, *, status: int, actual_length: int = 0) -> None:
+    def __init__(self, message: str, *, status: int, transferred: int = 0) -> None:
         super().__init__(message)
         self.status = status
-        self.actual_length = actual_length
+        #: bytes moved before the failure (libusb1 reports partial transfers the same way)
+        self.transferred = transferred
+
+    @property
+    def actual_length(self) -> int:
+        """The old name of :attr:`transferred`."""
+        return self.transferred
 
     @property
     def errno(self) -> int:  # type: ignore[override]

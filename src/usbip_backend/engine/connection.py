@@ -1,0 +1,1336 @@
+"""The connection: one imported device's socket, who reads it, who sends on it, and the timers.
+
+Sending. One message at a time goes on the wire under the sender's lock. CMD_SUBMITs are sent by
+the submitting thread (blocking: a big OUT payload takes as long as it takes). CMD_UNLINKs never
+wait for that lock: :meth:`Urb.cancel` and timers post them, and whoever holds the socket sends
+them right after its own message, or the reader thread sends them when the socket can take them
+(see :class:`_Sender`). So cancelling from an event loop, or from the reader thread, never blocks.
+
+Reading. Handing every reply from a reader thread to the waiting caller costs two thread
+wake-ups per URB, which dominates synchronous round trips (PyUSB does one transfer at a time).
+So the socket is read by whoever holds the *read token*:
+
+* a synchronous caller (:meth:`Connection.transfer`, :meth:`Connection.sync_transfer`,
+  :meth:`Urb.wait`) that finds the token free *leads*: it reads replies itself until its own
+  URB is done, completing any other URB whose reply comes first. One wake-up per URB;
+* a leader whose reply has not begun within ``_LEAD_WAIT`` (a bulk IN waiting for data) gives
+  the token back and waits as a *follower*, so a long wait never keeps other threads from
+  leading their own short transfers; a caller that finds the token taken is a follower too;
+* the reader thread reads the replies no leader reads for (asynchronous submits, unlinks,
+  followers). It waits in poll() *without* the token, so a caller may lead meanwhile; when it
+  finds a leader reading, it looks again ``_READER_BACKOFF`` later rather than queue on the token.
+
+Time. The reader thread owns the engine's clock: a heap of deadlines (:mod:`.table`) it sleeps
+on. A URB submitted with a timeout is unlinked at its deadline; every unlink has a grace
+(``2 x RTO`` of the measured round-trip time, see :class:`~.table.RttEstimator`) after which a
+URB the server never answers for is given up, so every URB ends. A reply that has begun is read
+to its end while bytes keep coming, each wait for more bounded by the *stall* time; a server that
+stops in the middle of a reply fails the connection with a clear error (the stream cannot be
+resynchronised). Synchronous waiters time themselves (a leader's receive timeout, a follower's
+lock timeout) and need no heap entry.
+
+Completion. Every transition of a URB's state happens under ``Connection._lock`` (the table's
+lock), so exactly one thread ends each URB; that thread then runs the capture hook, the URB's done
+callbacks, and wakes its waiters, in that order, outside the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
+
+from .. import protocol as P
+from ..errors import ConnectionLostError, ProtocolError
+from ..hooks import UrbHook
+from .table import DEADLINE, GRACE, Retired, RttEstimator, UrbTable, retired_skip
+from .urb import DoneCallback, EndedBy, Urb, UrbState, lost_error
+
+_log = logging.getLogger("usbip_backend.engine")
+
+_HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
+_HAVE_POLL = hasattr(select, "poll")
+#: Windows takes SO_RCVTIMEO as a DWORD of milliseconds, not a timeval, and leaves a socket whose
+#: receive timed out in an indeterminate state, so it is not used there: leaders wait for
+#: readability with select() before each recv instead.
+_HAVE_RCVTIMEO = sys.platform != "win32"
+#: Non-blocking sends of CMD_UNLINK on a blocking socket (not on Windows, where they block).
+_HAVE_DONTWAIT = hasattr(socket, "MSG_DONTWAIT")
+_IOV_MAX = 1024
+
+#: Largest transfer_buffer_length a URB may ask for. The kernel warns and drops the connection
+#: on absurd lengths (PROTOCOL-NOTES, "Hostile or broken input"); we refuse before sending.
+MAX_URB_LENGTH = 64 * 1024 * 1024
+
+_SUBMIT_PACK = P.CMD_SUBMIT_STRUCT.pack
+_UNLINK_PACK = P.CMD_UNLINK_STRUCT.pack
+_RET_SUBMIT_UNPACK = P.RET_SUBMIT_STRUCT.unpack_from
+_ISO_UNPACK = P.ISO_PACKET_STRUCT.unpack_from
+# Hot-path constants (one global lookup instead of module + attribute lookups per URB).
+_CONTROL = P.TransferType.CONTROL
+_ISOCHRONOUS = P.TransferType.ISOCHRONOUS
+_PERIODIC = (P.TransferType.INTERRUPT, P.TransferType.ISOCHRONOUS)
+_CMD_SUBMIT = P.USBIP_CMD_SUBMIT
+_CMD_UNLINK = P.USBIP_CMD_UNLINK
+_URB_DIR_IN = P.USBIP_URB_DIR_IN
+_NO_SETUP = bytes(8)
+_RET_SUBMIT = P.USBIP_RET_SUBMIT
+_RET_UNLINK = P.USBIP_RET_UNLINK
+_HEADER = P.URB_HEADER_SIZE
+_PENDING, _RECEIVING, _DONE = UrbState.PENDING, UrbState.RECEIVING, UrbState.DONE
+_monotonic = time.monotonic
+_INF = math.inf
+
+#: How long a synchronous caller reads the socket itself waiting for its reply before it hands
+#: the reading to the reader thread and waits as a follower: a URB that stays pending (a bulk IN
+#: waiting for data) must not keep other threads' transfers from leading.
+_LEAD_WAIT = 0.02
+#: How long the reader thread waits before looking at the socket again when a leader holds the
+#: read token (the leader dispatches what arrives while it leads; this bounds how late a reply
+#: that arrives just after the leader let go is read).
+_READER_BACKOFF = 0.001
+#: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
+#: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
+_CHUNK = 4096
+_TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
+_RCVTIMEO_MARGIN_US = 10000
+
+Buffer = Union[bytes, bytearray, memoryview, Any]
+
+
+def _direction(transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes],
+               interval: int) -> Tuple[int, int]:
+    """(direction, endpoint address) of a URB, after the checks the wire needs: a control URB's
+    direction comes from its 8-byte setup packet; interrupt and ISO URBs need an interval."""
+    if transfer_type == _CONTROL:
+        if setup is None or len(setup) != 8:
+            raise ValueError("a control URB needs an 8-byte setup packet")
+        direction = setup[0] >> 7
+        return direction, (endpoint & 0x0F) | (0x80 if direction else 0)
+    if interval <= 0 and transfer_type in _PERIODIC:
+        # The kernel rejects interval 0 for these (usb_submit_urb -EINVAL) and the stub then
+        # drops the whole connection.
+        raise ValueError(f"{transfer_type.name.lower()} URBs need a positive interval")
+    return (1 if endpoint & 0x80 else 0), endpoint
+
+
+def _check_length(direction: int, view: memoryview) -> int:
+    """The URB length of a flat byte view, refused if the wire must not carry it."""
+    if direction and view.readonly:
+        raise ValueError("the IN buffer must be writable")
+    length = view.nbytes
+    if length > MAX_URB_LENGTH:
+        raise ValueError(f"URB length {length} outside 0..{MAX_URB_LENGTH}")
+    return length
+
+
+def _flat(data: Buffer) -> memoryview:
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+class _NoReply(Exception):
+    """A leader's deadline passed before the next reply's first byte (nothing was consumed)."""
+
+
+class _Stalled(ProtocolError):
+    """The server stopped sending in the middle of a reply."""
+
+
+class _Sender:
+    """One message at a time on the socket.
+
+    ``lock`` is held while a message is on its way. Blocking senders (the submitting thread)
+    take it, send, then send whatever control messages were queued meanwhile. :meth:`post`
+    never blocks: it queues a message and sends it only if it can take the lock at once and the
+    socket accepts it without waiting (MSG_DONTWAIT). A message the socket takes only in part is
+    finished by the reader thread when the socket becomes writable (:meth:`resume`); the lock
+    stays held meanwhile (a ``threading.Lock`` may be released by another thread), so nothing
+    can interleave with it.
+    """
+
+    __slots__ = ("sock", "lock", "queue", "tail", "on_stuck")
+
+    def __init__(self, sock: socket.socket, on_stuck: Callable[[], None]) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.queue: Deque[bytes] = deque()
+        self.tail: Optional[memoryview] = None  # rest of a message sent in part; lock held
+        self.on_stuck = on_stuck
+
+    def sendmsg(self, parts: List[Any]) -> None:
+        """Send one message made of ``parts`` (lock held): one syscall for header + payload,
+        looping on partial sends without copying the payload."""
+        sock = self.sock
+        if not _HAVE_SENDMSG:
+            for part in parts:
+                sock.sendall(part)
+            return
+        sent = sock.sendmsg(parts)
+        total = 0
+        for p in parts:
+            total += len(p) if isinstance(p, bytes) else memoryview(p).nbytes
+        if sent == total:
+            return
+        views = [memoryview(p).cast("B") for p in parts]
+        while True:
+            while views and sent >= views[0].nbytes:
+                sent -= views[0].nbytes
+                views.pop(0)
+            if not views:
+                return
+            if sent:
+                views[0] = views[0][sent:]
+            sent = sock.sendmsg(views[:_IOV_MAX])
+
+    def flush_locked(self) -> None:
+        """Send the queued control messages, blocking (lock held, no tail)."""
+        queue, sendall = self.queue, self.sock.sendall
+        while queue:
+            sendall(queue.popleft())
+
+    def post(self, message: bytes) -> None:
+        """Queue a control message and send it if that needs no waiting (any thread)."""
+        self.queue.append(message)
+        self.kick()
+
+    def kick(self) -> None:
+        """Send queued messages if the lock is free; never blocks (except on Windows).
+
+        Raises:
+            OSError: the socket failed (the caller fails the connection).
+        """
+        while self.queue and self.lock.acquire(False):
+            stuck = False
+            try:
+                stuck = self._flush_nonblocking()
+            finally:
+                if not stuck:
+                    self.lock.release()
+            if stuck:
+                self.on_stuck()
+                return
+
+    def resume(self) -> None:
+        """The socket is writable again: go on with a message sent in part (reader thread)."""
+        if self.tail is None:
+            return
+        stuck = True
+        try:
+            stuck = self._flush_nonblocking()
+        finally:
+            if not stuck:
+                self.lock.release()
+        if not stuck:
+            self.kick()
+
+    def abandon(self) -> None:
+        """The connection is gone: let go of a lock held for a message sent in part."""
+        if self.tail is not None:
+            self.tail = None
+            self.queue.clear()
+            self.lock.release()
+
+    def _flush_nonblocking(self) -> bool:
+        """Send the tail and the queue without waiting; True if the socket is full (tail kept)."""
+        sock, queue = self.sock, self.queue
+        while True:
+            data = self.tail
+            if data is None:
+                if not queue:
+                    return False
+                data = memoryview(queue.popleft())
+            if not _HAVE_DONTWAIT:
+                self.tail = None
+                sock.sendall(data)
+                continue
+            try:
+                n = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            if n < data.nbytes:
+                self.tail = data[n:]
+                return True
+            self.tail = None
+
+
+class _Poller:
+    """Wait until sockets are readable (or writable): poll() where it exists, else select()."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll() if _HAVE_POLL else None
+        self._masks: dict = {}
+
+    def wait(self, read: Sequence[socket.socket], write: Optional[socket.socket],
+             timeout: Optional[float]) -> Tuple[List[int], bool]:
+        """(fds readable, whether ``write`` is writable); ``timeout`` None waits forever."""
+        poll = self._poll
+        if poll is None:
+            r, w, x = select.select(list(read), [write] if write is not None else [], list(read), timeout)
+            return [s.fileno() for s in set(r) | set(x)], bool(w)
+        masks = {s.fileno(): select.POLLIN | select.POLLPRI for s in read}
+        if write is not None:
+            masks[write.fileno()] = masks.get(write.fileno(), 0) | select.POLLOUT
+        for fd in list(self._masks):
+            if fd not in masks:
+                poll.unregister(fd)
+                del self._masks[fd]
+        for fd, mask in masks.items():
+            if self._masks.get(fd) != mask:
+                poll.register(fd, mask)
+                self._masks[fd] = mask
+        ms = -1 if timeout is None else int(math.ceil(timeout * 1000))
+        readable, writable = [], False
+        wfd = write.fileno() if write is not None else -2
+        for fd, ev in poll.poll(ms):
+            if ev & (select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                readable.append(fd)
+            if fd == wfd and ev & (select.POLLOUT | select.POLLHUP | select.POLLERR):
+                writable = True
+        return readable, writable
+
+
+def _readable(sock: socket.socket, poll: Any, timeout: float) -> bool:
+    """Is ``sock`` readable within ``timeout`` seconds? (``poll``: a poll object on it, or None)"""
+    if poll is not None:
+        return bool(poll.poll(max(int(math.ceil(timeout * 1000)), 0)))
+    r, _, x = select.select([sock], [], [sock], max(timeout, 0.0))
+    return bool(r or x)
+
+
+class _Reader:
+    """Buffered exact reads for the token holder: small replies come out of one recv, big ones
+    go straight to the caller's buffer.
+
+    Bounds: ``first`` (a time.monotonic() value) bounds the wait for the first byte of a message
+    (then :class:`_NoReply`, nothing consumed); once a message has begun (``busy``) each wait for
+    more bytes is bounded by ``stall`` seconds (then :class:`_Stalled`). Neither: block.
+
+    A bounded wait is a plain blocking recv with the kernel's SO_RCVTIMEO set to the caller's
+    timeout (set once, cached: PyUSB passes the same timeout every time), so waiting for a reply
+    costs one syscall, as in the raw floor; an expired SO_RCVTIMEO shows as EAGAIN and is checked
+    against the bounds here. Where SO_RCVTIMEO cannot be set, poll()/select() before each recv.
+    """
+
+    __slots__ = ("sock", "buf", "view", "start", "end", "first", "stall", "busy", "rcvtimeo", "poll")
+
+    def __init__(self, sock: socket.socket, size: int = 65536) -> None:
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
+        self.first: Optional[float] = None
+        self.stall = RttEstimator.MIN_STALL
+        self.busy = False  # a message has begun and is not read to its end yet
+        self.rcvtimeo: Optional[float] = 0.0  # seconds asked for; 0 = none; None = cannot set it
+        self.poll: Any = None
+        if _HAVE_POLL:
+            self.poll = select.poll()
+            self.poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        if not _HAVE_RCVTIMEO:
+            self.rcvtimeo = None
+            return
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, 0))
+        except (OSError, AttributeError, struct.error):
+            self.rcvtimeo = None
+
+    def arm(self, seconds: float) -> None:
+        """Make a blocking recv give up after about ``seconds`` (no syscall if already so).
+
+        The kernel counts SO_RCVTIMEO in scheduler ticks and wakes up to a tick or two late, so it
+        is set a little short; the last stretch is waited with poll(), which is precise.
+        """
+        armed = self.rcvtimeo
+        if armed is None or armed == seconds:
+            return
+        # Callers pass "time left" (slightly different every call) or alternate timeouts. An
+        # armed value a little longer than asked is still safe (it is armed
+        # _RCVTIMEO_MARGIN_US short, and a bounded wait shorter than it polls first); a
+        # shorter one only costs one early wake-up. Re-arm only outside that band, so the
+        # steady state has no setsockopt per URB.
+        if seconds and armed and armed - 0.005 <= seconds <= 8 * armed:
+            return
+        usec = int(seconds * 1e6)
+        if seconds:
+            usec = max(usec - min(_RCVTIMEO_MARGIN_US, usec // 2), 1000)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(usec // 1000000, usec % 1000000))
+        self.rcvtimeo = seconds
+
+    def begin(self, first: Optional[float]) -> None:
+        """A new message is to be read; ``first`` bounds the wait for its first byte."""
+        if self.end != self.start:
+            self.first = None
+            self.busy = True
+        else:
+            self.first = first
+            self.busy = False
+
+    def _wait(self) -> None:
+        """Wait (bounded) until a recv will not block for long, or raise."""
+        first = self.first
+        if first is not None:
+            left = first - _monotonic()
+            if left <= 0 or not _readable(self.sock, self.poll, left):
+                raise _NoReply()
+        elif self.busy:
+            if not _readable(self.sock, self.poll, self.stall):
+                raise _Stalled(f"the server stopped sending in the middle of a reply (nothing for "
+                               f"{self.stall:.3g} s); the stream cannot be resynchronised")
+
+    def _recv(self, dest: memoryview, size: int) -> int:
+        while True:
+            first = self.first
+            if self.rcvtimeo is None:
+                if first is not None or self.busy:
+                    self._wait()
+            elif first is not None and first - _monotonic() < self.rcvtimeo:
+                self._wait()  # due before the armed receive timeout: poll() is precise
+            try:
+                n = self.sock.recv_into(dest, size)
+            except (BlockingIOError, InterruptedError):
+                # SO_RCVTIMEO expired. Before the first byte: the bound decides. Inside a message:
+                # the armed time counts towards the stall. Unbounded: disarm and block.
+                if first is None and not self.busy:
+                    self.arm(0.0)
+                    continue
+                if first is None:
+                    rest = self.stall - (self.rcvtimeo or 0.0)
+                    if rest > 0 and _readable(self.sock, self.poll, rest):
+                        continue
+                    raise _Stalled(f"the server stopped sending in the middle of a reply (nothing "
+                                   f"for {self.stall:.3g} s); the stream cannot be resynchronised")
+                self._wait()
+                continue
+            self.first = None
+            self.busy = True
+            return n
+
+    def read_into(self, dest: memoryview) -> None:
+        need = dest.nbytes
+        have = self.end - self.start
+        if have >= need:
+            dest[:] = self.view[self.start: self.start + need]
+            self.start += need
+            self.busy = True
+            return
+        if have:
+            dest[:have] = self.view[self.start: self.end]
+            self.busy = True
+        self.start = self.end = 0
+        got = have
+        recv = self._recv
+        if need - got >= 4096:
+            # Large remainder: receive directly into the destination.
+            while got < need:
+                n = recv(dest[got:], need - got)
+                if not n:
+                    raise EOFError
+                got += n
+            return
+        view = self.view
+        while got < need:
+            n = recv(view, _CHUNK)
+            if not n:
+                raise EOFError
+            take = min(n, need - got)
+            dest[got: got + take] = view[:take]
+            got += take
+            self.start, self.end = take, n
+
+    def skip(self, count: int) -> None:
+        """Consume ``count`` bytes, through the buffer (never allocating what a peer asked for)."""
+        while count > 0:
+            have = self.end - self.start
+            if have:
+                take = min(have, count)
+                self.start += take
+                count -= take
+                continue
+            self.start = self.end = 0
+            n = self._recv(self.view, min(count, len(self.buf)))
+            if not n:
+                raise EOFError
+            count -= n
+
+
+class Connection:
+    """An imported device: its socket, reader thread, URBs in flight and timers.
+
+    Made by :func:`usbip_backend.client.import_device`. Thread-safe: any thread may submit,
+    wait, cancel and close.
+
+    Args:
+        sock: the socket left over from a successful OP_REQ_IMPORT.
+        device: the device record the import returned.
+        name: how errors and logs name the device (default ``"device BUSID"``).
+        hook: a capture hook (:class:`~usbip_backend.hooks.UrbHook`).
+        unlink_grace: seconds to wait for a RET_UNLINK before giving a URB up; None (default)
+            follows the measured round-trip time (see :class:`~.table.RttEstimator`).
+        reply_stall: seconds a reply may stop moving before the connection is failed; None
+            (default) follows the round-trip time (at least 0.5 s).
+        rtt: a first round-trip sample in seconds (the import exchange), for the estimator.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        device: P.UsbDevice,
+        *,
+        name: Optional[str] = None,
+        hook: Optional[UrbHook] = None,
+        unlink_grace: Optional[float] = None,
+        reply_stall: Optional[float] = None,
+        rtt: Optional[float] = None,
+    ) -> None:
+        self.sock = sock
+        self.device = device
+        self.busid = device.busid
+        self.busnum = device.busnum
+        self.devnum = device.devnum
+        self.devid = device.devid
+        self.speed = device.speed
+        self.name = name or f"device {device.busid}"
+        self.hook = hook
+        self._fixed_grace = unlink_grace
+        self._fixed_stall = reply_stall
+        self._rtt = RttEstimator(rtt)
+        self._lock = threading.Lock()  # the table and every URB state transition
+        self._table = UrbTable()
+        self._lost: Optional[ConnectionLostError] = None
+        self._closing = False
+        sock.settimeout(None)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
+        self._sender = _Sender(sock, self._wake)
+        # Leader/follower (module docstring): the read token, the buffered reader only its holder
+        # uses, and what the reader thread is waiting for (written under _lock by the reader).
+        self._token = threading.Lock()
+        self._leading = False
+        self._rd = _Reader(sock)
+        self._rd.stall = self.reply_stall
+        self._header = bytearray(_HEADER)
+        self._hview = memoryview(self._header)
+        # Every platform can lead: with SO_RCVTIMEO, or else with poll()/select() before a recv.
+        self._can_lead = True
+        self._r_sock = False  # the reader thread polls the socket
+        self._r_until = _INF  # ... and sleeps until then at the latest (0: it is awake)
+        self._reader = threading.Thread(target=self._run, name=f"usbip-reader-{self.busid}", daemon=True)
+        self._reader.start()
+
+    # -- public API -------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the connection is lost or closed (every URB then fails at once)."""
+        return self._lost is not None
+
+    @property
+    def in_flight(self) -> int:
+        """URBs submitted and not ended yet."""
+        return len(self._table.pending)
+
+    @property
+    def unlink_grace(self) -> float:
+        """Seconds an unlink waits for its verdict before the URB is given up (now)."""
+        if self._fixed_grace is not None:
+            return self._fixed_grace
+        return self._rtt.grace()
+
+    @property
+    def reply_stall(self) -> float:
+        """Seconds a reply may stop moving before the connection is failed (now)."""
+        if self._fixed_stall is not None:
+            return self._fixed_stall
+        return self._rtt.stall()
+
+    @property
+    def rtt(self) -> Optional[float]:
+        """The smoothed round-trip time to the server in seconds (None before any sample)."""
+        return self._rtt.srtt
+
+    def submit(
+        self,
+        transfer_type: P.TransferType,
+        endpoint: int,
+        *,
+        setup: Optional[bytes] = None,
+        data: Optional[Buffer] = None,
+        buffer: Optional[Buffer] = None,
+        length: Optional[int] = None,
+        interval: int = 0,
+        iso_packet_lengths: Optional[Sequence[int]] = None,
+        transfer_flags: int = 0,
+        timeout: Optional[float] = None,
+        callback: Optional[DoneCallback] = None,
+    ) -> Urb:
+        """Send one CMD_SUBMIT and return its :class:`Urb` at once.
+
+        Args:
+            transfer_type: control, bulk, interrupt or isochronous.
+            endpoint: the endpoint address (bit 7 = IN; a control URB takes its direction from
+                ``setup``).
+            setup: the 8-byte SETUP packet of a control URB.
+            data: OUT payload (any buffer; sent without copying).
+            buffer: IN destination (writable; received into without copying), or ``length``.
+            interval: the URB interval (interrupt and ISO need one; see ``urb_interval``).
+            iso_packet_lengths: ISO packet sizes (they add up to the length).
+            transfer_flags: USBIP_URB_* flags (direction and ISO_ASAP are set for you).
+            timeout: seconds; the engine unlinks the URB then (None or 0: no timeout).
+            callback: called once when the URB is done (see :meth:`Urb.add_done_callback`).
+
+        Raises:
+            ValueError: arguments the wire cannot carry.
+            ConnectionLostError: the connection is gone.
+        """
+        urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
+                            iso_packet_lengths, transfer_flags)
+        if callback is not None:
+            urb._callbacks = [callback]
+        self._post(urb, timeout, False)
+        return urb
+
+    def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None,
+                 setup: Optional[bytes] = None, data: Optional[Buffer] = None,
+                 buffer: Optional[Buffer] = None, length: Optional[int] = None, interval: int = 0,
+                 iso_packet_lengths: Optional[Sequence[int]] = None, transfer_flags: int = 0) -> Urb:
+        """Submit one URB and wait for it (arguments as :meth:`submit`, errors as
+        :meth:`Urb.wait`); ``timeout`` None or 0 waits forever."""
+        urb = self._prepare(transfer_type, endpoint, setup, data, buffer, length, interval,
+                            iso_packet_lengths, transfer_flags)
+        if timeout is not None and timeout > 0:
+            urb.timeout = timeout
+        if not self._take_token():
+            self._post(urb, None, False)
+            return urb.wait(timeout)
+        deadline, lead_end = self._lead_clock(timeout)
+        done = False
+        try:
+            self._post(urb, None, True)
+            done = self._lead(urb, deadline, lead_end, True)
+        finally:
+            self._release_token()
+        if not done:
+            self._follow(urb, deadline)
+        return urb.result()
+
+    def sync_transfer(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes],
+                      view: memoryview, timeout: Optional[float], interval: int = 0) -> int:
+        """One synchronous URB straight from (OUT) or into (IN) a flat byte view: what the PyUSB
+        backend and other synchronous front ends call. Returns actual_length.
+
+        When the caller can read its own reply and no hook listens, no :class:`Urb` is built:
+        the CMD_SUBMIT goes out, one recv takes the reply, the count is returned. Anything
+        unusual (another URB's reply first, a reply in pieces, none yet, an error status) makes
+        it an ordinary URB in the table, read and timed like any other.
+
+        Raises:
+            as :meth:`Urb.wait`.
+        """
+        if self.hook is not None or not self._take_token():
+            return self._sync_urb(transfer_type, endpoint, setup, view, timeout, interval)
+        urb: Optional[Urb] = None
+        done = False
+        deadline: Optional[float] = None
+        try:
+            direction, endpoint = _direction(transfer_type, endpoint, setup, interval)
+            length = _check_length(direction, view)
+            flags = _URB_DIR_IN if direction else 0
+            seq = self._send_submit(None, direction, endpoint, flags, length, interval, setup,
+                                    None if direction else view, None)
+            deadline, lead_end = self._lead_clock(timeout)
+            try:
+                got = self._own_reply(None, seq, direction, view, length)
+            except BaseException as exc:
+                self._read_error(exc)
+                if self._lost is not None:
+                    raise self._lost from exc
+                raise
+            if got is not None:
+                status, actual, error_count = got
+                if self._rd.end > self._rd.start:
+                    self._drain()  # replies the same recv brought
+                if not status:
+                    return actual  # (the finally gives the token back)
+            urb = Urb(self, transfer_type, endpoint, direction, setup, length, interval, view, flags)
+            urb.seqnum = seq
+            if deadline is not None:
+                urb.timeout = timeout
+            if got is not None:
+                urb.actual_length = actual
+                urb.error_count = error_count
+                if direction:
+                    urb.in_data = view[:actual]
+                urb.status = status
+                urb.state = _DONE  # never in the table: nobody else knows of it
+                done = True
+            else:
+                # Unusual: make it an ordinary URB and lead for it as transfer() does. Under the
+                # lock, as the table is lost under it: a URB entered after that would never end.
+                with self._lock:
+                    if self._table.lost:
+                        assert self._lost is not None
+                        raise self._lost
+                    self._table.add(urb, seq)
+                done = self._lead(urb, deadline, lead_end, False)
+        finally:
+            self._release_token()
+        if not done:
+            self._follow(urb, deadline)
+        return urb.result().actual_length
+
+    def control_transfer(self, bmRequestType: int, bRequest: int, wValue: int = 0, wIndex: int = 0,
+                         data_or_length: Union[int, Buffer, None] = 0,
+                         timeout: Optional[float] = None) -> Union[bytes, int]:
+        """One control transfer: returns the bytes read (IN) or the count written (OUT)."""
+        if bmRequestType & 0x80:
+            buf = bytearray(int(data_or_length or 0))  # type: ignore[arg-type]
+            setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(buf))
+            return bytes(buf[:self.sync_transfer(_CONTROL, 0x80, setup, memoryview(buf), timeout)])
+        data = bytes(data_or_length or b"")  # type: ignore[arg-type]
+        setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(data))
+        return self.sync_transfer(_CONTROL, 0x00, setup, memoryview(data), timeout)
+
+    def close(self) -> None:
+        """Close the connection: fail pending URBs, join the reader thread, close the socket."""
+        self._closing = True
+        self._fail_all("connection closed")
+        if self._reader is not threading.current_thread():
+            self._reader.join()
+        self._sender.abandon()
+        self.sock.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._table.pending)} URBs in flight"
+        return f"<Connection {self.name} devid=0x{self.devid:08x} {state}>"
+
+    # -- building and sending ------------------------------------------------------------------------
+    def _prepare(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes],
+                 data: Optional[Buffer], buffer: Optional[Buffer], length: Optional[int], interval: int,
+                 iso_packet_lengths: Optional[Sequence[int]], transfer_flags: int) -> Urb:
+        """Check the arguments and build the URB (not sent yet; no seqnum)."""
+        if self._lost is not None:
+            raise self._lost
+        direction, endpoint = _direction(transfer_type, endpoint, setup, interval)
+        if direction:
+            if buffer is None:
+                if length is None:
+                    raise ValueError("an IN URB needs a buffer or a length")
+                if length < 0:
+                    raise ValueError(f"URB length {length} outside 0..{MAX_URB_LENGTH}")
+                buffer = bytearray(min(length, MAX_URB_LENGTH + 1))
+            mv = _flat(buffer)
+            if length is not None:
+                if length > mv.nbytes:
+                    raise ValueError(f"length {length} exceeds the buffer ({mv.nbytes} bytes)")
+                mv = mv[:length]
+            transfer_flags |= _URB_DIR_IN
+        else:
+            mv = _flat(data if data is not None else b"")
+            if length is not None and length != mv.nbytes:
+                raise ValueError(f"length {length} differs from the OUT data ({mv.nbytes} bytes)")
+        size = _check_length(direction, mv)
+        urb = Urb(self, transfer_type, endpoint, direction, setup, size, interval, mv)
+        if transfer_type == _ISOCHRONOUS:
+            lengths = list(iso_packet_lengths or [size])
+            if not 0 < len(lengths) <= P.MAX_ISO_PACKETS:
+                raise ValueError(f"an ISO URB needs 1..{P.MAX_ISO_PACKETS} packets")
+            packets, offset = [], 0
+            for plen in lengths:
+                if plen < 0:
+                    raise ValueError(f"ISO packet length {plen} is negative")
+                packets.append(P.IsoPacket(offset, plen))
+                offset += plen
+            if offset != size:
+                raise ValueError(f"ISO packet lengths add up to {offset}, not the URB length {size}")
+            urb.iso_packets = packets
+            transfer_flags |= P.USBIP_URB_ISO_ASAP
+        urb.transfer_flags = transfer_flags
+        return urb
+
+    def _post(self, urb: Urb, timeout: Optional[float], led: bool) -> None:
+        """Enter the URB in the table, arm its timeout, send its CMD_SUBMIT. ``led``: the caller
+        holds the token and reads the reply itself (the reader thread need not be woken)."""
+        iso = urb.iso_packets
+        self._send_submit(urb, urb.direction, urb.endpoint, urb.transfer_flags, urb.length,
+                          urb.interval, urb.setup, None if urb.direction else urb.out_data,
+                          None if iso is None else P.pack_iso_packets(iso), timeout, led)
+
+    def _send_submit(self, urb: Optional[Urb], direction: int, endpoint: int, flags: int, length: int,
+                     interval: int, setup: Optional[bytes], payload: Optional[memoryview],
+                     iso_raw: Optional[bytes], timeout: Optional[float] = None, led: bool = True) -> int:
+        """Give a seqnum (entering ``urb`` in the table if given), send the CMD_SUBMIT with its
+        payload and ISO descriptors, then the control messages queued meanwhile; returns the
+        seqnum. Shared by every path that submits (the lane passes no URB).
+
+        Raises:
+            ConnectionLostError: lost before, or the send failed (the URB then ends with it).
+        """
+        sender = self._sender
+        wake = False
+        failure: Optional[OSError] = None
+        with sender.lock:
+            with self._lock:
+                table = self._table
+                if table.lost:
+                    assert self._lost is not None
+                    raise self._lost
+                if urb is None:
+                    seq = table.next_seqnum()
+                else:
+                    seq = table.add(urb)
+                    if timeout is not None and timeout > 0:
+                        urb.timeout = timeout
+                        when = _monotonic() + timeout
+                        table.add_timer(when, DEADLINE, urb)
+                        wake = when < self._r_until
+                    if not led and not self._r_sock and self._r_until > 0:
+                        wake = True  # someone must read the reply: the reader thread sleeps
+            if urb is not None:
+                urb.submit_time = time.time()
+                if self.hook is not None:
+                    self._call_hook(self.hook.urb_submitted, urb)
+            header = _SUBMIT_PACK(_CMD_SUBMIT, seq, self.devid, direction, endpoint & 0x0F, flags, length,
+                                  0, 0 if iso_raw is None else len(iso_raw) // P.ISO_PACKET_SIZE, interval,
+                                  _NO_SETUP if setup is None else setup)
+            try:
+                if iso_raw is not None:
+                    sender.sendmsg([header, iso_raw] if payload is None or not length
+                                   else [header, payload, iso_raw])
+                elif payload is None or not length:
+                    self.sock.sendall(header)
+                else:
+                    sender.sendmsg([header, payload])
+                if sender.queue:
+                    sender.flush_locked()
+            except OSError as exc:
+                failure = exc
+                if urb is not None:
+                    urb.submit_failed = True
+        if failure is not None:
+            raise self._fail_all(f"send failed: {failure}") from failure  # ends the URB too
+        if sender.queue:
+            self._kick()
+        if wake:
+            self._wake()
+        return seq
+
+    def _kick(self) -> None:
+        try:
+            self._sender.kick()
+        except OSError as exc:
+            self._fail_all(f"send failed: {exc}")
+
+    # -- leading (reading for one's own URB) -------------------------------------------------------
+    def _take_token(self) -> bool:
+        if self._can_lead and self._token.acquire(False):
+            self._leading = True
+            return True
+        return False
+
+    def _release_token(self) -> None:
+        self._leading = False
+        self._token.release()
+        # Replies still owed (our own if we stopped leading early, followers that queued behind
+        # us, unlinks): hand the reading over to the reader thread if it sleeps. (Awake or
+        # backing off, it looks again by itself. Not waking it needlessly matters: it would
+        # contend for the GIL with this caller's next transfer.)
+        table = self._table
+        if (table.pending or table.unlinks) and not self._r_sock \
+                and self._r_until - _monotonic() > _READER_BACKOFF:
+            self._wake()
+
+    def _lead_clock(self, timeout: Optional[float]) -> Tuple[Optional[float], float]:
+        """(deadline or None, end of the lead wait) for a caller about to lead; arms the receive
+        timeout for its first wait."""
+        now = _monotonic()
+        wait = _LEAD_WAIT
+        deadline = None
+        if timeout is not None and timeout > 0:
+            deadline = now + timeout
+            if timeout < wait:
+                wait = timeout
+        if self._rd.rcvtimeo != wait:
+            self._rd.arm(wait)
+        return deadline, now + _LEAD_WAIT
+
+    def _own_reply(self, urb: Optional[Urb], seq: int, direction: int, dest: Optional[memoryview],
+                   length: int) -> Optional[Tuple[int, int, int]]:
+        """The leader's fast path (token held): if nothing is buffered, take one recv and, if it
+        holds the RET_SUBMIT for ``seq`` (non-ISO, sane length), consume it, IN data into
+        ``dest``, and return (status, actual_length, error_count). Otherwise return None with
+        whatever arrived left in the buffer for _read_one: no byte is consumed that is not ours.
+        ``urb`` (None for the lane) is claimed (PENDING -> RECEIVING) before its data is written.
+        """
+        rd = self._rd
+        if rd.end != rd.start or rd.rcvtimeo is None:
+            return None  # (no SO_RCVTIMEO: only _Reader's poll() before each recv bounds a wait)
+        try:
+            n = self.sock.recv_into(rd.view, _CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None  # SO_RCVTIMEO expired: _read_one waits out the rest
+        if not n:
+            raise EOFError
+        rd.start = 0
+        rd.end = n
+        if n < _HEADER:
+            return None
+        command, rseq, _, _, _, status, actual, _, npackets, error_count = _RET_SUBMIT_UNPACK(rd.buf)
+        if command != _RET_SUBMIT or rseq != seq or npackets or not 0 <= actual <= length:
+            return None
+        if urb is not None:
+            with self._lock:
+                if urb.state is not _PENDING:
+                    return None  # ended meanwhile (connection lost): _read_one sorts it out
+                self._table.pending.pop(seq, None)
+                urb.state = _RECEIVING
+                self._table.receiving = urb
+        if not direction:
+            rd.start = _HEADER
+            return status, actual, error_count
+        assert dest is not None
+        end = _HEADER + actual
+        if end <= n:
+            dest[:actual] = rd.view[_HEADER:end]
+            rd.start = end
+            return status, actual, error_count
+        # A big reply: the rest goes straight into the caller's buffer.
+        got = n - _HEADER
+        dest[:got] = rd.view[_HEADER:n]
+        rd.start = rd.end = 0
+        rd.busy = True
+        recv_into = self.sock.recv_into
+        try:
+            while got < actual:
+                k = recv_into(dest[got:actual], actual - got)
+                if not k:
+                    raise EOFError
+                got += k
+        except (BlockingIOError, InterruptedError):
+            # SO_RCVTIMEO expired mid-reply: _Reader bounds the rest by the stall time.
+            rd.first = None
+            rd.read_into(dest[got:actual])
+        rd.busy = False
+        return status, actual, error_count
+
+    def _lead(self, urb: Urb, deadline: Optional[float], lead_end: float, own: bool) -> bool:
+        """Read replies (token held) until ``urb`` is done: True. False: no reply began within the
+        lead wait, and the caller is to hand the reading over and wait as a follower.
+
+        The caller's deadline unlinks the URB; the unlink's grace end gives it up. ``own``: try
+        the one-recv fast path for the URB's own reply first.
+        """
+        try:
+            if own and urb.iso_packets is None and urb.state is _PENDING:
+                got = self._own_reply(urb, urb.seqnum, urb.direction, urb.buffer, urb.length)
+                if got is not None:
+                    status, urb.actual_length, urb.error_count = got
+                    if urb.direction:
+                        assert urb.buffer is not None
+                        urb.in_data = urb.buffer[:urb.actual_length]
+                    self._complete(urb, status)
+            while urb.state is not _DONE:
+                limit = urb._grace_end if urb._unlink_seqnum else deadline
+                bound = lead_end if limit is None or lead_end < limit else limit
+                if self._read_one(bound):
+                    continue
+                now = _monotonic()
+                if limit is not None and now >= limit:
+                    if urb._unlink_seqnum:
+                        self._grace_over(urb)
+                    else:
+                        self._unlink(urb, EndedBy.TIMEOUT)
+                    continue
+                if now >= lead_end:
+                    return False
+            self._drain()
+        except BaseException as exc:
+            self._read_error(exc, urb)
+        return True
+
+    def _drain(self) -> None:
+        """Dispatch the replies the last recv buffered (token held). The reader thread may be
+        asleep in poll() on a socket that now looks empty, so they must not wait for it."""
+        rd = self._rd
+        while rd.end > rd.start:
+            self._read_one(None)
+
+    def _read_error(self, exc: BaseException, urb: Optional[Urb] = None) -> None:
+        """Reading (token held) raised ``exc``. A broken stream fails the connection (the URB
+        ends with it). Anything else (KeyboardInterrupt) is raised again, after failing the
+        connection if it hit the middle of a reply, or cancelling the URB so it still ends."""
+        if isinstance(exc, (ProtocolError, EOFError, OSError)):
+            self._fail_all(self._read_failed(exc), True)
+            return
+        if self._rd.busy:
+            self._fail_all(f"interrupted in the middle of a reply ({type(exc).__name__})", True)
+        elif urb is not None:
+            self._unlink(urb, EndedBy.CANCEL)
+        raise exc
+
+    def _follow(self, urb: Optional[Urb], deadline: Optional[float]) -> None:
+        """Wait for the token holder (a leader or the reader thread) to end ``urb``; at the
+        deadline unlink it and wait for the verdict (the unlink's grace timer bounds that)."""
+        assert urb is not None
+        done = urb._done
+        try:
+            if urb.state is _DONE:
+                return
+            if deadline is not None:
+                left = deadline - _monotonic()
+                if left > 0 and done.acquire(True, left):
+                    done.release()
+                    return
+                self._unlink(urb, EndedBy.TIMEOUT)
+            done.acquire()
+            done.release()
+        except BaseException:
+            self._unlink(urb, EndedBy.CANCEL)  # nobody waits any more: it must still end
+            raise
+
+    def _wait(self, urb: Urb, timeout: Optional[float]) -> None:
+        """:meth:`Urb.wait`: lead for the URB if nobody reads the socket (once per URB: a caller
+        that led in vain then waits as a follower), else follow."""
+        if urb.state is _DONE:
+            return
+        if urb.state is UrbState.NEW:
+            raise RuntimeError(f"{urb!r} was never submitted")
+        if timeout is not None and timeout > 0 and urb.timeout is None:
+            urb.timeout = timeout
+        if not urb._led and urb.state is _PENDING and self._take_token():
+            urb._led = True
+            deadline, lead_end = self._lead_clock(timeout)
+            try:
+                done = self._lead(urb, deadline, lead_end, True)
+            finally:
+                self._release_token()
+            if not done:
+                self._follow(urb, deadline)
+            return
+        self._follow(urb, _monotonic() + timeout if timeout is not None and timeout > 0 else None)
+
+    def _sync_urb(self, transfer_type: P.TransferType, endpoint: int, setup: Optional[bytes],
+                  view: memoryview, timeout: Optional[float], interval: int) -> int:
+        """sync_transfer() by way of an ordinary URB (a hook listens, or someone else reads)."""
+        direction = _direction(transfer_type, endpoint, setup, interval)[0]
+        if direction:
+            urb = self.transfer(transfer_type, endpoint, timeout=timeout, setup=setup, buffer=view,
+                                interval=interval)
+        else:
+            urb = self.transfer(transfer_type, endpoint, timeout=timeout, setup=setup, data=view,
+                                interval=interval)
+        return urb.actual_length
+
+    # -- reading replies -----------------------------------------------------------------------------
+    def _read_one(self, first: Optional[float]) -> bool:
+        """Read and dispatch one reply (token held); False if none began by ``first``."""
+        rd = self._rd
+        rd.begin(first)
+        try:
+            rd.read_into(self._hview)
+        except _NoReply:
+            return False
+        (command, seq, _, _, _, status, actual, start_frame, npackets,
+         error_count) = _RET_SUBMIT_UNPACK(self._header)
+        if command == _RET_SUBMIT:
+            with self._lock:
+                got = self._table.ret_submit(seq, actual, npackets)
+            if got.__class__ is Retired:
+                self._skip(seq, got, status, actual, npackets)  # type: ignore[arg-type]
+            else:
+                self._receive(got, status, actual, start_frame, npackets, error_count)  # type: ignore[arg-type]
+        elif command == _RET_UNLINK:
+            self._ret_unlink(seq, status)
+        else:
+            raise ProtocolError(f"unexpected command 0x{command:08x} from server (seqnum {seq})")
+        rd.busy = False
+        return True
+
+    def _receive(self, urb: Urb, status: int, actual: int, start_frame: int, npackets: int,
+                 error_count: int) -> None:
+        """Read the rest of ``urb``'s reply (it is RECEIVING) and end it."""
+        rd = self._rd
+        dest = urb.buffer
+        iso = urb.iso_packets
+        if dest is not None and actual:
+            rd.read_into(dest[:actual])
+        if iso is not None:
+            raw = bytearray(npackets * P.ISO_PACKET_SIZE)  # npackets == len(iso) <= MAX_ISO_PACKETS
+            rd.read_into(memoryview(raw))
+            results = [P.IsoPacket(*_ISO_UNPACK(raw, i * P.ISO_PACKET_SIZE)) for i in range(npackets)]
+            for req, res in zip(iso, results):
+                if res.actual_length > req.length:
+                    raise ProtocolError(f"ISO packet actual_length {res.actual_length} > length {req.length}")
+            if dest is not None:
+                _spread_iso_in(dest, iso, results, actual)
+                urb.in_data = dest[:urb.length]
+            urb.iso_results = results
+            urb.start_frame = start_frame
+        elif dest is not None:
+            urb.in_data = dest[:actual]
+        urb.actual_length = actual
+        urb.error_count = error_count
+        self._complete(urb, status)
+
+    def _skip(self, seq: int, gone: Retired, status: int, actual: int, npackets: int) -> None:
+        """A late reply to a URB given up on: consume its bytes, deliver nothing."""
+        self._rd.skip(retired_skip(gone, actual, npackets))
+        _log.warning("%s: late reply to URB %d dropped (status %d, %d bytes): it had already ended "
+                     "(unlinked, or given up after the unlink grace)", self.name, seq, status,
+                     actual if gone.direction else 0)
+
+    def _ret_unlink(self, seq: int, status: int) -> None:
+        with self._lock:
+            urb, ended, rtt = self._table.ret_unlink(seq, status, _monotonic())
+            if rtt is not None:
+                self._rtt.sample(rtt)
+                self._rd.stall = self.reply_stall
+            callbacks = None
+            if ended and urb is not None:
+                callbacks = urb._callbacks
+                urb._callbacks = None
+        if urb is None:
+            _log.debug("%s: RET_UNLINK for seqnum %d ignored (no unlink of ours is waiting)", self.name, seq)
+            return
+        if self.hook is not None:
+            self._call_hook(self.hook.urb_unlink_returned, urb, seq, status)
+        if ended:
+            self._finished(urb, callbacks)
+
+    # -- ending URBs -------------------------------------------------------------------------------------
+    def _complete(self, urb: Urb, status: int) -> None:
+        """End a PENDING or RECEIVING URB with ``status`` (exactly once: later calls do nothing)."""
+        with self._lock:
+            if not self._table.finish(urb, status):
+                return
+            callbacks = urb._callbacks
+            urb._callbacks = None
+        self._finished(urb, callbacks)
+
+    def _finished(self, urb: Urb, callbacks: Optional[List[DoneCallback]]) -> None:
+        """After the transition to DONE (outside the lock): hook, callbacks, waiters."""
+        urb.complete_time = time.time()
+        hook = self.hook
+        if hook is not None:
+            self._call_hook(hook.urb_completed, urb)
+        if callbacks:
+            for fn in callbacks:
+                self._call_back(fn, urb)
+        urb._done.release()
+
+    def _call_back(self, fn: DoneCallback, urb: Urb) -> None:
+        try:
+            fn(urb)
+        except Exception:  # a broken callback must never break the engine
+            _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
+
+    def _add_done_callback(self, urb: Urb, fn: DoneCallback) -> None:
+        with self._lock:
+            if urb.state is not _DONE:
+                if urb._callbacks is None:
+                    urb._callbacks = [fn]
+                else:
+                    urb._callbacks.append(fn)
+                return
+        self._call_back(fn, urb)
+
+    def _unlink(self, urb: Urb, why: EndedBy) -> None:
+        """Send a CMD_UNLINK for a PENDING URB (no-op otherwise) and arm its grace; never blocks."""
+        if urb.conn is not self:
+            raise ValueError(f"{urb!r} belongs to another connection")
+        now = _monotonic()
+        with self._lock:
+            seq = self._table.start_unlink(urb, why, now)
+            if not seq:
+                return
+            grace = self.unlink_grace
+            urb._grace_end = now + grace
+            self._table.add_timer(urb._grace_end, GRACE, urb)
+            wake = urb._grace_end < self._r_until or (not self._r_sock and not self._leading)
+        if self.hook is not None:
+            # Before the send, as urb_submitted: once CMD_UNLINK is out, the RET_UNLINK (and the
+            # URB's end) may be read at once, and a capture must see the unlink first.
+            self._call_hook(self.hook.urb_unlink_sent, urb, seq)
+        try:
+            self._sender.post(_UNLINK_PACK(_CMD_UNLINK, seq, self.devid, urb.direction, urb.endpoint & 0x0F,
+                                           urb.seqnum))
+        except OSError as exc:
+            self._fail_all(f"send failed: {exc}")
+            return
+        if wake:
+            self._wake()
+
+    def _grace_over(self, urb: Urb) -> None:
+        """No verdict on the URB's unlink in time: give it up (exactly once; a late reply for it
+        will be dropped). Called by the timer, or by the leader waiting for it."""
+        with self._lock:
+            ended = self._table.give_up(urb)
+            if ended is None:  # its reply is being read right now: look again later
+                self._table.add_timer(_monotonic() + self.unlink_grace, GRACE, urb)
+                return
+            callbacks = urb._callbacks
+            if ended:
+                urb._callbacks = None
+        if ended:
+            _log.debug("%s: URB %d given up: no answer to its CMD_UNLINK within %.3f s; a late reply "
+                       "will be dropped", self.name, urb.seqnum, self.unlink_grace)
+            self._finished(urb, callbacks)
+
+    def _fail_all(self, reason: str, include_receiving: bool = False) -> ConnectionLostError:
+        """Mark the connection lost and end every pending URB at once (the URB being received,
+        too, if its reader asks). Shuts the socket down, which wakes every blocked recv."""
+        with self._lock:
+            first = self._lost is None
+            if first:
+                self._lost = lost_error(self.name, reason)
+            lost = self._lost
+            assert lost is not None
+            victims = self._table.fail_all(include_receiving)
+            ends = []
+            for urb in victims:
+                urb._error = lost
+                ends.append((urb, urb._callbacks))
+                urb._callbacks = None
+        if first:
+            if not self._closing:
+                _log.warning("%s", lost)
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._wake()
+        for urb, callbacks in ends:
+            self._finished(urb, callbacks)
+        return lost
+
+    def _call_hook(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # a broken observer must never break USB traffic
+            _log.exception("%s: capture hook %r failed", self.name, fn)
+
+    # -- the reader thread ------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        """Make the reader thread look at its work again (any thread; idempotent until it does)."""
+        if self._woken:
+            return
+        self._woken = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full (it will wake anyway) or closed (it is ending)
+
+    def _read_failed(self, exc: BaseException) -> str:
+        """Why reading stopped, for _fail_all."""
+        if self._closing:
+            return "connection closed"
+        if isinstance(exc, ProtocolError):
+            _log.error("%s: %s; closing the connection", self.name, exc)
+            return f"protocol error: {exc}"
+        if isinstance(exc, EOFError):
+            return "server closed the connection"
+        if isinstance(exc, OSError):
+            return str(exc) or type(exc).__name__
+        return f"{type(exc).__name__}: {exc}"
+
+    def _run(self) -> None:
+        reason = "connection closed"
+        poller = _Poller()
+        sock, wake_r, rd, token, sender = self.sock, self._wake_r, self._rd, self._token, self._sender
+        wake_fd = wake_r.fileno()
+        # Its own poll object for "anything more?": one select.poll object refuses two concurrent
+        # poll() calls, and a leader may be polling through the reader's.
+        quick: Any = None
+        if _HAVE_POLL:
+            quick = select.poll()
+            quick.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        try:
+            while True:
+                now = _monotonic()
+                with self._lock:
+                    table = self._table
+                    if table.lost:
+                        return
+                    due = table.due(now)
+                    if not due:
+                        owed = bool(table.pending or table.unlinks)
+                        watch = owed and not self._leading
+                        nxt = table.next_timer()
+                        until = _INF if nxt is None else nxt
+                        if owed and not watch and until > now + _READER_BACKOFF:
+                            until = now + _READER_BACKOFF
+                        self._r_sock = watch
+                        self._r_until = until
+                if due:
+                    for kind, urb in due:
+                        if kind == DEADLINE:
+                            self._unlink(urb, EndedBy.TIMEOUT)
+                        else:
+                            self._grace_over(urb)
+                    continue
+                if watch and rd.end > rd.start:
+                    ready: List[int] = [sock.fileno()]
+                    writable = False
+                else:
+                    ready, writable = poller.wait([sock, wake_r] if watch else [wake_r],
+                                                  sock if sender.tail is not None else None,
+                                                  None if until == _INF else max(until - _monotonic(), 0.0))
+                self._r_sock = False
+                self._r_until = 0.0  # awake: wakers need not write to the wake socket
+                if wake_fd in ready:
+                    # Drain first, then say so: a waker that sees _woken still set skips its
+                    # byte, but made its change before calling, and the loop re-reads the state.
+                    try:
+                        while wake_r.recv(512):
+                            pass
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    self._woken = False
+                if writable:
+                    sender.resume()
+                if watch and sock.fileno() in ready and token.acquire(False):
+                    try:
+                        while not self._table.lost and (
+                                rd.end > rd.start or _readable(sock, quick, 0)):
+                            self._read_one(None)
+                    finally:
+                        token.release()
+        except BaseException as exc:
+            reason = self._read_failed(exc)
+        finally:
+            self._fail_all(reason, True)
+            self._sender.abandon()
+
+
+def _spread_iso_in(buf: memoryview, requested: List[P.IsoPacket], results: List[P.IsoPacket], packed: int) -> None:
+    """ISO IN data arrives back to back (only actual lengths); move each packet to its offset.
+
+    Same as the kernel's usbip_pad_iso(): walk from the last packet so nothing is overwritten.
+    """
+    total = sum(r.actual_length for r in results)
+    if total != packed:
+        raise ProtocolError(f"ISO IN: descriptors account for {total} bytes, {packed} were sent")
+    pos = packed
+    for req, res in zip(reversed(requested), reversed(results)):
+        pos -= res.actual_length
+        if res.actual_length and pos != req.offset:
+            buf[req.offset: req.offset + res.actual_length] = bytes(buf[pos: pos + res.actual_length])
