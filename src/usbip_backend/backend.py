@@ -1,9 +1,10 @@
 """PyUSB backend over USB/IP: ``usb.core.find(backend=get_backend("host"))``.
 
-:class:`UsbipBackend` implements every method of ``usb.backend.IBackend`` on top of the URB
-engine (:mod:`usbip_backend.engine`), one TCP connection per imported device. Descriptors are
-read from the device itself with GET_DESCRIPTOR (so string indexes, bcdUSB and bMaxPacketSize0
-are real) and parsed by :mod:`usbip_backend.descriptors`.
+:class:`UsbipBackend` implements every method of ``usb.backend.IBackend`` on top of the
+PyUSB-free device layer (:mod:`usbip_backend.device`) and the URB engine, one TCP connection per
+imported device: it lists and imports devices, and turns the engine's errors into PyUSB's.
+Descriptors are read from the device itself with GET_DESCRIPTOR (so string indexes, bcdUSB and
+bMaxPacketSize0 are real) and parsed by :mod:`usbip_backend.descriptors`.
 
 Errors are raised as PyUSB's libusb1 backend raises them:
 
@@ -15,6 +16,8 @@ status -110 ETIMEDOUT (server-side timeout)        USBTimeoutError (-7 TIMEOUT, 
 status -32 EPIPE (stall)                           USBError (-9 PIPE, EPIPE)
 status -75 EOVERFLOW (babble)                      USBError (-8 OVERFLOW, EOVERFLOW)
 ConnectionLostError, status -19 / -108             USBError (-4 NO_DEVICE, ENODEV)
+UrbCancelledError (another thread cancelled it)    USBError (-10 INTERRUPTED, EINTR)
+NotFoundError (no such endpoint)                   USBError (-5 NOT_FOUND, ENOENT)
 status -22 EINVAL                                  USBError (-2 INVALID_PARAM, EINVAL)
 status -12 ENOMEM                                  USBError (-11 NO_MEM, ENOMEM)
 status -16 EBUSY                                   USBError (-6 BUSY, EBUSY)
@@ -34,8 +37,7 @@ import errno as _errno
 import logging
 import re
 import threading
-import time
-from typing import Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Set, Tuple
 
 import usb.backend
 import usb.core
@@ -43,21 +45,15 @@ import usb.util
 
 from . import client
 from . import protocol as P
-from .descriptors import (
-    ConfigurationDescriptor,
-    DeviceDescriptor,
-    EndpointDescriptor,
-    InterfaceDescriptor,
-    config_total_length,
-    endpoint_max_packet,
-    parse_configuration,
-    parse_device_descriptor,
-    ss_bytes_per_interval,
+from .descriptors import ConfigurationDescriptor, DeviceDescriptor, EndpointDescriptor, InterfaceDescriptor
+from .device import (  # noqa: F401  (urb_interval, port_numbers_from_busid: re-exported, as before)
+    OUT_WINDOW, Device, flat, port_numbers_from_busid, read_descriptors, urb_interval,
 )
 from .errors import (
     ConnectionLostError,
     ImportRefusedError,
-    ProtocolError,
+    NotFoundError,
+    UrbCancelledError,
     UrbError,
     UsbipError,
     UsbipTimeoutError,
@@ -111,22 +107,8 @@ _SPEED_MAP = {
     P.Speed.SUPER_PLUS: SPEED_SUPER_PLUS,
 }
 
-# Standard requests (USB 2.0 table 9-4) and the hub-class port reset the stub intercepts.
-_GET_STATUS, _CLEAR_FEATURE, _SET_FEATURE = 0, 1, 3
-_GET_DESCRIPTOR, _GET_CONFIGURATION, _SET_CONFIGURATION = 6, 8, 9
-_SET_INTERFACE = 11
-_FEATURE_ENDPOINT_HALT = 0
-_PORT_RESET = 4
-_RT_PORT = 0x23  # host-to-device, class, recipient "other" (a hub port)
-
-#: OUT chunks of a split transfer that may be in flight at once (the ESP32 bridge takes 8).
-OUT_WINDOW = 8
-#: How long cleaning up after a failed split transfer may wait for each cancelled chunk.
-_CANCEL_WAIT = 1.0
-_SETUP_PACK = P.SETUP_STRUCT.pack
-_CONTROL, _BULK = P.TransferType.CONTROL, P.TransferType.BULK
+_CONTROL, _BULK, _INTERRUPT = P.TransferType.CONTROL, P.TransferType.BULK, P.TransferType.INTERRUPT
 _EMPTY = memoryview(b"")
-_EMPTY_IN = memoryview(bytearray(0))  # a writable empty buffer for a zero-length control IN
 
 
 def speed_to_pyusb(wire_speed: int) -> int:
@@ -134,26 +116,7 @@ def speed_to_pyusb(wire_speed: int) -> int:
     return _SPEED_MAP.get(wire_speed, usb.util.SPEED_UNKNOWN)
 
 
-def port_numbers_from_busid(busid: str) -> Optional[Tuple[int, ...]]:
-    """``"1-1.3"`` -> ``(1, 3)``; ``"3-2"`` -> ``(2,)``; other forms (``usbip-vudc.0``) -> None."""
-    m = re.fullmatch(r"\d+-(\d+(?:\.\d+)*)", busid)
-    if not m:
-        return None
-    return tuple(int(p) for p in m.group(1).split("."))
-
-
-def urb_interval(speed: int, transfer_type: P.TransferType, bInterval: int) -> int:
-    """The URB interval Linux gives an endpoint (usb_fill_int_urb / usbfs), never 0.
-
-    High speed and faster: 2^(bInterval-1) microframes, bInterval clamped to 1..16. Full/low
-    speed: bInterval frames for interrupt (at least 1), 2^(bInterval-1) frames for isochronous.
-    """
-    if speed in (P.Speed.HIGH, P.Speed.SUPER, P.Speed.SUPER_PLUS) or transfer_type == P.TransferType.ISOCHRONOUS:
-        return 1 << (min(max(bInterval, 1), 16) - 1)
-    return max(bInterval, 1)
-
-
-def natural_busid_key(busid: str) -> Tuple:
+def natural_busid_key(busid: str) -> Tuple[Tuple[int, int, str], ...]:
     """Sort ``1-1.10`` after ``1-1.9`` (servers list devices in arbitrary order)."""
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", busid) if t)
 
@@ -161,21 +124,30 @@ def natural_busid_key(busid: str) -> Tuple:
 def _usb_error(exc: BaseException, what: str) -> usb.core.USBError:
     """Translate an engine error into the PyUSB exception the libusb1 backend would raise."""
     if isinstance(exc, UsbipTimeoutError):
-        return usb.core.USBTimeoutError(f"{what}: operation timed out ({exc})", LIBUSB_ERROR_TIMEOUT,
-                                        _errno.ETIMEDOUT)
-    if isinstance(exc, ConnectionLostError):
-        return usb.core.USBError(f"{what}: no such device, the connection is gone ({exc})",
-                                 LIBUSB_ERROR_NO_DEVICE, _errno.ENODEV)
-    if isinstance(exc, UrbError):
+        err: usb.core.USBError = usb.core.USBTimeoutError(f"{what}: operation timed out ({exc})",
+                                                          LIBUSB_ERROR_TIMEOUT, _errno.ETIMEDOUT)
+    elif isinstance(exc, ConnectionLostError):
+        err = usb.core.USBError(f"{what}: no such device, the connection is gone ({exc})",
+                                LIBUSB_ERROR_NO_DEVICE, _errno.ENODEV)
+    elif isinstance(exc, UrbCancelledError):
+        err = usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_INTERRUPTED, _errno.EINTR)
+    elif isinstance(exc, NotFoundError):
+        err = usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_NOT_FOUND, _errno.ENOENT)
+    elif isinstance(exc, UrbError):
         status = exc.status
         code = _STATUS_TO_LIBUSB.get(status, LIBUSB_ERROR_IO)
         text = f"{what}: {describe_status(status)}"
         if code == LIBUSB_ERROR_TIMEOUT:
-            return usb.core.USBTimeoutError(text, code, _errno.ETIMEDOUT)
-        if code == LIBUSB_ERROR_NO_DEVICE:
-            return usb.core.USBError(text, code, _errno.ENODEV)
-        return usb.core.USBError(text, code, host_errno(-status))
-    return usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_IO, _errno.EIO)
+            err = usb.core.USBTimeoutError(text, code, _errno.ETIMEDOUT)
+        elif code == LIBUSB_ERROR_NO_DEVICE:
+            err = usb.core.USBError(text, code, _errno.ENODEV)
+        else:
+            err = usb.core.USBError(text, code, host_errno(-status))
+    else:
+        err = usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_IO, _errno.EIO)
+    # Bytes that moved before the failure, as python-libusb1's exceptions carry them.
+    err.transferred = getattr(exc, "transferred", 0)  # type: ignore[attr-defined]
+    return err
 
 
 def _raise_usb(exc: BaseException, what: str) -> NoReturn:
@@ -184,109 +156,25 @@ def _raise_usb(exc: BaseException, what: str) -> NoReturn:
 
 def _what(ttype: P.TransferType, verb: str, ep: int, dev: "UsbipDevice") -> str:
     """Names a bulk/interrupt transfer in errors. Built only on error: formatting it on every
-    transfer cost about 1 us, a sixth of the engine's own work per URB (issue 6)."""
+    transfer cost about 1 us, a sixth of the engine's own work per URB."""
     return f"{ttype.name.lower()} {verb} endpoint 0x{ep:02x} of {dev.name}"
 
 
-def _timeout_s(timeout_ms: Optional[int]) -> Optional[float]:
-    """PyUSB timeouts are milliseconds; 0 (or None) means wait forever."""
-    if not timeout_ms or timeout_ms < 0:
-        return None
-    return timeout_ms / 1000.0
+class UsbipDevice(Device):
+    """One imported device: what ``enumerate_devices`` yields and ``open_device`` takes (the
+    device layer's :class:`~usbip_backend.device.Device`, and the server it came from)."""
 
-
-def _bytes_view(data) -> memoryview:
-    """A flat byte view of a buffer (PyUSB passes array('B'), which needs no cast)."""
-    view = memoryview(data)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
-class _Deadline:
-    """Remaining time of one PyUSB call that may span several URBs (None: no limit)."""
-
-    def __init__(self, timeout_ms: Optional[int]) -> None:
-        t = _timeout_s(timeout_ms)
-        self.end = None if t is None else time.monotonic() + t
-
-    def remaining(self) -> Optional[float]:
-        if self.end is None:
-            return None
-        # A tiny positive value rather than 0, which the engine reads as "forever".
-        return max(self.end - time.monotonic(), 1e-6)
-
-    def expired(self) -> bool:
-        return self.end is not None and time.monotonic() >= self.end
-
-
-class UsbipDevice:
-    """One imported device: what ``enumerate_devices`` yields and ``open_device`` takes."""
-
-    def __init__(self, conn, host: str, port: int, descriptor: DeviceDescriptor,
-                 configurations: List[ConfigurationDescriptor]) -> None:
-        self.conn = conn
-        self.busid: str = conn.busid
+    def __init__(self, conn: Any, host: str, port: int, descriptor: DeviceDescriptor,
+                 configurations: List[ConfigurationDescriptor], *, max_transfer: Optional[int] = None,
+                 timeout: Optional[float] = 5.0) -> None:
+        super().__init__(conn, descriptor, configurations, name=f"{conn.busid} on {host}:{port}",
+                         max_transfer=max_transfer, timeout=timeout)
         self.host = host
         self.port = port
-        self.descriptor = descriptor
-        self.configurations = configurations
-        self.wire_speed: int = conn.speed
-        self.lock = threading.RLock()
-        #: bConfigurationValue in force, or None when unknown (read with GET_CONFIGURATION).
-        self.current_config: Optional[int] = None
-        #: bInterfaceNumber -> bAlternateSetting in force (0 when absent).
-        self.altsettings: Dict[int, int] = {}
-        self._endpoints: Optional[Dict[int, EndpointDescriptor]] = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.busid} on {self.host}:{self.port}"
-
-    @property
-    def alive(self) -> bool:
-        return not self.conn.closed
 
     def __repr__(self) -> str:
         d = self.descriptor
         return f"<UsbipDevice {self.name} {d.idVendor:04x}:{d.idProduct:04x}{'' if self.alive else ' gone'}>"
-
-    def forget_state(self, config: Optional[int] = None) -> None:
-        with self.lock:
-            self.current_config = config
-            self.altsettings.clear()
-            self._endpoints = None
-
-    def endpoint_map(self) -> Dict[int, EndpointDescriptor]:
-        """bEndpointAddress -> descriptor in the active configuration and alternate settings."""
-        with self.lock:
-            if self._endpoints is None:
-                eps: Dict[int, EndpointDescriptor] = {}
-                cfg = self.config_by_value(self.current_config)
-                if cfg is not None:
-                    for group in cfg.interfaces:
-                        for intf in group:
-                            if intf.bAlternateSetting == self.altsettings.get(intf.bInterfaceNumber, 0):
-                                for ep in intf.endpoints:
-                                    eps.setdefault(ep.bEndpointAddress, ep)
-                self._endpoints = eps
-            return self._endpoints
-
-    def config_by_value(self, value: Optional[int]) -> Optional[ConfigurationDescriptor]:
-        for cfg in self.configurations:
-            if cfg.bConfigurationValue == value:
-                return cfg
-        return None
-
-    def any_endpoint(self, address: int) -> Optional[EndpointDescriptor]:
-        """The first descriptor of ``address`` in any configuration/alternate setting."""
-        for cfg in self.configurations:
-            for group in cfg.interfaces:
-                for intf in group:
-                    for ep in intf.endpoints:
-                        if ep.bEndpointAddress == address:
-                            return ep
-        return None
 
 
 class UsbipHandle:
@@ -306,7 +194,8 @@ class UsbipBackend(usb.backend.IBackend):
 
     Args:
         host, port: the server.
-        timeout: seconds for the device list, imports and descriptor reads at enumeration.
+        timeout: seconds for the device list, imports and descriptor reads at enumeration
+            (0: no limit).
         busids: import only these busids (others are never touched).
         pcap: a :class:`~usbip_backend.hooks.UrbHook` (e.g. a ``PcapWriter``) or a file path to
             record every URB to as pcapng.
@@ -322,7 +211,7 @@ class UsbipBackend(usb.backend.IBackend):
         *,
         timeout: float = 5.0,
         busids: Optional[Iterable[str]] = None,
-        pcap=None,
+        pcap: Any = None,
         max_transfer: Optional[int] = None,
         connect_timeout: Optional[float] = None,
     ) -> None:
@@ -353,6 +242,10 @@ class UsbipBackend(usb.backend.IBackend):
     def __repr__(self) -> str:
         return f"<UsbipBackend {self.host}:{self.port} {len(self._devices)} imported>"
 
+    @property
+    def _timeout_s(self) -> Optional[float]:
+        return self.timeout if self.timeout and self.timeout > 0 else None
+
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
         """Close every imported device's connection (and a capture file this backend opened)."""
@@ -369,7 +262,7 @@ class UsbipBackend(usb.backend.IBackend):
     def __enter__(self) -> "UsbipBackend":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
     def _finalize_object(self) -> None:  # called by PyUSB's AutoFinalizedObject
@@ -417,7 +310,7 @@ class UsbipBackend(usb.backend.IBackend):
             # One import at a time per backend: two threads enumerating at once must not import
             # the same busid twice (the second import would be refused as busy).
             with self._import_lock:
-                dev = cached.get(busid)
+                dev: Optional[UsbipDevice] = cached.get(busid)
                 if dev is None or not dev.alive:
                     with self._lock:
                         dev = self._devices.get(busid)
@@ -436,7 +329,7 @@ class UsbipBackend(usb.backend.IBackend):
         except UsbipError as exc:
             return self._skip(busid, f"import of {busid} from {where} failed: {exc}")
         try:
-            desc, configs = self._read_descriptors(conn)
+            desc, configs = read_descriptors(conn, self._timeout_s)
         except (UsbipError, ValueError) as exc:
             conn.close()
             return self._skip(busid, f"cannot read the descriptors of {busid} on {where}: {exc}")
@@ -447,11 +340,8 @@ class UsbipBackend(usb.backend.IBackend):
         desc.port_number = ports[-1] if ports else None
         desc.speed = speed_to_pyusb(conn.speed)
         desc.busid = busid
-        dev = UsbipDevice(conn, self.host, self.port, desc, configs)
-        # The import reply says which configuration the server's device is in (0 on device-mode
-        # servers, which do not know). Only trust a non-zero value; else ask the device later.
-        if conn.device.bConfigurationValue and dev.config_by_value(conn.device.bConfigurationValue):
-            dev.current_config = conn.device.bConfigurationValue
+        dev = UsbipDevice(conn, self.host, self.port, desc, configs, max_transfer=self.max_transfer,
+                          timeout=self._timeout_s)
         with self._lock:
             if self._closed:
                 conn.close()
@@ -468,21 +358,6 @@ class UsbipBackend(usb.backend.IBackend):
         _log.warning("skipping USB/IP device %s: %s", busid, reason)
         self.skipped[busid] = reason
         return None
-
-    def _read_descriptors(self, conn) -> Tuple[DeviceDescriptor, List[ConfigurationDescriptor]]:
-        """GET_DESCRIPTOR(DEVICE), then each configuration: 9 bytes, then wTotalLength."""
-        t = self.timeout
-        raw = conn.control_transfer(0x80, _GET_DESCRIPTOR, 0x0100, 0, 18, timeout=t)
-        desc = parse_device_descriptor(raw)
-        configs = []
-        for index in range(desc.bNumConfigurations):
-            head = conn.control_transfer(0x80, _GET_DESCRIPTOR, 0x0200 | index, 0, 9, timeout=t)
-            total = config_total_length(head)  # a u16: at most 65535 bytes asked for
-            raw = conn.control_transfer(0x80, _GET_DESCRIPTOR, 0x0200 | index, 0, total, timeout=t)
-            if len(raw) < total:
-                raise ProtocolError(f"configuration {index}: wTotalLength {total}, device sent {len(raw)} bytes")
-            configs.append(parse_configuration(raw))
-        return desc, configs
 
     def get_parent(self, dev: UsbipDevice) -> None:
         return None  # the server's hub topology is not visible over USB/IP
@@ -526,33 +401,24 @@ class UsbipBackend(usb.backend.IBackend):
 
     def set_configuration(self, dev_handle: UsbipHandle, config_value: int) -> None:
         dev = dev_handle.dev
-        self._control(dev, 0x00, _SET_CONFIGURATION, config_value, 0, None, self._ms(self.timeout),
-                      f"SET_CONFIGURATION {config_value}")
-        dev.forget_state(config_value)
+        try:
+            dev.set_configuration(config_value, self._timeout_s)
+        except UsbipError as exc:
+            _raise_usb(exc, f"SET_CONFIGURATION {config_value} to {dev.name}")
 
     def get_configuration(self, dev_handle: UsbipHandle) -> int:
-        return self._current_config(dev_handle.dev)
-
-    def _current_config(self, dev: UsbipDevice) -> int:
-        with dev.lock:
-            if dev.current_config is None:
-                buf = bytearray(1)
-                n = self._control(dev, 0x80, _GET_CONFIGURATION, 0, 0, buf, self._ms(self.timeout),
-                                  "GET_CONFIGURATION")
-                if n < 1:
-                    raise usb.core.USBError(f"{dev.name}: GET_CONFIGURATION returned no data",
-                                            LIBUSB_ERROR_IO, _errno.EIO)
-                dev.current_config = buf[0]
-                dev._endpoints = None
-            return dev.current_config
+        dev = dev_handle.dev
+        try:
+            return dev.configuration()
+        except UsbipError as exc:
+            _raise_usb(exc, f"GET_CONFIGURATION of {dev.name}")
 
     def set_interface_altsetting(self, dev_handle: UsbipHandle, intf: int, altsetting: int) -> None:
         dev = dev_handle.dev
-        self._control(dev, 0x01, _SET_INTERFACE, altsetting, intf, None, self._ms(self.timeout),
-                      f"SET_INTERFACE {intf} alt {altsetting}")
-        with dev.lock:
-            dev.altsettings[intf] = altsetting
-            dev._endpoints = None
+        try:
+            dev.set_interface(intf, altsetting, self._timeout_s)
+        except UsbipError as exc:
+            _raise_usb(exc, f"SET_INTERFACE {intf} alt {altsetting} to {dev.name}")
 
     def claim_interface(self, dev_handle: UsbipHandle, intf: int) -> None:
         dev_handle.claimed.add(intf)
@@ -571,258 +437,85 @@ class UsbipBackend(usb.backend.IBackend):
 
     # -- control ----------------------------------------------------------------------------------
     def ctrl_transfer(self, dev_handle: UsbipHandle, bmRequestType: int, bRequest: int, wValue: int,
-                      wIndex: int, data, timeout: int) -> int:
+                      wIndex: int, data: Any, timeout: int) -> int:
         dev = dev_handle.dev
-        n = self._control(dev, bmRequestType, bRequest, wValue, wIndex, data, timeout, None)
-        # Keep track of state changes made through raw control requests too.
-        if bmRequestType == 0x00 and bRequest == _SET_CONFIGURATION:
-            dev.forget_state(wValue & 0xFF)
-        elif bmRequestType == 0x01 and bRequest == _SET_INTERFACE:
-            with dev.lock:
-                dev.altsettings[wIndex & 0xFF] = wValue & 0xFF
-                dev._endpoints = None
-        return n
-
-    def _control(self, dev: UsbipDevice, bmRequestType: int, bRequest: int, wValue: int, wIndex: int,
-                 data, timeout: Optional[int], what: Optional[str]) -> int:
-        """One control transfer: IN fills ``data`` (writable buffer) and returns the count.
-
-        ``what`` names the request in errors (None: built from the request, only on error).
-        """
-        buf = _bytes_view(data) if data is not None else _EMPTY
-        length = buf.nbytes
-        if length > 0xFFFF:
-            what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
-            raise ValueError(f"{what}: control transfers carry at most 65535 bytes, not {length}")
-        setup = _SETUP_PACK(bmRequestType & 0xFF, bRequest & 0xFF, wValue & 0xFFFF, wIndex & 0xFFFF, length)
         try:
-            if bmRequestType & 0x80:
-                return dev.conn.sync_transfer(_CONTROL, 0x80, setup, buf if length else _EMPTY_IN,
-                                              _timeout_s(timeout))
-            return dev.conn.sync_transfer(_CONTROL, 0x00, setup, buf, _timeout_s(timeout))
+            return dev.control(bmRequestType, bRequest, wValue, wIndex, data,
+                               timeout / 1000.0 if timeout and timeout > 0 else None)
         except UsbipError as exc:
-            what = what or f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}"
-            _raise_usb(exc, f"{what} to {dev.name}")
+            _raise_usb(exc, f"control request 0x{bmRequestType:02x}/0x{bRequest:02x} to {dev.name}")
+        except ValueError as exc:
+            raise ValueError(f"control request 0x{bmRequestType:02x}/0x{bRequest:02x}: {exc}") from None
 
     def clear_halt(self, dev_handle: UsbipHandle, ep: int) -> None:
         dev = dev_handle.dev
-        self._control(dev, 0x02, _CLEAR_FEATURE, _FEATURE_ENDPOINT_HALT, ep, None, self._ms(self.timeout),
-                      f"CLEAR_FEATURE(ENDPOINT_HALT) of endpoint 0x{ep:02x}")
+        try:
+            dev.clear_halt(ep, self._timeout_s)
+        except UsbipError as exc:
+            _raise_usb(exc, f"CLEAR_FEATURE(ENDPOINT_HALT) of endpoint 0x{ep:02x} to {dev.name}")
 
     def reset_device(self, dev_handle: UsbipHandle) -> None:
         """Hub-class SET_PORT_FEATURE(PORT_RESET): what Linux's vhci sends, and the stub resets."""
         dev = dev_handle.dev
-        port = dev.descriptor.port_number or 1
-        self._control(dev, _RT_PORT, _SET_FEATURE, _PORT_RESET, port, None, self._ms(self.timeout),
-                      "port reset (the server stalls it if it cannot reset devices, as Linux's "
-                      "device-mode usbipd with usbip-vudc does)")
-        dev.forget_state(None)
-
-    @staticmethod
-    def _ms(seconds: Optional[float]) -> int:
-        return int(seconds * 1000) if seconds else 0
+        try:
+            dev.reset(self._timeout_s)
+        except UsbipError as exc:
+            _raise_usb(exc, f"port reset of {dev.name} (the server stalls it if it cannot reset "
+                            f"devices, as Linux's device-mode usbipd with usbip-vudc does)")
 
     # -- bulk, interrupt ----------------------------------------------------------------------------
-    def bulk_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data, timeout: int) -> int:
-        return self._write(dev_handle.dev, P.TransferType.BULK, ep, data, timeout)
+    def bulk_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data: Any, timeout: int) -> int:
+        return self._write(dev_handle.dev, _BULK, ep, data, timeout)
 
-    def bulk_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff, timeout: int) -> int:
-        return self._read(dev_handle.dev, P.TransferType.BULK, ep, buff, timeout)
+    def bulk_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff: Any, timeout: int) -> int:
+        return self._read(dev_handle.dev, _BULK, ep, buff, timeout)
 
-    def intr_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data, timeout: int) -> int:
-        return self._write(dev_handle.dev, P.TransferType.INTERRUPT, ep, data, timeout)
+    def intr_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data: Any, timeout: int) -> int:
+        return self._write(dev_handle.dev, _INTERRUPT, ep, data, timeout)
 
-    def intr_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff, timeout: int) -> int:
-        return self._read(dev_handle.dev, P.TransferType.INTERRUPT, ep, buff, timeout)
+    def intr_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff: Any, timeout: int) -> int:
+        return self._read(dev_handle.dev, _INTERRUPT, ep, buff, timeout)
 
-    def _endpoint(self, dev: UsbipDevice, ep: int) -> Optional[EndpointDescriptor]:
-        """The endpoint's descriptor in the active configuration (any configuration as fallback)."""
+    def _write(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data: Any, timeout: int) -> int:
+        view = flat(data)
         try:
-            self._current_config(dev)
-        except usb.core.USBError as exc:
-            _log.debug("%s: active configuration unknown (%s)", dev.name, exc)
-        desc = dev.endpoint_map().get(ep)
-        return desc if desc is not None else dev.any_endpoint(ep)
-
-    def _interval(self, dev: UsbipDevice, ttype: P.TransferType, desc: Optional[EndpointDescriptor]) -> int:
-        if ttype in (P.TransferType.BULK, P.TransferType.CONTROL):
-            return 0
-        return urb_interval(dev.wire_speed, ttype, desc.bInterval if desc is not None else 1)
-
-    def _chunk_size(self, desc: Optional[EndpointDescriptor]) -> Optional[int]:
-        """max_transfer rounded down to whole packets (a split must not create short packets)."""
-        if self.max_transfer is None:
-            return None
-        mps = endpoint_max_packet(desc) if desc is not None else 0
-        if mps <= 0:
-            return self.max_transfer
-        return max(mps, self.max_transfer // mps * mps)
-
-    def _write(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data, timeout: int) -> int:
-        view = _bytes_view(data)
-        interval, chunk = self._plan(dev, ttype, ep)
-        if chunk is None or view.nbytes <= chunk:
-            return self._one_urb(dev, ttype, ep, view, None, interval, timeout, "write to")
-        return self._write_split(dev, ttype, ep, view, chunk, interval, _Deadline(timeout),
-                                 _what(ttype, "write to", ep, dev))
-
-    def _plan(self, dev: UsbipDevice, ttype: P.TransferType, ep: int) -> Tuple[int, Optional[int]]:
-        """(URB interval, most bytes per URB or None) for a bulk/interrupt transfer."""
-        if ttype == _BULK and self.max_transfer is None:
-            return 0, None  # the common case: no descriptor lookup
-        desc = self._endpoint(dev, ep)
-        return self._interval(dev, ttype, desc), self._chunk_size(desc)
-
-    def _one_urb(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data: Optional[memoryview],
-                 buffer: Optional[memoryview], interval: int, timeout: int, verb: str) -> int:
-        """One URB straight from (OUT) or into (IN) the caller's buffer: what nearly every call
-        is. Returns the count; a timeout after some I/O returns that count, as libusb1 does."""
-        t = _timeout_s(timeout)
-        try:
-            return dev.conn.sync_transfer(ttype, ep, None, data if buffer is None else buffer, t, interval)
-        except UsbipTimeoutError as exc:
-            if exc.transferred:
-                return exc.transferred
-            _raise_usb(exc, _what(ttype, verb, ep, dev))
+            return dev.write(ttype, ep, view, timeout / 1000.0 if timeout and timeout > 0 else None)
         except UsbipError as exc:
-            _raise_usb(exc, _what(ttype, verb, ep, dev))
+            return self._partial(exc, ttype, "write to", ep, dev, view.nbytes)
 
-    def _write_split(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, view: memoryview, chunk: int,
-                     interval: int, deadline: _Deadline, what: str) -> int:
-        """OUT chunks of at most ``chunk`` bytes, up to OUT_WINDOW in flight; on a failure the
-        rest are unlinked and the error raised (or, after a timeout, the count written)."""
-        total = view.nbytes
-        offsets = list(range(0, total, chunk))
-        in_flight: List = []
-        written = 0
-        error: Optional[BaseException] = None
-        next_index = 0
+    def _read(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, buff: Any, timeout: int) -> int:
+        view = flat(buff)
         try:
-            while next_index < len(offsets) or in_flight:
-                while next_index < len(offsets) and len(in_flight) < OUT_WINDOW:
-                    start = offsets[next_index]
-                    in_flight.append(dev.conn.submit(ttype, ep, data=view[start:start + chunk], interval=interval))
-                    next_index += 1
-                urb = in_flight.pop(0)
-                urb.wait(deadline.remaining())
-                written += urb.actual_length
-                if urb.actual_length < urb.length:
-                    break  # a short OUT: the device took less; do not send what follows
+            return dev.read(ttype, ep, view, timeout / 1000.0 if timeout and timeout > 0 else None)
         except UsbipError as exc:
-            error = exc
-            if isinstance(exc, (UrbError, UsbipTimeoutError)):
-                written += exc.transferred
-        finally:
-            self._cancel_all(in_flight)
-        if error is not None:
-            if isinstance(error, UsbipTimeoutError) and written:
-                return written
-            err = _usb_error(error, f"{what} (after {written} of {total} bytes)")
-            err.transferred = written  # type: ignore[attr-defined]
-            raise err from error
-        return written
+            return self._partial(exc, ttype, "read from", ep, dev, view.nbytes)
 
     @staticmethod
-    def _cancel_all(urbs: Sequence) -> None:
-        """Unlink URBs still in flight and wait (bounded) until each has ended."""
-        for urb in urbs:
-            try:
-                urb.cancel()
-            except UsbipError:
-                pass
-        for urb in urbs:
-            try:
-                urb.wait(_CANCEL_WAIT)
-            except UsbipError:
-                pass
-
-    def _read(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, buff, timeout: int) -> int:
-        view = _bytes_view(buff)
-        total = view.nbytes
-        interval, chunk = self._plan(dev, ttype, ep)
-        chunk = chunk or total
-        if chunk >= total:
-            return self._one_urb(dev, ttype, ep, None, view, interval, timeout, "read from")
-        deadline = _Deadline(timeout)
-        got = 0
-        # URBs of ``chunk`` bytes one at a time, straight into the caller's buffer; a short packet
-        # ends the transfer, so no byte belonging to the device's next transfer is consumed.
-        while True:
-            size = min(chunk, total - got)
-            try:
-                n = dev.conn.sync_transfer(ttype, ep, None, view[got:got + size], deadline.remaining(), interval)
-            except UsbipTimeoutError as exc:
-                got += exc.transferred
-                if got:
-                    return got
-                _raise_usb(exc, _what(ttype, "read from", ep, dev))
-            except UsbipError as exc:
-                _raise_usb(exc, _what(ttype, "read from", ep, dev))
-            got += n
-            if n < size or got >= total:
-                return got
-            if deadline.expired():
-                return got
+    def _partial(exc: UsbipError, ttype: P.TransferType, verb: str, ep: int, dev: UsbipDevice,
+                 total: int) -> int:
+        """As libusb1: a timeout after some I/O returns that count; anything else raises (saying
+        how far a transfer split into several URBs got)."""
+        transferred = getattr(exc, "transferred", 0)
+        if isinstance(exc, UsbipTimeoutError) and transferred:
+            return transferred
+        what = _what(ttype, verb, ep, dev)
+        if transferred or (dev.max_transfer is not None and total > dev.max_transfer):
+            what = f"{what} (after {transferred} of {total} bytes)"
+        _raise_usb(exc, what)
 
     # -- isochronous ------------------------------------------------------------------------------
-    def iso_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data, timeout: int) -> int:
-        return self._iso(dev_handle.dev, ep, memoryview(data).cast("B"), timeout, out=True)
+    def iso_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data: Any, timeout: int) -> int:
+        return self._iso(dev_handle.dev, ep, data, timeout, out=True)
 
-    def iso_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff, timeout: int) -> int:
-        return self._iso(dev_handle.dev, ep, memoryview(buff).cast("B"), timeout, out=False)
+    def iso_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff: Any, timeout: int) -> int:
+        return self._iso(dev_handle.dev, ep, buff, timeout, out=False)
 
-    def _iso(self, dev: UsbipDevice, ep: int, view: memoryview, timeout: int, out: bool) -> int:
-        """Packets of the endpoint's max packet size (times mult), the last one shorter, as libusb
-        fills a synchronous ISO transfer. Returns the bytes moved; IN data is packed to the front
-        of the buffer (packets that came back short leave no gaps)."""
+    def _iso(self, dev: UsbipDevice, ep: int, data: Any, timeout: int, out: bool) -> int:
         what = f"isochronous {'write to' if out else 'read from'} endpoint 0x{ep:02x} of {dev.name}"
-        desc = self._endpoint(dev, ep)
-        if desc is None or desc.transfer_type != 1 or endpoint_max_packet(desc) == 0:
-            raise usb.core.USBError(f"{what}: no isochronous endpoint 0x{ep:02x} in the active configuration",
-                                    LIBUSB_ERROR_NOT_FOUND, _errno.ENOENT)
-        packet = endpoint_max_packet(desc)
-        if dev.wire_speed >= P.Speed.SUPER:
-            # SuperSpeed: bursts make the per-interval size the companion's wBytesPerInterval,
-            # which is what libusb_get_max_iso_packet_size() returns there.
-            packet = ss_bytes_per_interval(desc) or packet
-        interval = self._interval(dev, P.TransferType.ISOCHRONOUS, desc)
-        total = view.nbytes
-        if total == 0:
-            return 0
-        deadline = _Deadline(timeout)
-        per_urb = packet * P.MAX_ISO_PACKETS
-        moved = 0
-        for start in range(0, total, per_urb):
-            size = min(per_urb, total - start)
-            lengths = [packet] * (size // packet) + ([size % packet] if size % packet else [])
-            part = view[start:start + size]
-            try:
-                if out:
-                    urb = dev.conn.submit(P.TransferType.ISOCHRONOUS, ep, data=part, interval=interval,
-                                          iso_packet_lengths=lengths)
-                else:
-                    urb = dev.conn.submit(P.TransferType.ISOCHRONOUS, ep, buffer=part, interval=interval,
-                                          iso_packet_lengths=lengths)
-                try:
-                    urb.wait(deadline.remaining())
-                except UrbError as exc:
-                    # -EXDEV: some packets failed. Like libusb, report what did get through,
-                    # unless nothing did (device-mode servers answer -EXDEV for every ISO URB).
-                    if exc.status != -18 or not any(r.actual_length for r in (urb.iso_results or [])):
-                        raise
-            except UsbipError as exc:
-                _raise_usb(exc, what)
-            results = urb.iso_results or []
-            if out:
-                moved += sum(r.actual_length for r in results) or urb.actual_length
-                continue
-            for req, res in zip(urb.iso_packets or [], results):
-                n = res.actual_length
-                src = start + req.offset
-                if n and src != moved:  # moved <= src: copying forward never overwrites unread data
-                    view[moved:moved + n] = bytes(view[src:src + n])
-                moved += n
-        return moved
+        try:
+            return dev.iso(ep, flat(data), timeout / 1000.0 if timeout and timeout > 0 else None, out)
+        except UsbipError as exc:
+            _raise_usb(exc, what)
 
 
 def get_backend(
@@ -831,7 +524,7 @@ def get_backend(
     *,
     timeout: float = 5.0,
     busids: Optional[Iterable[str]] = None,
-    pcap=None,
+    pcap: Any = None,
     max_transfer: Optional[int] = None,
     connect_timeout: Optional[float] = None,
 ) -> UsbipBackend:
@@ -840,7 +533,7 @@ def get_backend(
     Args:
         host: server address; None finds the one server announcing itself over mDNS.
         port: TCP port (3240).
-        timeout: seconds for the device list, imports and reading descriptors.
+        timeout: seconds for the device list, imports and reading descriptors (0: no limit).
         busids: import only these busids (e.g. ``["1-1"]``); others are left to other clients.
         pcap: record every URB as pcapng: a path, or a hook such as ``PcapWriter``.
         max_transfer: split bulk/interrupt transfers into URBs of at most this many bytes.

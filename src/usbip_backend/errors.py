@@ -9,6 +9,7 @@
      +-- UsbipTimeoutError        an operation did not finish in time (also a TimeoutError)
      +-- UrbCancelledError        a URB was cancelled by its owner (Urb.cancel, CMD_UNLINK)
      +-- UrbError                 a URB completed with a negative errno status
+     +-- NotFoundError            no such endpoint/interface/device (also a LookupError)
 
 The three URB outcomes carry ``transferred``: the bytes that moved before the URB ended.
 
@@ -83,6 +84,10 @@ class UrbError(UsbipError):
     @property
     def errno(self) -> int:  # type: ignore[override]
         return -self.status
+
+
+class NotFoundError(UsbipError, LookupError):
+    """What was asked for (an endpoint in the active configuration, a device) does not exist."""
 
 
 # Linux errno numbers as they travel on the wire. Python's errno module uses the host's numbers,
