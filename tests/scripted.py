@@ -55,11 +55,15 @@ def ret_unlink(seqnum: int, status: int) -> bytes:
 
 
 class ScriptedServer:
-    """Accepts one import, then runs ``script(sock)`` on its thread."""
+    """Accepts one import, then runs ``script(sock)`` on its thread. With ``then``, a second
+    connection is accepted afterwards and runs ``then(sock)`` (to show a fresh import works after
+    the first connection broke)."""
 
     def __init__(self, script: Callable[[socket.socket], None], device: P.UsbDevice = DEVICE,
-                 import_status: int = 0, answer: bool = True) -> None:
+                 import_status: int = 0, answer: bool = True,
+                 then: Optional[Callable[[socket.socket], None]] = None) -> None:
         self.script = script
+        self.then = then
         self.device = device
         self.import_status = import_status
         self.answer = answer
@@ -74,9 +78,18 @@ class ScriptedServer:
         self.thread.start()
 
     def _run(self) -> None:
+        self._serve(self.script)
+        if self.then is not None and self.error is None and not self.release.is_set():
+            self._serve(self.then)
+        self.done.set()
+
+    def _serve(self, script: Callable[[socket.socket], None]) -> None:
         conn = None
         try:
-            conn, _ = self.listener.accept()
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed before a client came
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             hdr = P.OpHeader.unpack(recv_exact(conn, 8))
             if hdr.code == P.OP_REQ_DEVLIST:
@@ -88,18 +101,21 @@ class ScriptedServer:
                 return
             conn.sendall(P.pack_rep_import(self.device, self.import_status))
             if self.import_status == 0:
-                self.script(conn)
-        except EOFError:
+                script(conn)
+        except (EOFError, ConnectionResetError, BrokenPipeError):
             pass
         except BaseException as exc:  # surfaced by close()
             self.error = exc
         finally:
             if conn is not None:
                 conn.close()
-            self.done.set()
 
     def close(self) -> None:
         self.release.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes an accept() still waiting (Linux)
+        except OSError:
+            pass
         self.listener.close()
         self.thread.join(10)
         assert not self.thread.is_alive(), "scripted server thread did not end"

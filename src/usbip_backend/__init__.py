@@ -24,6 +24,20 @@ __version__ = "0.1.0"
 _EXPORTS: Dict[str, str] = {
     "get_backend": "backend",
     "UsbipBackend": "backend",
+    "Connection": "engine",
+    "Urb": "engine",
+    "UrbState": "engine",
+    "TransferType": "protocol",
+    "Device": "device",
+    "open_device": "device",
+    "UsbipError": "errors",
+    "ProtocolError": "errors",
+    "ImportRefusedError": "errors",
+    "ConnectionLostError": "errors",
+    "UsbipTimeoutError": "errors",
+    "UrbCancelledError": "errors",
+    "UrbError": "errors",
+    "NotFoundError": "errors",
     "list_devices": "client",
     "import_device": "client",
     "discover": "discovery",
@@ -40,6 +54,13 @@ __all__: List[str] = ["errors", "__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import UsbipBackend, get_backend
     from .client import import_device, list_devices
+    from .device import Device, open_device
+    from .engine import Connection, Urb, UrbState
+    from .errors import (
+        ConnectionLostError, ImportRefusedError, NotFoundError, ProtocolError, UrbCancelledError, UrbError,
+        UsbipError, UsbipTimeoutError,
+    )
+    from .protocol import TransferType
     from .discovery import DiscoveryError, ServerInfo, discover, discover_usbip_servers
     from .pcap import PcapWriter
     from .sim import SimServer

@@ -1255,7 +1255,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--port", type=port_number, default=d(None), metavar="P",
                    help=h(f"USB/IP TCP port (default {DEFAULT_PORT})"))
     g.add_argument("--timeout", type=seconds, default=d(5.0), metavar="S",
-                   help=h("network timeout in seconds for connecting and OP_* requests (default 5)"))
+                   help=h("network timeout in seconds for connecting and OP_* requests (default 5; 0 waits forever)"))
     g.add_argument("--pcap", default=d(None), metavar="PATH",
                    help=h("write every URB to a pcapng file (or a FIFO Wireshark reads: wireshark -k -i PATH)"))
     g.add_argument("--syslog", action="store_true", default=d(False),

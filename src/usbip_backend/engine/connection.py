@@ -391,7 +391,9 @@ class _Reader:
     def _recv(self, dest: memoryview, size: int) -> int:
         while True:
             first = self.first
-            if self.rcvtimeo is None:
+            if not self.rcvtimeo:
+                # No receive timeout armed (none possible, or nobody led yet): a bounded wait
+                # polls first.
                 if first is not None or self.busy:
                     self._wait()
             elif first is not None and first - _monotonic() < self.rcvtimeo:

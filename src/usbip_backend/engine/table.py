@@ -138,6 +138,10 @@ class UrbTable:
             self.receiving = None
         urb.status = status
         urb.state = _DONE
+        if urb._unlink_seqnum and urb.seqnum not in self.retired:
+            # Its unlink is still out: a server may answer it with a second RET_SUBMIT (some do
+            # after a RET_UNLINK -104); skip that, rather than take it for an unknown seqnum.
+            self._retire(urb)
         if urb._timers:
             self._stale += urb._timers
             urb._timers = 0
@@ -152,6 +156,7 @@ class UrbTable:
             self.retired.pop(seq, None)
             return None, False, None
         rtt = now - urb._unlink_sent if urb._unlink_sent else None
+        urb._verdict = status
         if urb.state is not _PENDING:
             return urb, False, rtt  # its RET_SUBMIT came first (not RECEIVING: one reader reads)
         self._retire(urb)

@@ -68,7 +68,7 @@ class Urb:
         "buffer", "submit_time", "status", "actual_length", "in_data", "iso_results",
         "error_count", "complete_time", "submit_failed", "state", "timeout",
         "_done", "_callbacks", "_unlink_seqnum", "_unlink_sent", "_grace_end", "_ended_by",
-        "_error", "_led", "_timers", "_abandoned",
+        "_error", "_led", "_timers", "_abandoned", "_verdict",
     )
 
     def __init__(self, conn: "Connection", transfer_type: P.TransferType, endpoint: int, direction: int,
@@ -116,6 +116,7 @@ class Urb:
         self._led = False  # wait() has read the socket for it once already
         self._timers = 0  # entries for it in the connection's timer heap
         self._abandoned = False  # its unlink got no verdict within the grace
+        self._verdict: Optional[int] = None  # the status its RET_UNLINK carried
 
     def __repr__(self) -> str:
         return (f"<Urb seq={self.seqnum} {self.transfer_type.name.lower()} ep=0x{self.endpoint:02x} "
@@ -188,7 +189,9 @@ class Urb:
             return "its CMD_SUBMIT never reached the server"
         if self._abandoned:
             return "CMD_UNLINK sent, no answer within the unlink grace; a late reply will be dropped"
-        return f"CMD_UNLINK answered, status {status}"
+        if self._verdict is None:
+            return f"status {status}"
+        return f"CMD_UNLINK answered, status {self._verdict}"
 
     def add_done_callback(self, fn: DoneCallback) -> None:
         """Call ``fn(urb)`` once the URB is done: at once (on this thread) if it already is, else
