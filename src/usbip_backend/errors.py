@@ -82,7 +82,7 @@ class UrbError(UsbipError):
         return self.transferred
 
     @property
-    def errno(self) -> int:  # type: ignore[override]
+    def errno(self) -> int:
         return -self.status
 
 

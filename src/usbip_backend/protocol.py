@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from .errors import ProtocolError
 
@@ -463,7 +463,7 @@ class RetUnlink:
         )
 
 
-def unpack_urb_header(buf: bytes):
+def unpack_urb_header(buf: bytes) -> Union[CmdSubmit, RetSubmit, CmdUnlink, RetUnlink]:
     """Decode any 48-byte URB header into CmdSubmit / RetSubmit / CmdUnlink / RetUnlink."""
     _need(buf, URB_HEADER_SIZE, "URB header")
     command = HEADER_BASIC_STRUCT.unpack_from(buf)[0]

@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from .. import protocol as P
 from ..errors import ConnectionLostError, ProtocolError
@@ -268,7 +268,7 @@ class _Poller:
 
     def __init__(self) -> None:
         self._poll = select.poll() if _HAVE_POLL else None
-        self._masks: dict = {}
+        self._masks: Dict[int, int] = {}
 
     def wait(self, read: Sequence[socket.socket], write: Optional[socket.socket],
              timeout: Optional[float]) -> Tuple[List[int], bool]:
@@ -697,10 +697,10 @@ class Connection:
                          timeout: Optional[float] = None) -> Union[bytes, int]:
         """One control transfer: returns the bytes read (IN) or the count written (OUT)."""
         if bmRequestType & 0x80:
-            buf = bytearray(int(data_or_length or 0))  # type: ignore[arg-type]
+            buf = bytearray(int(data_or_length or 0))
             setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(buf))
             return bytes(buf[:self.sync_transfer(_CONTROL, 0x80, setup, memoryview(buf), timeout)])
-        data = bytes(data_or_length or b"")  # type: ignore[arg-type]
+        data = bytes(data_or_length or b"")
         setup = P.pack_setup(bmRequestType, bRequest, wValue, wIndex, len(data))
         return self.sync_transfer(_CONTROL, 0x00, setup, memoryview(data), timeout)
 
@@ -1056,10 +1056,10 @@ class Connection:
         if command == _RET_SUBMIT:
             with self._lock:
                 got = self._table.ret_submit(seq, actual, npackets)
-            if got.__class__ is Retired:
-                self._skip(seq, got, status, actual, npackets)  # type: ignore[arg-type]
+            if isinstance(got, Retired):
+                self._skip(seq, got, status, actual, npackets)
             else:
-                self._receive(got, status, actual, start_frame, npackets, error_count)  # type: ignore[arg-type]
+                self._receive(got, status, actual, start_frame, npackets, error_count)
         elif command == _RET_UNLINK:
             self._ret_unlink(seq, status)
         else:
