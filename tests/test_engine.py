@@ -316,7 +316,7 @@ def test_seqnum_wraps_and_skips_zero():
             sock.sendall(ret_submit(cmd.seqnum, data=b"z"))
 
     with ScriptedServer(script) as srv, connect(srv) as conn:
-        conn._table._seq = 0xFFFFFFFE
+        conn._table.seqnums_from(0xFFFFFFFF)
         for _ in range(3):
             conn.transfer(BULK, 0x81, length=1, timeout=2)
     assert seen == [0xFFFFFFFF, 1, 2]

@@ -35,7 +35,8 @@ def test_seqnums_are_fresh_nonzero_and_skip_those_in_use():
     t = UrbTable()
     a, b = urb(), urb()
     assert t.add(a) == 1 and t.add(b) == 2
-    t._seq = 0xFFFFFFFF
+    t.seqnums_from(0xFFFFFFFF)
+    assert t.add(urb()) == 0xFFFFFFFF
     c = urb()
     assert t.add(c) == 3  # wraps, skips 0, 1 and 2 (still in flight)
     assert a.state is UrbState.PENDING

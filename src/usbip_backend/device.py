@@ -317,6 +317,8 @@ class Device:
             UsbipTimeoutError: nothing came in time (``transferred`` tells what did, if any).
             UrbError, ConnectionLostError: as the engine raises them.
         """
+        if self.max_transfer is None and transfer_type is _BULK:
+            return self.conn.sync_transfer(_BULK, ep, None, buffer, timeout)  # nearly every call
         total = buffer.nbytes
         interval, chunk = self.plan(transfer_type, ep)
         if chunk is None or chunk >= total:
@@ -342,6 +344,8 @@ class Device:
         a failure the rest are unlinked and the error raised with ``transferred`` = bytes
         written; a short write stops what follows.
         """
+        if self.max_transfer is None and transfer_type is _BULK:
+            return self.conn.sync_transfer(_BULK, ep, None, data, timeout)  # nearly every call
         interval, chunk = self.plan(transfer_type, ep)
         if chunk is None or data.nbytes <= chunk:
             return self.conn.sync_transfer(transfer_type, ep, None, data, timeout, interval)

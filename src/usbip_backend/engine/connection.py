@@ -640,8 +640,9 @@ class Connection:
         Raises:
             as :meth:`Urb.wait`.
         """
-        if self.hook is not None or not self._take_token():
+        if self.hook is not None or not self._token.acquire(False):
             return self._sync_urb(transfer_type, endpoint, setup, view, timeout, interval)
+        self._leading = True
         urb: Optional[Urb] = None
         done = False
         deadline: Optional[float] = None
@@ -791,14 +792,18 @@ class Connection:
         wake = False
         failure: Optional[OSError] = None
         with sender.lock:
-            with self._lock:
-                table = self._table
-                if table.lost:
-                    assert self._lost is not None
+            if urb is None:
+                # The lane: no table entry, so no table lock (a connection lost meanwhile shows
+                # in the send or in the recv that follows).
+                if self._lost is not None:
                     raise self._lost
-                if urb is None:
-                    seq = table.next_seqnum()
-                else:
+                seq = self._table.next_seqnum()
+            else:
+                with self._lock:
+                    table = self._table
+                    if table.lost:
+                        assert self._lost is not None
+                        raise self._lost
                     seq = table.add(urb)
                     if timeout is not None and timeout > 0:
                         urb.timeout = timeout
@@ -807,7 +812,6 @@ class Connection:
                         wake = when < self._r_until
                     if not led and not self._r_sock and self._r_until > 0:
                         wake = True  # someone must read the reply: the reader thread sleeps
-            if urb is not None:
                 urb.submit_time = time.time()
                 if self.hook is not None:
                     self._call_hook(self.hook.urb_submitted, urb)

@@ -22,6 +22,7 @@ The unlink rules (kernel ``Documentation/usb/usbip_protocol.rst``, "USBIP_CMD_UN
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -62,20 +63,34 @@ class UrbTable:
         self.retired_limit = retired_limit
         self.receiving: Optional[Urb] = None  # the URB whose reply is being read, if any
         self.lost = False
-        self._seq = 0
+        self._seqnums = itertools.count(1)
         self._timers: List[Tuple[float, int, int, Urb]] = []  # heap of (when, n, kind, urb)
         self._timer_n = 0
         self._stale = 0
 
     # -- seqnums and submission ----------------------------------------------------------------------
     def next_seqnum(self) -> int:
-        """A fresh uint32 seqnum: never 0, never one still in use (it wraps after 2**32)."""
-        seq = self._seq
+        """A fresh uint32 seqnum: never 0, never one still in use (it wraps after 2**32).
+
+        The one call that needs no lock: next() on the counter is atomic, so the synchronous
+        lane may take a seqnum without the table's lock (only the wrap, after 2**32 URBs, is not).
+        """
+        seq = next(self._seqnums)
+        if seq > 0xFFFFFFFF or seq in self.pending or seq in self.unlinks or seq in self.retired:
+            return self._free_seqnum(seq)
+        return seq
+
+    def _free_seqnum(self, seq: int) -> int:
         while True:
-            seq = (seq + 1) & 0xFFFFFFFF
+            seq &= 0xFFFFFFFF
             if seq and seq not in self.pending and seq not in self.unlinks and seq not in self.retired:
-                self._seq = seq
+                self._seqnums = itertools.count(seq + 1)
                 return seq
+            seq += 1
+
+    def seqnums_from(self, seq: int) -> None:
+        """Hand out seqnums from ``seq`` on (tests use it to cross the wrap)."""
+        self._seqnums = itertools.count(seq)
 
     def add(self, urb: Urb, seq: int = 0) -> int:
         """Enter a NEW URB as PENDING under ``seq`` (0: a fresh one); returns its seqnum."""
