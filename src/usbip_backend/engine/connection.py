@@ -100,6 +100,8 @@ _READER_BACKOFF = 0.001
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
+#: Set while a thread runs a done callback (the URB it was called for).
+_in_callback = threading.local()
 _RCVTIMEO_MARGIN_US = 10000
 
 Buffer = Union[bytes, bytearray, memoryview, Any]
@@ -224,13 +226,15 @@ class _Sender:
         """The socket is writable again: go on with a message sent in part (reader thread)."""
         if self.tail is None:
             return
-        stuck = True
         try:
             stuck = self._flush_nonblocking()
-        finally:
-            if not stuck:
-                self.lock.release()
+        except BaseException:
+            self.tail = None
+            self.queue.clear()
+            self.lock.release()
+            raise
         if not stuck:
+            self.lock.release()
             self.kick()
 
     def abandon(self) -> None:
@@ -264,39 +268,46 @@ class _Sender:
 
 
 class _Poller:
-    """Wait until sockets are readable (or writable): poll() where it exists, else select()."""
+    """The reader thread's wait: for its wake-up socket, and for the connection's socket to be
+    readable (``read``) or writable (``write``). poll() where it exists, else select()."""
 
-    def __init__(self) -> None:
-        self._poll = select.poll() if _HAVE_POLL else None
-        self._masks: Dict[int, int] = {}
+    _IN = select.POLLIN | select.POLLPRI if _HAVE_POLL else 0
+    _READY = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL if _HAVE_POLL else 0
+    _OUT = select.POLLOUT | select.POLLHUP | select.POLLERR if _HAVE_POLL else 0
 
-    def wait(self, read: Sequence[socket.socket], write: Optional[socket.socket],
-             timeout: Optional[float]) -> Tuple[List[int], bool]:
-        """(fds readable, whether ``write`` is writable); ``timeout`` None waits forever."""
+    def __init__(self, sock: socket.socket, wake: socket.socket) -> None:
+        self.sock = sock
+        self.wake = wake
+        self._fd = sock.fileno()
+        self._poll: Any = None
+        self._mask = 0  # what sock is registered for
+        if _HAVE_POLL:
+            self._poll = select.poll()
+            self._poll.register(wake.fileno(), self._IN)
+
+    def wait(self, read: bool, write: bool, timeout: Optional[float]) -> Tuple[bool, bool, bool]:
+        """(sock readable, sock writable, woken); ``timeout`` None waits forever."""
         poll = self._poll
         if poll is None:
-            r, w, x = select.select(list(read), [write] if write is not None else [], list(read), timeout)
-            return [s.fileno() for s in set(r) | set(x)], bool(w)
-        masks = {s.fileno(): select.POLLIN | select.POLLPRI for s in read}
-        if write is not None:
-            masks[write.fileno()] = masks.get(write.fileno(), 0) | select.POLLOUT
-        for fd in list(self._masks):
-            if fd not in masks:
-                poll.unregister(fd)
-                del self._masks[fd]
-        for fd, mask in masks.items():
-            if self._masks.get(fd) != mask:
-                poll.register(fd, mask)
-                self._masks[fd] = mask
-        ms = -1 if timeout is None else int(math.ceil(timeout * 1000))
-        readable, writable = [], False
-        wfd = write.fileno() if write is not None else -2
-        for fd, ev in poll.poll(ms):
-            if ev & (select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                readable.append(fd)
-            if fd == wfd and ev & (select.POLLOUT | select.POLLHUP | select.POLLERR):
-                writable = True
-        return readable, writable
+            rl = [self.wake, self.sock] if read else [self.wake]
+            r, w, x = select.select(rl, [self.sock] if write else [], rl, timeout)
+            ready = set(r) | set(x)
+            return self.sock in ready, bool(w), self.wake in ready
+        mask = (self._IN if read else 0) | (select.POLLOUT if write else 0)
+        if mask != self._mask:
+            if mask:
+                poll.register(self._fd, mask)
+            else:
+                poll.unregister(self._fd)
+            self._mask = mask
+        readable = writable = woken = False
+        for fd, ev in poll.poll(-1 if timeout is None else int(math.ceil(timeout * 1000))):
+            if fd == self._fd:
+                readable = read and bool(ev & self._READY)
+                writable = write and bool(ev & self._OUT)
+            else:
+                woken = True
+        return readable, writable, woken
 
 
 def _readable(sock: socket.socket, poll: Any, timeout: float) -> bool:
@@ -321,7 +332,8 @@ class _Reader:
     against the bounds here. Where SO_RCVTIMEO cannot be set, poll()/select() before each recv.
     """
 
-    __slots__ = ("sock", "buf", "view", "start", "end", "first", "stall", "busy", "rcvtimeo", "poll")
+    __slots__ = ("sock", "buf", "view", "start", "end", "first", "stall", "busy", "rcvtimeo", "kernel",
+                 "poll")
 
     def __init__(self, sock: socket.socket, size: int = 65536) -> None:
         self.sock = sock
@@ -333,6 +345,7 @@ class _Reader:
         self.stall = RttEstimator.MIN_STALL
         self.busy = False  # a message has begun and is not read to its end yet
         self.rcvtimeo: Optional[float] = 0.0  # seconds asked for; 0 = none; None = cannot set it
+        self.kernel = 0.0  # what the kernel was given (a little shorter, see arm())
         self.poll: Any = None
         if _HAVE_POLL:
             self.poll = select.poll()
@@ -366,6 +379,7 @@ class _Reader:
             usec = max(usec - min(_RCVTIMEO_MARGIN_US, usec // 2), 1000)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(usec // 1000000, usec % 1000000))
         self.rcvtimeo = seconds
+        self.kernel = usec / 1e6
 
     def begin(self, first: Optional[float]) -> None:
         """A new message is to be read; ``first`` bounds the wait for its first byte."""
@@ -396,8 +410,10 @@ class _Reader:
                 # polls first.
                 if first is not None or self.busy:
                     self._wait()
-            elif first is not None and first - _monotonic() < self.rcvtimeo:
-                self._wait()  # due before the armed receive timeout: poll() is precise
+            elif first is not None and first - _monotonic() < self.kernel:
+                # Due before the kernel's receive timeout would wake us: poll() is precise. (A
+                # bound beyond it is met by the EAGAIN, then poll() for the rest.)
+                self._wait()
             try:
                 n = self.sock.recv_into(dest, size)
             except (BlockingIOError, InterruptedError):
@@ -521,12 +537,11 @@ class Connection:
         # uses, and what the reader thread is waiting for (written under _lock by the reader).
         self._token = threading.Lock()
         self._leading = False
+        self._led_at = 0.0  # when a caller last gave the token back (time.monotonic())
         self._rd = _Reader(sock)
         self._rd.stall = self.reply_stall
         self._header = bytearray(_HEADER)
         self._hview = memoryview(self._header)
-        # Every platform can lead: with SO_RCVTIMEO, or else with poll()/select() before a recv.
-        self._can_lead = True
         self._r_sock = False  # the reader thread polls the socket
         self._r_until = _INF  # ... and sleeps until then at the latest (0: it is awake)
         self._reader = threading.Thread(target=self._run, name=f"usbip-reader-{self.busid}", daemon=True)
@@ -810,8 +825,11 @@ class Connection:
                         when = _monotonic() + timeout
                         table.add_timer(when, DEADLINE, urb)
                         wake = when < self._r_until
-                    if not led and not self._r_sock and self._r_until > 0:
-                        wake = True  # someone must read the reply: the reader thread sleeps
+                    if not led and not self._r_sock and self._r_until - _monotonic() > _READER_BACKOFF:
+                        # Someone must read the reply: the reader thread sleeps. (Backing off
+                        # or awake, it looks again by itself: a pipelining caller submitting
+                        # while it leads must not cost a wake-up per URB.)
+                        wake = True
                 urb.submit_time = time.time()
                 if self.hook is not None:
                     self._call_hook(self.hook.urb_submitted, urb)
@@ -848,21 +866,22 @@ class Connection:
 
     # -- leading (reading for one's own URB) -------------------------------------------------------
     def _take_token(self) -> bool:
-        if self._can_lead and self._token.acquire(False):
+        # Every platform can lead: with SO_RCVTIMEO, or else with poll()/select() before a recv.
+        if self._token.acquire(False):
             self._leading = True
             return True
         return False
 
     def _release_token(self) -> None:
         self._leading = False
+        self._led_at = now = _monotonic()
         self._token.release()
         # Replies still owed (our own if we stopped leading early, followers that queued behind
         # us, unlinks): hand the reading over to the reader thread if it sleeps. (Awake or
         # backing off, it looks again by itself. Not waking it needlessly matters: it would
         # contend for the GIL with this caller's next transfer.)
         table = self._table
-        if (table.pending or table.unlinks) and not self._r_sock \
-                and self._r_until - _monotonic() > _READER_BACKOFF:
+        if (table.pending or table.unlinks) and not self._r_sock and self._r_until - now > _READER_BACKOFF:
             self._wake()
 
     def _lead_clock(self, timeout: Optional[float]) -> Tuple[Optional[float], float]:
@@ -1022,6 +1041,10 @@ class Connection:
             raise RuntimeError(f"{urb!r} was never submitted")
         if timeout is not None and timeout > 0 and urb.timeout is None:
             urb.timeout = timeout
+        if getattr(_in_callback, "urb", None) is not None:
+            # The thread running callbacks may hold the read token: nobody else could end it.
+            raise RuntimeError(f"wait() for {urb!r} inside a done callback would deadlock; "
+                               "resubmit or hand the work to another thread instead")
         if not urb._led and urb.state is _PENDING and self._take_token():
             urb._led = True
             deadline, lead_end = self._lead_clock(timeout)
@@ -1144,10 +1167,14 @@ class Connection:
         urb._done.release()
 
     def _call_back(self, fn: DoneCallback, urb: Urb) -> None:
+        outer = getattr(_in_callback, "urb", None)
+        _in_callback.urb = urb
         try:
             fn(urb)
         except Exception:  # a broken callback must never break the engine
             _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
+        finally:
+            _in_callback.urb = outer
 
     def _add_done_callback(self, urb: Urb, fn: DoneCallback) -> None:
         with self._lock:
@@ -1260,9 +1287,8 @@ class Connection:
 
     def _run(self) -> None:
         reason = "connection closed"
-        poller = _Poller()
         sock, wake_r, rd, token, sender = self.sock, self._wake_r, self._rd, self._token, self._sender
-        wake_fd = wake_r.fileno()
+        poller = _Poller(sock, wake_r)
         # Its own poll object for "anything more?": one select.poll object refuses two concurrent
         # poll() calls, and a leader may be polling through the reader's.
         quick: Any = None
@@ -1279,11 +1305,17 @@ class Connection:
                     due = table.due(now)
                     if not due:
                         owed = bool(table.pending or table.unlinks)
-                        watch = owed and not self._leading
+                        # A caller reading (or who just read) for its own URBs is likely to go on
+                        # (a pipelining wait() loop): leave the socket to it for a moment rather
+                        # than take the token between its calls and turn it into a follower.
+                        backoff = self._led_at + _READER_BACKOFF - now
+                        watch = owed and not self._leading and backoff <= 0
                         nxt = table.next_timer()
                         until = _INF if nxt is None else nxt
-                        if owed and not watch and until > now + _READER_BACKOFF:
-                            until = now + _READER_BACKOFF
+                        if owed and not watch:
+                            pause = now + max(backoff, _READER_BACKOFF)
+                            if until > pause:
+                                until = pause
                         self._r_sock = watch
                         self._r_until = until
                 if due:
@@ -1294,15 +1326,14 @@ class Connection:
                             self._grace_over(urb)
                     continue
                 if watch and rd.end > rd.start:
-                    ready: List[int] = [sock.fileno()]
-                    writable = False
+                    readable, writable, woken = True, False, False
                 else:
-                    ready, writable = poller.wait([sock, wake_r] if watch else [wake_r],
-                                                  sock if sender.tail is not None else None,
-                                                  None if until == _INF else max(until - _monotonic(), 0.0))
+                    readable, writable, woken = poller.wait(
+                        watch, sender.tail is not None,
+                        None if until == _INF else max(until - _monotonic(), 0.0))
                 self._r_sock = False
                 self._r_until = 0.0  # awake: wakers need not write to the wake socket
-                if wake_fd in ready:
+                if woken:
                     # Drain first, then say so: a waker that sees _woken still set skips its
                     # byte, but made its change before calling, and the loop re-reads the state.
                     try:
@@ -1313,7 +1344,7 @@ class Connection:
                     self._woken = False
                 if writable:
                     sender.resume()
-                if watch and sock.fileno() in ready and token.acquire(False):
+                if readable and token.acquire(False):
                     try:
                         while not self._table.lost and (
                                 rd.end > rd.start or _readable(sock, quick, 0)):
