@@ -1336,9 +1336,10 @@ class Connection:
                 if woken:
                     # Drain first, then say so: a waker that sees _woken still set skips its
                     # byte, but made its change before calling, and the loop re-reads the state.
+                    # (_woken lets few bytes through: one recv takes them; any later one makes
+                    # the next poll return at once.)
                     try:
-                        while wake_r.recv(512):
-                            pass
+                        wake_r.recv(512)
                     except (BlockingIOError, InterruptedError):
                         pass
                     self._woken = False
