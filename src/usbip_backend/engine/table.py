@@ -127,7 +127,9 @@ class UrbTable:
             self.receiving = urb
             return urb
         if seq in self.retired:
-            gone = self.retired.pop(seq)
+            # Kept (until pushed out by newer ones): a server that sends a given-up URB's reply
+            # twice (once for the URB, once more for its unlink) is dropped twice, not fatal.
+            gone = self.retired[seq]
             if gone is None:
                 raise ProtocolError(f"RET_SUBMIT with seqnum {seq}, which named a CMD_UNLINK")
             if actual < 0 or actual > gone.length:
