@@ -157,16 +157,18 @@ class _Sender:
     socket accepts it without waiting (MSG_DONTWAIT). A message the socket takes only in part is
     finished by the reader thread when the socket becomes writable (:meth:`resume`); the lock
     stays held meanwhile (a ``threading.Lock`` may be released by another thread), so nothing
-    can interleave with it.
+    can interleave with it. A message may come with a callback, called once it is all on its way
+    (an unlink's grace starts then, not while it waited behind a big OUT payload).
     """
 
-    __slots__ = ("sock", "lock", "queue", "tail", "on_stuck")
+    __slots__ = ("sock", "lock", "queue", "tail", "tail_sent", "on_stuck")
 
     def __init__(self, sock: socket.socket, on_stuck: Callable[[], None]) -> None:
         self.sock = sock
         self.lock = threading.Lock()
-        self.queue: Deque[bytes] = deque()
+        self.queue: Deque[Tuple[bytes, Optional[Callable[[], None]]]] = deque()
         self.tail: Optional[memoryview] = None  # rest of a message sent in part; lock held
+        self.tail_sent: Optional[Callable[[], None]] = None
         self.on_stuck = on_stuck
 
     def sendmsg(self, parts: List[Any]) -> None:
@@ -198,11 +200,15 @@ class _Sender:
         """Send the queued control messages, blocking (lock held, no tail)."""
         queue, sendall = self.queue, self.sock.sendall
         while queue:
-            sendall(queue.popleft())
+            data, sent = queue.popleft()
+            sendall(data)
+            if sent is not None:
+                sent()
 
-    def post(self, message: bytes) -> None:
-        """Queue a control message and send it if that needs no waiting (any thread)."""
-        self.queue.append(message)
+    def post(self, message: bytes, sent: Optional[Callable[[], None]] = None) -> None:
+        """Queue a control message and send it if that needs no waiting (any thread); ``sent``
+        is called (by whichever thread sends it) once it is all on its way."""
+        self.queue.append((message, sent))
         self.kick()
 
     def kick(self) -> None:
@@ -229,7 +235,7 @@ class _Sender:
         try:
             stuck = self._flush_nonblocking()
         except BaseException:
-            self.tail = None
+            self.tail = self.tail_sent = None
             self.queue.clear()
             self.lock.release()
             raise
@@ -240,7 +246,7 @@ class _Sender:
     def abandon(self) -> None:
         """The connection is gone: let go of a lock held for a message sent in part."""
         if self.tail is not None:
-            self.tail = None
+            self.tail = self.tail_sent = None
             self.queue.clear()
             self.lock.release()
 
@@ -248,23 +254,26 @@ class _Sender:
         """Send the tail and the queue without waiting; True if the socket is full (tail kept)."""
         sock, queue = self.sock, self.queue
         while True:
-            data = self.tail
+            data, sent = self.tail, self.tail_sent
             if data is None:
                 if not queue:
                     return False
-                data = memoryview(queue.popleft())
+                message, sent = queue.popleft()
+                data = memoryview(message)
             if not _HAVE_DONTWAIT:
-                self.tail = None
+                self.tail = self.tail_sent = None
                 sock.sendall(data)
-                continue
-            try:
-                n = sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                n = 0
-            if n < data.nbytes:
-                self.tail = data[n:]
-                return True
-            self.tail = None
+            else:
+                try:
+                    n = sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    n = 0
+                if n < data.nbytes:
+                    self.tail, self.tail_sent = data[n:], sent
+                    return True
+                self.tail = self.tail_sent = None
+            if sent is not None:
+                sent()
 
 
 class _Poller:
@@ -1190,25 +1199,34 @@ class Connection:
         """Send a CMD_UNLINK for a PENDING URB (no-op otherwise) and arm its grace; never blocks."""
         if urb.conn is not self:
             raise ValueError(f"{urb!r} belongs to another connection")
-        now = _monotonic()
         with self._lock:
-            seq = self._table.start_unlink(urb, why, now)
+            seq = self._table.start_unlink(urb, why, _monotonic())
             if not seq:
                 return
-            grace = self.unlink_grace
-            urb._grace_end = now + grace
-            self._table.add_timer(urb._grace_end, GRACE, urb)
-            wake = urb._grace_end < self._r_until or (not self._r_sock and not self._leading)
+            urb._grace_end = _INF  # until the CMD_UNLINK is on its way (see _unlink_sent)
         if self.hook is not None:
             # Before the send, as urb_submitted: once CMD_UNLINK is out, the RET_UNLINK (and the
             # URB's end) may be read at once, and a capture must see the unlink first.
             self._call_hook(self.hook.urb_unlink_sent, urb, seq)
         try:
             self._sender.post(_UNLINK_PACK(_CMD_UNLINK, seq, self.devid, urb.direction, urb.endpoint & 0x0F,
-                                           urb.seqnum))
+                                           urb.seqnum), lambda: self._unlink_sent(urb))
         except OSError as exc:
             self._fail_all(f"send failed: {exc}")
-            return
+
+    def _unlink_sent(self, urb: Urb) -> None:
+        """A CMD_UNLINK is all on its way: its grace starts now (it may have waited in the send
+        queue behind another thread's big OUT payload), and so does its round trip."""
+        now = _monotonic()
+        with self._lock:
+            if self._table.lost:
+                return
+            urb._unlink_sent = now
+            urb._grace_end = now + self.unlink_grace
+            self._table.add_timer(urb._grace_end, GRACE, urb)
+            # The verdict must be read, and the grace timed, by someone: the reader thread if it
+            # sleeps past the grace (or does not watch the socket while nobody leads).
+            wake = urb._grace_end < self._r_until or (not self._r_sock and not self._leading)
         if wake:
             self._wake()
 
