@@ -328,6 +328,28 @@ def test_sim_command_subprocess():
     assert proc.returncode == 0
 
 
+def test_sim_command_unlink_behaviour():
+    """``sim --unlink status0``: the server answers every CMD_UNLINK with 0 and drops the URB, and
+    a timeout against it still comes on time, ended by that RET_UNLINK."""
+    from usbip_backend import protocol as P
+    from usbip_backend.errors import UsbipTimeoutError
+
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "usbip_backend", "sim", "--port", "0", "--devices",
+                             "loopback", "--unlink", "status0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("LISTENING 127.0.0.1 "), line + proc.stderr.read()
+        with import_device("127.0.0.1", int(line.split()[2]), "1-1", timeout=5, unlink_grace=5.0) as conn:
+            conn.control_transfer(0x00, 9, 1, 0, b"", 5)
+            with pytest.raises(UsbipTimeoutError, match="answered, status 0"):
+                conn.transfer(P.TransferType.BULK, 0x81, length=8, timeout=0.05)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
 # --- discovery ----------------------------------------------------------------------------------
 def _advertise(port: int, stype: str):
     from test_discovery import ESP32_TXT, advertise

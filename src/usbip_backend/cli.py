@@ -846,6 +846,8 @@ def cmd_sim(ctx: Context) -> int:
         argv += ["--devices", ",".join(n for item in args.devices for n in item.split(",") if n)]
     if args.count is not None:
         argv += ["--count", str(args.count)]
+    if args.unlink:
+        argv += ["--unlink", args.unlink]
     argv += args.sim_args
     rc = sim.main(argv)
     return int(rc or 0)
@@ -1383,6 +1385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", nargs="+", metavar="NAME",
                    help="stock devices to export, space or comma separated (default: loopback acm hid iso)")
     p.add_argument("--count", type=number, metavar="N", help="how many copies of each device")
+    p.add_argument("--unlink", choices=("kernel", "status0", "ignore"),
+                   help="how CMD_UNLINK is answered: kernel (default: -ECONNRESET for a pending URB, as "
+                        "usbip-host), status0 (always 0, the URB dropped, as PyPI usbip 0.7.0), ignore "
+                        "(never answered)")
     p.add_argument("sim_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
 
