@@ -75,3 +75,23 @@ def test_timeout_cancels_pending_read_cleanly_and_next_read_gets_next_bytes(flav
     seqs = [seq for seq, _, _ in completed]
     assert len(seqs) == len(set(seqs))
     assert not [r for r in caplog.records if "late reply" in r.getMessage() or "unknown seqnum" in r.getMessage()]
+
+
+@pytest.mark.parametrize("requested_ms", [50, 300])
+def test_timeouts_are_raised_on_time_against_the_kernel(flavour, requested_ms):
+    """Against the stub and vudc the unlink is answered (-ECONNRESET), which ends the URB: the
+    timeout is raised within a few ms of the time asked for. The margin here is generous (QEMU
+    emulates the guest in software on a shared machine); the measured lateness is printed."""
+    import time
+
+    with open_device(flavour, "acm") as dev:
+        late = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            with pytest.raises(usb.core.USBTimeoutError):
+                dev.read(DATA_IN, 512, timeout=requested_ms)
+            late.append(time.monotonic() - t0 - requested_ms / 1000)
+    print(f"{flavour.name} mode, {requested_ms} ms timeouts late by (ms): "
+          f"{', '.join(f'{x * 1e3:.1f}' for x in late)}")
+    assert min(late) >= -0.001
+    assert max(late) < 0.2, late
