@@ -17,6 +17,7 @@ from typing import Dict, Iterator, Tuple, Union
 import pytest
 
 from conftest import ROOT, start_sim_process, stop_sim_process
+from test_sim import recv_exact
 from usbip_backend import protocol as P
 from usbip_backend.sim.__main__ import build_parser
 from usbip_backend.sim.server import UNLINK_BEHAVIOURS, SimServer
@@ -28,16 +29,6 @@ EP_SOURCE = 2  # bulk 0x82 IN: answers at once with the source pattern
 ECONNRESET = -104
 
 Reply = Union[P.RetSubmit, P.RetUnlink]
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return bytes(buf)
 
 
 class RawClient:

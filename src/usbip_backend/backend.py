@@ -464,26 +464,11 @@ class UsbipBackend(usb.backend.IBackend):
                             f"devices, as Linux's device-mode usbipd with usbip-vudc does)")
 
     # -- bulk, interrupt ----------------------------------------------------------------------------
-    # bulk_read and bulk_write are _read and _write written out: one call less on the hot path.
     def bulk_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data: Any, timeout: int) -> int:
-        dev = dev_handle.dev
-        view = memoryview(data)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        try:
-            return dev.write(_BULK, ep, view, timeout / 1000.0 if timeout and timeout > 0 else None)
-        except UsbipError as exc:
-            return self._partial(exc, _BULK, "write to", ep, dev, view.nbytes)
+        return self._write(dev_handle.dev, _BULK, ep, data, timeout)
 
     def bulk_read(self, dev_handle: UsbipHandle, ep: int, intf: int, buff: Any, timeout: int) -> int:
-        dev = dev_handle.dev
-        view = memoryview(buff)
-        if view.format != "B" or view.ndim != 1:
-            view = view.cast("B")
-        try:
-            return dev.read(_BULK, ep, view, timeout / 1000.0 if timeout and timeout > 0 else None)
-        except UsbipError as exc:
-            return self._partial(exc, _BULK, "read from", ep, dev, view.nbytes)
+        return self._read(dev_handle.dev, _BULK, ep, buff, timeout)
 
     def intr_write(self, dev_handle: UsbipHandle, ep: int, intf: int, data: Any, timeout: int) -> int:
         return self._write(dev_handle.dev, _INTERRUPT, ep, data, timeout)
