@@ -751,3 +751,53 @@ def test_platform_round_trips_both_ways(platform_mode):
             assert conn.control_transfer(0x40, 1, 0, 0, b"abc", 5) == 3
             urb = conn.transfer(BULK, 0x81, length=4, timeout=5)
             assert bytes(urb.in_data) == bytes([urb.seqnum & 0xFF]) * 4
+
+
+# -- the lane's big IN reply: one scatter recv, header to the reader's buffer, data to the caller's --
+def _lane_read(conn, size, timeout=5):
+    buf = bytearray(size)
+    n = conn.sync_transfer(BULK, 0x81, None, memoryview(buf), timeout)
+    return bytes(buf[:n])
+
+
+def test_lane_big_in_reply_followed_by_another_message_in_the_same_recv():
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        # a short answer to a 64 KiB request, and right behind it a stray RET_UNLINK (ignored)
+        sock.sendall(ret_submit(cmd.seqnum, data=b"s" * 100) + ret_unlink(4242, 0))
+        cmd = read_cmd(sock)[0]
+        sock.sendall(ret_submit(cmd.seqnum, data=bytes(range(256)) * 256))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        assert _lane_read(conn, 65536) == b"s" * 100
+        assert _lane_read(conn, 65536) == bytes(range(256)) * 256
+        assert not conn.closed
+
+
+def test_lane_big_in_after_a_late_reply_to_a_urb_given_up():
+    def script(sock):
+        first = read_cmd(sock)[0]
+        read_cmd(sock)  # CMD_UNLINK, never answered: the URB is given up
+        second = read_cmd(sock)[0]
+        sock.sendall(ret_submit(first.seqnum, data=b"L" * 5000) + ret_submit(second.seqnum, data=b"S" * 70000))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv, unlink_grace=0.05) as conn:
+        with pytest.raises(UsbipTimeoutError):
+            _lane_read(conn, 8192, timeout=0.05)
+        assert _lane_read(conn, 1 << 20) == b"S" * 70000  # bigger than one scatter recv takes
+        assert not conn.closed
+
+
+@pytest.mark.parametrize("cuts", [(10,), (48,), (60,), (30000,), (65584,)])
+def test_lane_big_in_reply_in_pieces(cuts):
+    payload = bytes(range(256)) * 300  # 76800 bytes: more than one scatter recv
+
+    def script(sock):
+        cmd = read_cmd(sock)[0]
+        send_in_pieces(sock, ret_submit(cmd.seqnum, data=payload), cuts)
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        assert _lane_read(conn, len(payload)) == payload

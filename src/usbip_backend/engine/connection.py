@@ -56,6 +56,7 @@ from .urb import DoneCallback, EndedBy, Urb, UrbState, lost_error
 _log = logging.getLogger("usbip_backend.engine")
 
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
+_HAVE_RECVMSG = hasattr(socket.socket, "recvmsg_into")
 _HAVE_POLL = hasattr(select, "poll")
 #: Windows takes SO_RCVTIMEO as a DWORD of milliseconds, not a timeval, and leaves a socket whose
 #: receive timed out in an indeterminate state, so it is not used there: leaders wait for
@@ -344,7 +345,7 @@ class _Reader:
     __slots__ = ("sock", "buf", "view", "start", "end", "first", "stall", "busy", "rcvtimeo", "kernel",
                  "poll")
 
-    def __init__(self, sock: socket.socket, size: int = 65536) -> None:
+    def __init__(self, sock: socket.socket, size: int = _HEADER + 65536) -> None:
         self.sock = sock
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
@@ -546,7 +547,7 @@ class Connection:
         # uses, and what the reader thread is waiting for (written under _lock by the reader).
         self._token = threading.Lock()
         self._leading = False
-        self._led_at = 0.0  # when a caller last gave the token back (time.monotonic())
+        self._leads = 0  # how often a caller gave the token back (a hint for the reader thread)
         self._rd = _Reader(sock)
         self._rd.stall = self.reply_stall
         self._header = bytearray(_HEADER)
@@ -883,14 +884,15 @@ class Connection:
 
     def _release_token(self) -> None:
         self._leading = False
-        self._led_at = now = _monotonic()
+        self._leads += 1
         self._token.release()
         # Replies still owed (our own if we stopped leading early, followers that queued behind
         # us, unlinks): hand the reading over to the reader thread if it sleeps. (Awake or
         # backing off, it looks again by itself. Not waking it needlessly matters: it would
         # contend for the GIL with this caller's next transfer.)
         table = self._table
-        if (table.pending or table.unlinks) and not self._r_sock and self._r_until - now > _READER_BACKOFF:
+        if (table.pending or table.unlinks) and not self._r_sock \
+                and self._r_until - _monotonic() > _READER_BACKOFF:
             self._wake()
 
     def _lead_clock(self, timeout: Optional[float]) -> Tuple[Optional[float], float]:
@@ -918,6 +920,11 @@ class Connection:
         rd = self._rd
         if rd.end != rd.start or rd.rcvtimeo is None:
             return None  # (no SO_RCVTIMEO: only _Reader's poll() before each recv bounds a wait)
+        if direction and length > _CHUNK and _HAVE_RECVMSG and urb is None:
+            table = self._table
+            if not table.pending and not table.unlinks:
+                assert dest is not None
+                return self._own_big_reply(seq, dest, length)
         try:
             n = self.sock.recv_into(rd.view, _CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -964,6 +971,56 @@ class Connection:
             rd.first = None
             rd.read_into(dest[got:actual])
         rd.busy = False
+        return status, actual, error_count
+
+    def _own_big_reply(self, seq: int, dest: memoryview, length: int) -> Optional[Tuple[int, int, int]]:
+        """_own_reply for a big IN reply of the lane with nothing else in flight: one scatter
+        recv takes the header into its own buffer and the data straight into the caller's, as
+        the raw loop's two recvs do, without copying the first chunk through the buffer.
+
+        Nothing else is owed, so what could follow the reply in the same recv is only a late
+        reply to a URB given up on: it is moved to the buffer for _read_one, and the caller's
+        buffer past actual_length is then not left as it was (as in no other case).
+        """
+        rd = self._rd
+        cap = min(length, len(rd.buf) - _HEADER)
+        try:
+            n = self.sock.recvmsg_into([self._hview, dest[:cap]])[0]
+        except (BlockingIOError, InterruptedError):
+            return None  # SO_RCVTIMEO expired: _read_one waits out the rest
+        if not n:
+            raise EOFError
+        view = rd.view
+        got = n - _HEADER
+        if got < 0:
+            view[:n] = self._hview[:n]
+            rd.start, rd.end = 0, n
+            return None
+        command, rseq, _, _, _, status, actual, _, npackets, error_count = _RET_SUBMIT_UNPACK(self._header)
+        if command != _RET_SUBMIT or rseq != seq or npackets or not 0 <= actual <= length:
+            view[:_HEADER] = self._hview
+            view[_HEADER:n] = dest[:got]  # not ours: all of it goes to the buffer
+            rd.start, rd.end = 0, n
+            return None
+        if got > actual:
+            extra = got - actual  # the start of what follows our reply
+            view[:extra] = dest[actual:got]
+            rd.start, rd.end = 0, extra
+            return status, actual, error_count
+        if got < actual:
+            rd.busy = True
+            recv_into = self.sock.recv_into
+            try:
+                while got < actual:
+                    k = recv_into(dest[got:actual], actual - got)
+                    if not k:
+                        raise EOFError
+                    got += k
+            except (BlockingIOError, InterruptedError):
+                # SO_RCVTIMEO expired mid-reply: _Reader bounds the rest by the stall time.
+                rd.first = None
+                rd.read_into(dest[got:actual])
+            rd.busy = False
         return status, actual, error_count
 
     def _lead(self, urb: Urb, deadline: Optional[float], lead_end: float, own: bool) -> bool:
@@ -1313,6 +1370,7 @@ class Connection:
         if _HAVE_POLL:
             quick = select.poll()
             quick.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        seen_leads = -1
         try:
             while True:
                 now = _monotonic()
@@ -1326,14 +1384,13 @@ class Connection:
                         # A caller reading (or who just read) for its own URBs is likely to go on
                         # (a pipelining wait() loop): leave the socket to it for a moment rather
                         # than take the token between its calls and turn it into a follower.
-                        backoff = self._led_at + _READER_BACKOFF - now
-                        watch = owed and not self._leading and backoff <= 0
+                        leads = self._leads
+                        watch = owed and not self._leading and leads == seen_leads
+                        seen_leads = leads
                         nxt = table.next_timer()
                         until = _INF if nxt is None else nxt
-                        if owed and not watch:
-                            pause = now + max(backoff, _READER_BACKOFF)
-                            if until > pause:
-                                until = pause
+                        if owed and not watch and until > now + _READER_BACKOFF:
+                            until = now + _READER_BACKOFF
                         self._r_sock = watch
                         self._r_until = until
                 if due:
