@@ -18,12 +18,17 @@ So the socket is read by whoever holds the *read token*:
   leading their own short transfers; a caller that finds the token taken is a follower too;
 * the reader thread reads the replies no leader reads for (asynchronous submits, unlinks,
   followers). It waits in poll() *without* the token, so a caller may lead meanwhile; when it
-  finds a leader reading, it looks again ``_READER_BACKOFF`` later rather than queue on the token.
+  finds a caller leading, or one that led since it last looked (a pipelining ``wait()`` loop), it
+  looks again ``_READER_BACKOFF`` later rather than take the token between that caller's calls;
+* the PyUSB backend's calls take a lane (:meth:`Connection.sync_transfer`) that builds no
+  :class:`Urb` unless something unusual happens: one send, one recv (a scatter recv for a big IN
+  reply: header into the buffer, data straight into the caller's), the count returned.
 
 Time. The reader thread owns the engine's clock: a heap of deadlines (:mod:`.table`) it sleeps
 on. A URB submitted with a timeout is unlinked at its deadline; every unlink has a grace
-(``2 x RTO`` of the measured round-trip time, see :class:`~.table.RttEstimator`) after which a
-URB the server never answers for is given up, so every URB ends. A reply that has begun is read
+(``2 x RTO`` of the measured round-trip time, see :class:`~.table.RttEstimator`), counted from
+when the CMD_UNLINK is on the wire, after which a URB the server never answers for is given up,
+so every URB ends. A reply that has begun is read
 to its end while bytes keep coming, each wait for more bounded by the *stall* time; a server that
 stops in the middle of a reply fails the connection with a clear error (the stream cannot be
 resynchronised). Synchronous waiters time themselves (a leader's receive timeout, a follower's
@@ -45,7 +50,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
 
 from .. import protocol as P
 from ..errors import ConnectionLostError, ProtocolError
