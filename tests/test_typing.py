@@ -29,7 +29,9 @@ def test_core_modules_pass_mypy_strict(tmp_path):
         if os.environ.get("CI") == "true":
             pytest.fail("mypy is not installed (it is in the [test] extra: pip install '.[test]')")
         pytest.skip("mypy is not installed: pip install mypy (or '.[test]')")
-    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(tmp_path), *STRICT],
+    # Modules outside the list are followed for their types but not held to --strict here.
+    out = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+                          "--cache-dir", str(tmp_path), *STRICT],
                          cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Success" in out.stdout
