@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import errno as _errno
 import logging
-import re
 import threading
 from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Set, Tuple
 
@@ -47,7 +46,7 @@ from . import client
 from . import protocol as P
 from .descriptors import ConfigurationDescriptor, DeviceDescriptor, EndpointDescriptor, InterfaceDescriptor
 from .device import (  # noqa: F401  (urb_interval, port_numbers_from_busid: re-exported, as before)
-    OUT_WINDOW, Device, flat, port_numbers_from_busid, read_descriptors, urb_interval,
+    OUT_WINDOW, Device, flat, natural_busid_key, port_numbers_from_busid, read_descriptors, urb_interval,
 )
 from .errors import (
     ConnectionLostError,
@@ -114,11 +113,6 @@ _EMPTY = memoryview(b"")
 def speed_to_pyusb(wire_speed: int) -> int:
     """Kernel speed enum from the device record -> PyUSB's ``usb.util.SPEED_*``."""
     return _SPEED_MAP.get(wire_speed, usb.util.SPEED_UNKNOWN)
-
-
-def natural_busid_key(busid: str) -> Tuple[Tuple[int, int, str], ...]:
-    """Sort ``1-1.10`` after ``1-1.9`` (servers list devices in arbitrary order)."""
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", busid) if t)
 
 
 def _usb_error(exc: BaseException, what: str) -> usb.core.USBError:

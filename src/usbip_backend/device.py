@@ -76,6 +76,11 @@ def port_numbers_from_busid(busid: str) -> Optional[Tuple[int, ...]]:
     return tuple(int(p) for p in m.group(1).split("."))
 
 
+def natural_busid_key(busid: str) -> Tuple[Tuple[int, int, str], ...]:
+    """Sort ``1-1.10`` after ``1-1.9`` (servers list devices in arbitrary order)."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", busid) if t)
+
+
 def seconds(timeout_ms: Optional[int]) -> Optional[float]:
     """Millisecond timeouts (PyUSB, libusb) in seconds; 0 or None means wait forever."""
     if not timeout_ms or timeout_ms < 0:
