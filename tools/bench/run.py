@@ -49,7 +49,7 @@ TESTS = ["control", "bulk", "pipeline", "pending", "timeout", "cpu", "scale"]
 UNLINK_MODES = ["kernel", "status0", "ignore"]
 SCALE_DEVICES = 32
 # Bus numbers of the loopback devices each client imports from the server (busid "<bus>-1").
-BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5}
+BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5, "usb1": 6}
 SCALE_FIRST_BUS = 9
 
 
@@ -446,7 +446,7 @@ class Bench:
             for depth in DEPTHS:
                 jobs.append((f"pipe_{kind}_{depth}", "pipe", {"kind": kind, "depth": depth, "size": size, "n": n}))
         log(f"pipeline: {', '.join(map(str, DEPTHS))} in flight, control and bulk IN 16 KiB, {self.runs} runs")
-        self.interleaved(["raw", "engine"], jobs)
+        self.interleaved(["raw", "engine", "usb1"], jobs)
         single_pub = self.stat("ctrl", "published", "rate")
         for kind in ("control", "bulk"):
             base = self.stat(f"pipe_{kind}_1", "engine", "rate")
@@ -456,12 +456,22 @@ class Bench:
                 self.res.row("pipeline", f"{label}, {depth} in flight, engine", "URB/s",
                              self.stat(key, "engine", "rate"), self.stat(key, "raw", "rate"),
                              single_pub if kind == "control" and depth > 1 else "cannot pipeline")
+                floors = [("raw", ">=", 0.9)] if kind == "bulk" and depth in (16, 64) else []
+                self.res.row("pipeline", f"  same, usb1 transfers resubmitted from callbacks", "URB/s",
+                             self.stat(key, "usb1", "rate"), self.stat(key, "raw", "rate"), None, floors=floors)
             if kind == "control":
                 ours16 = self.stat("pipe_control_16", "engine", "rate")
                 self.res.row("pipeline", "control: 16 in flight / 1 in flight, engine", "ratio",
                              ratio_stat(ours16, base), ratio_stat(self.stat("pipe_control_16", "raw", "rate"),
                                                                  self.stat("pipe_control_1", "raw", "rate")),
                              "cannot pipeline", floors=[("value", ">=", 3.0)],
+                             note="raw column: the raw floor's own 16/1 ratio")
+                self.res.row("pipeline", "control: 16 in flight / 1 in flight, usb1", "ratio",
+                             ratio_stat(self.stat("pipe_control_16", "usb1", "rate"),
+                                        self.stat("pipe_control_1", "usb1", "rate")),
+                             ratio_stat(self.stat("pipe_control_16", "raw", "rate"),
+                                        self.stat("pipe_control_1", "raw", "rate")),
+                             None, floors=[("value", ">=", 3.0)],
                              note="raw column: the raw floor's own 16/1 ratio")
 
     # -- 4. control while a bulk IN is pending ------------------------------------------------------------
@@ -691,6 +701,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                            f"unavailable: {missing_pyusb}" if missing_pyusb else None),
             "ceiling": Client("ceiling", ours_python, "ceiling", env,
                               f"unavailable: {missing_pyusb}" if missing_pyusb else None),
+            "usb1": Client("usb1", ours_python, "usb1", env),
         }
         if args.no_published:
             pub_python, why = None, "not run (--no-published)"

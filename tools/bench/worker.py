@@ -190,6 +190,61 @@ class EngineImpl:
         self.conn.close()
 
 
+class Usb1Impl:
+    """Our python-libusb1 API (usbip_backend.usb1): transfers resubmitted from their callbacks,
+    which handleEvents() runs on this thread, as libusb1 programs do."""
+
+    def __init__(self, host: str, port: int, busid: str) -> None:
+        from usbip_backend import usb1
+        self.usb1 = usb1
+        self.ctx = usb1.USBContext(host=host, port=port, busids=[busid]).open()
+        deadline = time.monotonic() + 5.0
+        while True:
+            device = next(iter(self.ctx.getDeviceList()), None)
+            if device is not None or time.monotonic() > deadline:
+                break
+            threading.Event().wait(0.05)  # the previous worker's import may not be released yet
+        if device is None:
+            raise RuntimeError(f"{busid} not found through usb1")
+        self.handle = _retry(device.open)
+        self.handle.setConfiguration(1)
+
+    def pipe(self, kind: str, depth: int, size: int, n: int) -> Dict[str, float]:
+        """``n`` transfers, ``depth`` in flight, each resubmitted from its callback."""
+        usb1, handle, ctx = self.usb1, self.handle, self.ctx
+        state = {"done": 0, "submitted": 0}
+
+        def on_done(transfer: Any) -> None:
+            if transfer.getStatus() != usb1.TRANSFER_COMPLETED:
+                raise RuntimeError(f"transfer ended with status {transfer.getStatus()}")
+            state["done"] += 1
+            if state["submitted"] < n:
+                state["submitted"] += 1
+                transfer.submit()
+
+        transfers = []
+        for _ in range(min(depth, n)):
+            t = handle.getTransfer()
+            if kind == "control":
+                t.setControl(0x80, 6, 0x0100, 0, 18, callback=on_done, timeout=5000)
+            else:
+                t.setBulk(BULK_SOURCE_IN, bytearray(size), callback=on_done, timeout=5000)
+            transfers.append(t)
+
+        def loop() -> None:
+            state["done"] = state["submitted"] = 0
+            for t in transfers:
+                state["submitted"] += 1
+                t.submit()
+            while state["done"] < n:
+                ctx.handleEvents()
+        return _measure(loop, n)
+
+    def close(self) -> None:
+        self.handle.close()
+        self.ctx.close()
+
+
 class PyusbImpl:
     """usb.core on top of ``usbip_backend.get_backend`` (ours or the published one)."""
 
@@ -453,7 +508,7 @@ def main(argv: List[str]) -> int:
             else:
                 if impl is None:
                     cls = {"raw": RawImpl, "engine": EngineImpl, "pyusb": PyusbImpl,
-                           "ceiling": CeilingImpl}[impl_name]
+                           "ceiling": CeilingImpl, "usb1": Usb1Impl}[impl_name]
                     impl = cls(host, port, busid)
                 if op == "hello":
                     result = {"module": getattr(impl, "module", None), "pid": os.getpid()}

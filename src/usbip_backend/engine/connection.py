@@ -105,6 +105,8 @@ _READER_BACKOFF = 0.001
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
+#: What a buffered recv asks for when several replies are owed (pipelining): the whole buffer.
+_BATCH_CHUNK = 65536
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 #: Set while a thread runs a done callback (the URB it was called for).
 _in_callback = threading.local()
@@ -348,7 +350,7 @@ class _Reader:
     """
 
     __slots__ = ("sock", "buf", "view", "start", "end", "first", "stall", "busy", "rcvtimeo", "kernel",
-                 "poll")
+                 "poll", "chunk")
 
     def __init__(self, sock: socket.socket, size: int = _HEADER + 65536) -> None:
         self.sock = sock
@@ -361,6 +363,7 @@ class _Reader:
         self.busy = False  # a message has begun and is not read to its end yet
         self.rcvtimeo: Optional[float] = 0.0  # seconds asked for; 0 = none; None = cannot set it
         self.kernel = 0.0  # what the kernel was given (a little shorter, see arm())
+        self.chunk = _CHUNK  # what a buffered recv asks for (more when replies queue up)
         self.poll: Any = None
         if _HAVE_POLL:
             self.poll = select.poll()
@@ -473,7 +476,7 @@ class _Reader:
             return
         view = self.view
         while got < need:
-            n = recv(view, _CHUNK)
+            n = recv(view, self.chunk)
             if not n:
                 raise EOFError
             take = min(n, need - got)
@@ -1103,6 +1106,31 @@ class Connection:
             self._unlink(urb, EndedBy.CANCEL)  # nobody waits any more: it must still end
             raise
 
+    def pump(self, timeout: float) -> bool:
+        """Read and dispatch replies on this thread, as a waiting caller does: wait at most
+        ``timeout`` seconds for one, then take what else has arrived. Returns False at once if
+        someone else is reading the socket (their reading completes the URBs), or if no reply came.
+
+        For event loops that run callbacks on their own thread (``usb1.USBContext.handleEvents``):
+        reading here saves handing every reply over from the reader thread.
+        """
+        if self._lost is not None or not self._take_token():
+            return False
+        got = False
+        try:
+            now = _monotonic()
+            wait = min(_LEAD_WAIT, timeout) if timeout > 0 else _LEAD_WAIT
+            if self._rd.rcvtimeo != wait:
+                self._rd.arm(wait)
+            got = self._read_one(now + max(timeout, 0.0))
+            if got:
+                self._drain()
+        except BaseException as exc:
+            self._read_error(exc)
+        finally:
+            self._release_token()
+        return got
+
     def _wait(self, urb: Urb, timeout: Optional[float]) -> None:
         """:meth:`Urb.wait`: lead for the URB if nobody reads the socket (once per URB: a caller
         that led in vain then waits as a follower), else follow."""
@@ -1145,6 +1173,9 @@ class Connection:
         """Read and dispatch one reply (token held); False if none began by ``first``."""
         rd = self._rd
         rd.begin(first)
+        # Several replies owed: one recv may bring several (copied out of the buffer, cheaper than
+        # a recv each). One owed: a small recv, so a big payload goes straight to its buffer.
+        rd.chunk = _BATCH_CHUNK if len(self._table.pending) > 1 else _CHUNK
         try:
             rd.read_into(self._hview)
         except _NoReply:

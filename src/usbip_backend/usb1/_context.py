@@ -48,6 +48,9 @@ _SPEED: Dict[int, int] = {
 }
 #: libusb_handle_events() gives up after 60 s without an event.
 _HANDLE_EVENTS_TIMEOUT = 60.0
+#: How long handleEvents() reads one connection's socket itself before it looks again at
+#: interrupts and at completions another thread read.
+_PUMP_SLICE = 0.02
 #: "Some devices choke on size > 255" (libusb, descriptor.c).
 _STRING_LENGTH = 255
 
@@ -710,15 +713,42 @@ class USBContext:
                 self._poll_w.send(b"\0")
         return [(self._poll_r.fileno(), select.POLLIN if hasattr(select, "POLLIN") else 1)]
 
+    def _busy_connection(self) -> Optional[Any]:
+        """The one connection with transfers in flight, if there is exactly one."""
+        found = None
+        for device in self._devices.values():
+            for handle in list(device._handles):
+                if handle._inflight:
+                    conn = handle._dev.conn
+                    if found is not None and found is not conn:
+                        return None
+                    found = conn
+        return found
+
     def _handle_events(self, timeout: float, until: Any = None) -> None:
         deadline = time.monotonic() + timeout
         with self._events:
-            with self._cond:
-                while not self._ready and not self._interrupted and (until is None or not until()):
+            conn = self._busy_connection()
+            if conn is not None:
+                # Take what has arrived on this thread: the reader thread then leaves the socket
+                # to us while we keep handling events (one thread, no hand-over per reply).
+                conn.pump(0)
+            while True:
+                with self._cond:
+                    if self._ready or self._interrupted or (until is not None and until()):
+                        break
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self._cond.wait(left)
+                conn = self._busy_connection()
+                # One device busy: read its replies on this thread (the callbacks run here
+                # anyway), in slices, so an interrupt or a completion from elsewhere is seen.
+                if conn is not None and conn.pump(min(left, _PUMP_SLICE)):
+                    continue
+                with self._cond:
+                    if not self._ready and not self._interrupted:
+                        self._cond.wait(min(left, _PUMP_SLICE) if conn is not None else left)
+            with self._cond:
                 self._interrupted = False
                 batch = list(self._ready)
                 self._ready.clear()
