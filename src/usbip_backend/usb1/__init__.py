@@ -49,6 +49,14 @@ def hasCapability(capability: int) -> bool:
     return capability in (_C.CAP_HAS_CAPABILITY,)
 
 
+def loadLibrary(libusb: Any = None) -> None:
+    """No libusb to load over USB/IP: kept so code that calls it runs unchanged."""
+
+
+def setLocale(locale: str) -> None:
+    """libusb's message locale; our messages are English whatever it is (kept for compatibility)."""
+
+
 def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r} (python-libusb1 has it? "
                          f"see README's usb1 comparison table)")
@@ -60,5 +68,5 @@ __all__ = [
     "USBErrorAccess", "USBErrorNoDevice", "USBErrorNotFound", "USBErrorBusy", "USBErrorTimeout",
     "USBErrorOverflow", "USBErrorPipe", "USBErrorInterrupted", "USBErrorNoMem", "USBErrorNotSupported",
     "USBErrorOther", "DoomedTransferError", "STATUS_TO_EXCEPTION_DICT", "raiseUSBError", "mayRaiseUSBError",
-    "getVersion", "hasCapability", *_constant_names,
+    "getVersion", "hasCapability", "loadLibrary", "setLocale", *_constant_names,
 ]
