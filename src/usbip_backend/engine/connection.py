@@ -412,8 +412,8 @@ class _Reader:
         """Wait (bounded) until a recv will not block for long, or raise."""
         first = self.first
         if first is not None:
-            left = first - _monotonic()
-            if left <= 0 or not _readable(self.sock, self.poll, left):
+            # A bound already passed still takes what has arrived (poll(0)): pump(0) relies on it.
+            if not _readable(self.sock, self.poll, max(first - _monotonic(), 0.0)):
                 raise _NoReply()
         elif self.busy:
             if not _readable(self.sock, self.poll, self.stall):
@@ -934,7 +934,9 @@ class Connection:
                 assert dest is not None
                 return self._own_big_reply(seq, dest, length)
         try:
-            n = self.sock.recv_into(rd.view, _CHUNK)
+            # Other replies owed (pipelining): take as many as have come in one recv, ours first
+            # with luck; the rest are dispatched from the buffer (_drain) without a recv each.
+            n = self.sock.recv_into(rd.view, _BATCH_CHUNK if len(self._table.pending) > 1 else _CHUNK)
         except (BlockingIOError, InterruptedError):
             return None  # SO_RCVTIMEO expired: _read_one waits out the rest
         if not n:

@@ -310,28 +310,30 @@ class USBDeviceHandle:
         dev = self._alive()
         kind = transfer._type
         assert kind is not None
-        interval = 0
-        if kind in (C.TRANSFER_TYPE_INTERRUPT, C.TRANSFER_TYPE_ISOCHRONOUS):
-            engine_type = _TYPE_TO_ENGINE[kind]
-            interval = dev.interval(engine_type, dev.endpoint(transfer._endpoint))
-        args = transfer._engine_args(interval)
-        context = self._context
-        queue = self._queues.get(transfer._endpoint)
+        args = transfer._args
+        if args is None:
+            # What the engine is given, made once per setup (a pump resubmits the same transfer).
+            interval = 0
+            if kind in (C.TRANSFER_TYPE_INTERRUPT, C.TRANSFER_TYPE_ISOCHRONOUS):
+                interval = dev.interval(_TYPE_TO_ENGINE[kind], dev.endpoint(transfer._endpoint))
+            args = transfer._args = transfer._engine_args(interval)
+            context = self._context
+            args["callback"] = lambda urb, transfer=transfer: context._urb_done(transfer)
+        queue = transfer._queue
         if queue is None:
-            queue = self._queues[transfer._endpoint] = collections.deque()
-        transfer._queue = queue
+            queue = self._queues.get(transfer._endpoint)
+            if queue is None:
+                queue = self._queues[transfer._endpoint] = collections.deque()
+            transfer._queue = queue
         transfer._completed = False
         transfer._submitted = True
-        with context._events:
-            queue.append(transfer)
-            self._inflight.add(transfer)
-        def done(urb: Any, transfer: USBTransfer = transfer) -> None:
-            context._urb_done(transfer)
-
+        # deque.append and set.add are atomic: handleEvents' thread may be popping meanwhile.
+        queue.append(transfer)
+        self._inflight.add(transfer)
         try:
-            transfer._urb = dev.conn.submit(_TYPE_TO_ENGINE[kind], transfer._endpoint, callback=done, **args)
+            transfer._urb = dev.conn.submit(_TYPE_TO_ENGINE[kind], transfer._endpoint, **args)
         except BaseException as exc:
-            with context._events:
+            with self._context._events:
                 queue.remove(transfer)
                 self._inflight.discard(transfer)
             transfer._submitted = False

@@ -85,6 +85,7 @@ class USBTransfer:
         self._actual = 0
         self._iso_results: List[Tuple[int, int, int]] = []  # (length, actual_length, status)
         self._queue: Optional[Deque["USBTransfer"]] = None  # its endpoint's submission order
+        self._args: Optional[Dict[str, Any]] = None  # engine submit() arguments (made at submit)
 
     def __repr__(self) -> str:
         kind = {C.TRANSFER_TYPE_CONTROL: "control", C.TRANSFER_TYPE_BULK: "bulk",
@@ -104,6 +105,7 @@ class USBTransfer:
         self._user_data = None
         self._view = self._owner = None
         self._urb = None
+        self._args = None
         self._handle = None
 
     def doom(self) -> None:
@@ -185,6 +187,9 @@ class USBTransfer:
 
     def _set(self, kind: int, endpoint: int, data: memoryview, owner: Any,
              callback: Optional[TransferCallback], user_data: Any, timeout: int) -> None:
+        self._args = None
+        if endpoint != self._endpoint:
+            self._queue = None
         self._type = kind
         self._endpoint = endpoint
         self._view = data
@@ -205,6 +210,7 @@ class USBTransfer:
         if self._type == C.TRANSFER_TYPE_ISOCHRONOUS and (self._view is None or data.nbytes != self._view.nbytes):
             raise ValueError("To alter isochronous transfer buffer length, use setIsochronous")
         self._view, self._owner = data, owner
+        self._args = None
 
     def setUserData(self, user_data: Any) -> None:
         self._user_data = user_data
@@ -219,6 +225,7 @@ class USBTransfer:
         """Sends URB_SHORT_NOT_OK: a short IN transfer then ends in error (the kernel's stub
         honours it for non-isochronous IN only)."""
         self._short_is_error = bool(state)
+        self._args = None
 
     def isZeroPacketAdded(self) -> bool:
         return self._add_zero_packet
@@ -227,6 +234,7 @@ class USBTransfer:
         """Sends URB_ZERO_PACKET: a bulk OUT of a multiple of the packet size is followed by a
         zero-length packet (the kernel's stub honours it for bulk OUT only)."""
         self._add_zero_packet = bool(state)
+        self._args = None
 
     # -- what it is and how it ended ----------------------------------------------------------------
     def getType(self) -> Optional[int]:
