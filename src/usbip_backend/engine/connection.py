@@ -968,6 +968,12 @@ class Connection:
         got = n - _HEADER
         dest[:got] = rd.view[_HEADER:n]
         rd.start = rd.end = 0
+        self._rest_into(dest, got, actual)
+        return status, actual, error_count
+
+    def _rest_into(self, dest: memoryview, got: int, actual: int) -> None:
+        """Receive bytes ``got`` .. ``actual`` of a reply straight into ``dest`` (buffer empty)."""
+        rd = self._rd
         rd.busy = True
         recv_into = self.sock.recv_into
         try:
@@ -981,7 +987,6 @@ class Connection:
             rd.first = None
             rd.read_into(dest[got:actual])
         rd.busy = False
-        return status, actual, error_count
 
     def _own_big_reply(self, seq: int, dest: memoryview, length: int) -> Optional[Tuple[int, int, int]]:
         """_own_reply for a big IN reply of the lane with nothing else in flight: one scatter
@@ -1018,19 +1023,7 @@ class Connection:
             rd.start, rd.end = 0, extra
             return status, actual, error_count
         if got < actual:
-            rd.busy = True
-            recv_into = self.sock.recv_into
-            try:
-                while got < actual:
-                    k = recv_into(dest[got:actual], actual - got)
-                    if not k:
-                        raise EOFError
-                    got += k
-            except (BlockingIOError, InterruptedError):
-                # SO_RCVTIMEO expired mid-reply: _Reader bounds the rest by the stall time.
-                rd.first = None
-                rd.read_into(dest[got:actual])
-            rd.busy = False
+            self._rest_into(dest, got, actual)
         return status, actual, error_count
 
     def _lead(self, urb: Urb, deadline: Optional[float], lead_end: float, own: bool) -> bool:
