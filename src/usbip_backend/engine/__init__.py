@@ -15,11 +15,11 @@ The public names are re-exported here and from :mod:`usbip_backend`.
 from __future__ import annotations
 
 from ..protocol import TransferType
-from .connection import MAX_URB_LENGTH, Connection
+from .connection import MAX_URB_LENGTH, Connection, flat
 from .table import RttEstimator, UrbTable
 from .urb import ECONNRESET, ESHUTDOWN, DoneCallback, EndedBy, Urb, UrbState
 
 __all__ = [
     "Connection", "Urb", "UrbState", "EndedBy", "TransferType", "DoneCallback", "UrbTable",
-    "RttEstimator", "MAX_URB_LENGTH", "ECONNRESET", "ESHUTDOWN",
+    "RttEstimator", "MAX_URB_LENGTH", "ECONNRESET", "ESHUTDOWN", "flat",
 ]

@@ -90,7 +90,7 @@ _NO_SETUP = bytes(8)
 _RET_SUBMIT = P.USBIP_RET_SUBMIT
 _RET_UNLINK = P.USBIP_RET_UNLINK
 _HEADER = P.URB_HEADER_SIZE
-_PENDING, _RECEIVING, _DONE = UrbState.PENDING, UrbState.RECEIVING, UrbState.DONE
+_PENDING, _DONE = UrbState.PENDING, UrbState.DONE
 _monotonic = time.monotonic
 _INF = math.inf
 
@@ -141,7 +141,8 @@ def _check_length(direction: int, view: memoryview) -> int:
     return length
 
 
-def _flat(data: Buffer) -> memoryview:
+def flat(data: Buffer) -> memoryview:
+    """A flat byte view of any buffer (array('B'), bytes and bytearray need no cast)."""
     view = memoryview(data)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
@@ -417,8 +418,11 @@ class _Reader:
                 raise _NoReply()
         elif self.busy:
             if not _readable(self.sock, self.poll, self.stall):
-                raise _Stalled(f"the server stopped sending in the middle of a reply (nothing for "
-                               f"{self.stall:.3g} s); the stream cannot be resynchronised")
+                raise self._stalled()
+
+    def _stalled(self) -> _Stalled:
+        return _Stalled(f"the server stopped sending in the middle of a reply (nothing for "
+                        f"{self.stall:.3g} s); the stream cannot be resynchronised")
 
     def _recv(self, dest: memoryview, size: int) -> int:
         while True:
@@ -444,8 +448,7 @@ class _Reader:
                     rest = self.stall - (self.rcvtimeo or 0.0)
                     if rest > 0 and _readable(self.sock, self.poll, rest):
                         continue
-                    raise _Stalled(f"the server stopped sending in the middle of a reply (nothing "
-                                   f"for {self.stall:.3g} s); the stream cannot be resynchronised")
+                    raise self._stalled()
                 self._wait()
                 continue
             self.first = None
@@ -673,9 +676,8 @@ class Connection:
         Raises:
             as :meth:`Urb.wait`.
         """
-        if self.hook is not None or not self._token.acquire(False):
+        if self.hook is not None or not self._take_token():
             return self._sync_urb(transfer_type, endpoint, setup, view, timeout, interval)
-        self._leading = True
         urb: Optional[Urb] = None
         done = False
         deadline: Optional[float] = None
@@ -774,14 +776,14 @@ class Connection:
                 if length < 0:
                     raise ValueError(f"URB length {length} outside 0..{MAX_URB_LENGTH}")
                 buffer = bytearray(min(length, MAX_URB_LENGTH + 1))
-            mv = _flat(buffer)
+            mv = flat(buffer)
             if length is not None:
                 if length > mv.nbytes:
                     raise ValueError(f"length {length} exceeds the buffer ({mv.nbytes} bytes)")
                 mv = mv[:length]
             transfer_flags |= _URB_DIR_IN
         else:
-            mv = _flat(data if data is not None else b"")
+            mv = flat(data if data is not None else b"")
             if length is not None and length != mv.nbytes:
                 raise ValueError(f"length {length} differs from the OUT data ({mv.nbytes} bytes)")
         size = _check_length(direction, mv)
@@ -838,12 +840,13 @@ class Connection:
                         assert self._lost is not None
                         raise self._lost
                     seq = table.add(urb)
+                    now = _monotonic()
                     if timeout is not None and timeout > 0:
                         urb.timeout = timeout
-                        when = _monotonic() + timeout
+                        when = now + timeout
                         table.add_timer(when, DEADLINE, urb)
                         wake = when < self._r_until
-                    if not led and not self._r_sock and self._r_until - _monotonic() > _READER_BACKOFF:
+                    if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF:
                         # Someone must read the reply: the reader thread sleeps. (Backing off
                         # or awake, it looks again by itself: a pipelining caller submitting
                         # while it leads must not cost a wake-up per URB.)
@@ -907,15 +910,14 @@ class Connection:
         """(deadline or None, end of the lead wait) for a caller about to lead; arms the receive
         timeout for its first wait."""
         now = _monotonic()
-        wait = _LEAD_WAIT
-        deadline = None
-        if timeout is not None and timeout > 0:
-            deadline = now + timeout
-            if timeout < wait:
-                wait = timeout
+        self._arm_lead(timeout)
+        return (now + timeout if timeout is not None and timeout > 0 else None), now + _LEAD_WAIT
+
+    def _arm_lead(self, timeout: Optional[float]) -> None:
+        """Arm the receive timeout for a leader's first wait: the lead wait, or less."""
+        wait = timeout if timeout is not None and 0 < timeout < _LEAD_WAIT else _LEAD_WAIT
         if self._rd.rcvtimeo != wait:
             self._rd.arm(wait)
-        return deadline, now + _LEAD_WAIT
 
     def _own_reply(self, urb: Optional[Urb], seq: int, direction: int, dest: Optional[memoryview],
                    length: int) -> Optional[Tuple[int, int, int]]:
@@ -936,7 +938,7 @@ class Connection:
         try:
             # Other replies owed (pipelining): take as many as have come in one recv, ours first
             # with luck; the rest are dispatched from the buffer (_drain) without a recv each.
-            n = self.sock.recv_into(rd.view, _BATCH_CHUNK if len(self._table.pending) > 1 else _CHUNK)
+            n = self.sock.recv_into(rd.view, self._chunk())
         except (BlockingIOError, InterruptedError):
             return None  # SO_RCVTIMEO expired: _read_one waits out the rest
         if not n:
@@ -950,11 +952,8 @@ class Connection:
             return None
         if urb is not None:
             with self._lock:
-                if urb.state is not _PENDING:
+                if not self._table.claim(urb):
                     return None  # ended meanwhile (connection lost): _read_one sorts it out
-                self._table.pending.pop(seq, None)
-                urb.state = _RECEIVING
-                self._table.receiving = urb
         if not direction:
             rd.start = _HEADER
             return status, actual, error_count
@@ -970,6 +969,12 @@ class Connection:
         rd.start = rd.end = 0
         self._rest_into(dest, got, actual)
         return status, actual, error_count
+
+    def _chunk(self) -> int:
+        """What a buffered recv asks for. Several replies owed: one recv may bring several (copied
+        out of the buffer, cheaper than a recv each). One owed: a small recv, so a big payload
+        goes straight to its buffer."""
+        return _BATCH_CHUNK if len(self._table.pending) > 1 else _CHUNK
 
     def _rest_into(self, dest: memoryview, got: int, actual: int) -> None:
         """Receive bytes ``got`` .. ``actual`` of a reply straight into ``dest`` (buffer empty)."""
@@ -1114,9 +1119,7 @@ class Connection:
         got = False
         try:
             now = _monotonic()
-            wait = min(_LEAD_WAIT, timeout) if timeout > 0 else _LEAD_WAIT
-            if self._rd.rcvtimeo != wait:
-                self._rd.arm(wait)
+            self._arm_lead(timeout)
             got = self._read_one(now + max(timeout, 0.0))
             if got:
                 self._drain()
@@ -1168,9 +1171,7 @@ class Connection:
         """Read and dispatch one reply (token held); False if none began by ``first``."""
         rd = self._rd
         rd.begin(first)
-        # Several replies owed: one recv may bring several (copied out of the buffer, cheaper than
-        # a recv each). One owed: a small recv, so a big payload goes straight to its buffer.
-        rd.chunk = _BATCH_CHUNK if len(self._table.pending) > 1 else _CHUNK
+        rd.chunk = self._chunk()
         try:
             rd.read_into(self._hview)
         except _NoReply:

@@ -113,18 +113,15 @@ class UrbTable:
         Raises:
             ProtocolError: an unknown seqnum, or lengths the URB cannot hold (vhci_rx.c).
         """
-        urb = self.pending.pop(seq, None)
+        urb = self.pending.get(seq)
         if urb is not None:
             if actual < 0 or actual > urb.length:
-                self.pending[seq] = urb  # still in flight; the connection is failed anyway
                 raise ProtocolError(f"RET_SUBMIT seqnum {seq}: actual_length {actual} outside 0..{urb.length}")
             iso = urb.iso_packets
             if iso is not None and npackets != len(iso):
-                self.pending[seq] = urb
                 raise ProtocolError(
                     f"RET_SUBMIT seqnum {seq}: {npackets} ISO descriptors, {len(iso)} were sent")
-            urb.state = _RECEIVING
-            self.receiving = urb
+            self.claim(urb)
             return urb
         if seq in self.retired:
             # Kept (until pushed out by newer ones): a server that sends a given-up URB's reply
@@ -139,6 +136,15 @@ class UrbTable:
                     f"RET_SUBMIT seqnum {seq}: {npackets} ISO descriptors, {gone.iso_packets} were sent")
             return gone
         raise ProtocolError(f"RET_SUBMIT for unknown seqnum {seq}")
+
+    def claim(self, urb: Urb) -> bool:
+        """Its reply is about to be read: PENDING -> RECEIVING. False if it is not pending."""
+        if urb.state is not _PENDING:
+            return False
+        del self.pending[urb.seqnum]
+        urb.state = _RECEIVING
+        self.receiving = urb
+        return True
 
     def finish(self, urb: Urb, status: int) -> bool:
         """End a PENDING or RECEIVING URB with ``status``; False if it had ended already.
