@@ -46,9 +46,25 @@ from . import client
 from . import protocol as P
 from .descriptors import ConfigurationDescriptor, DeviceDescriptor, EndpointDescriptor, InterfaceDescriptor
 from .device import (  # noqa: F401  (urb_interval, port_numbers_from_busid: re-exported, as before)
-    OUT_WINDOW, Device, flat, natural_busid_key, port_numbers_from_busid, read_descriptors, urb_interval,
+    OUT_WINDOW, Device, natural_busid_key, port_numbers_from_busid, read_descriptors, seconds,
+    urb_interval,
 )
-from .errors import (
+from .device import libusb_speed as speed_to_pyusb  # noqa: F401  (the backend's name for it, as before)
+from .engine import flat
+from .errors import (  # noqa: F401  (the LIBUSB_ERROR_* codes: re-exported, as before)
+    LIBUSB_ERROR_ACCESS,
+    LIBUSB_ERROR_BUSY,
+    LIBUSB_ERROR_INTERRUPTED,
+    LIBUSB_ERROR_INVALID_PARAM,
+    LIBUSB_ERROR_IO,
+    LIBUSB_ERROR_NO_DEVICE,
+    LIBUSB_ERROR_NO_MEM,
+    LIBUSB_ERROR_NOT_FOUND,
+    LIBUSB_ERROR_NOT_SUPPORTED,
+    LIBUSB_ERROR_OTHER,
+    LIBUSB_ERROR_OVERFLOW,
+    LIBUSB_ERROR_PIPE,
+    LIBUSB_ERROR_TIMEOUT,
     ConnectionLostError,
     ImportRefusedError,
     NotFoundError,
@@ -58,61 +74,17 @@ from .errors import (
     UsbipTimeoutError,
     describe_status,
     host_errno,
+    libusb_error,
 )
 from .hooks import UrbHook
 
 _log = logging.getLogger(__name__)
 
-# libusb error codes, as PyUSB's libusb1 backend puts them in USBError.backend_error_code.
-LIBUSB_ERROR_IO = -1
-LIBUSB_ERROR_INVALID_PARAM = -2
-LIBUSB_ERROR_ACCESS = -3
-LIBUSB_ERROR_NO_DEVICE = -4
-LIBUSB_ERROR_NOT_FOUND = -5
-LIBUSB_ERROR_BUSY = -6
-LIBUSB_ERROR_TIMEOUT = -7
-LIBUSB_ERROR_OVERFLOW = -8
-LIBUSB_ERROR_PIPE = -9
-LIBUSB_ERROR_INTERRUPTED = -10
-LIBUSB_ERROR_NO_MEM = -11
-LIBUSB_ERROR_NOT_SUPPORTED = -12
-LIBUSB_ERROR_OTHER = -99
-
-#: Linux URB status (negative errno) -> libusb error code. Anything else is LIBUSB_ERROR_IO,
-#: as libusb's Linux backend reports unknown URB failures (LIBUSB_TRANSFER_ERROR).
-_STATUS_TO_LIBUSB = {
-    -32: LIBUSB_ERROR_PIPE,
-    -75: LIBUSB_ERROR_OVERFLOW,
-    -19: LIBUSB_ERROR_NO_DEVICE,
-    -108: LIBUSB_ERROR_NO_DEVICE,
-    -110: LIBUSB_ERROR_TIMEOUT,
-    -22: LIBUSB_ERROR_INVALID_PARAM,
-    -12: LIBUSB_ERROR_NO_MEM,
-    -16: LIBUSB_ERROR_BUSY,
-    -95: LIBUSB_ERROR_NOT_SUPPORTED,
-}
-
-#: Kernel wire speed (usb_device_speed) -> PyUSB's usb.util.SPEED_* (libusb_speed). Wireless USB
-#: is reported by Linux as a 480 Mbit/s device (sysfs "speed"), hence HIGH; libusb numbers
-#: SuperSpeed+ 5, one above usb.util.SPEED_SUPER.
+#: libusb numbers SuperSpeed+ 5, one above usb.util.SPEED_SUPER.
 SPEED_SUPER_PLUS = 5
-_SPEED_MAP = {
-    P.Speed.UNKNOWN: usb.util.SPEED_UNKNOWN,
-    P.Speed.LOW: usb.util.SPEED_LOW,
-    P.Speed.FULL: usb.util.SPEED_FULL,
-    P.Speed.HIGH: usb.util.SPEED_HIGH,
-    P.Speed.WIRELESS: usb.util.SPEED_HIGH,
-    P.Speed.SUPER: usb.util.SPEED_SUPER,
-    P.Speed.SUPER_PLUS: SPEED_SUPER_PLUS,
-}
 
 _CONTROL, _BULK, _INTERRUPT = P.TransferType.CONTROL, P.TransferType.BULK, P.TransferType.INTERRUPT
 _EMPTY = memoryview(b"")
-
-
-def speed_to_pyusb(wire_speed: int) -> int:
-    """Kernel speed enum from the device record -> PyUSB's ``usb.util.SPEED_*``."""
-    return _SPEED_MAP.get(wire_speed, usb.util.SPEED_UNKNOWN)
 
 
 def _usb_error(exc: BaseException, what: str) -> usb.core.USBError:
@@ -129,7 +101,7 @@ def _usb_error(exc: BaseException, what: str) -> usb.core.USBError:
         err = usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_NOT_FOUND, _errno.ENOENT)
     elif isinstance(exc, UrbError):
         status = exc.status
-        code = _STATUS_TO_LIBUSB.get(status, LIBUSB_ERROR_IO)
+        code = libusb_error(status)
         text = f"{what}: {describe_status(status)}"
         if code == LIBUSB_ERROR_TIMEOUT:
             err = usb.core.USBTimeoutError(text, code, _errno.ETIMEDOUT)
@@ -238,7 +210,7 @@ class UsbipBackend(usb.backend.IBackend):
 
     @property
     def _timeout_s(self) -> Optional[float]:
-        return self.timeout if self.timeout and self.timeout > 0 else None
+        return client.socket_timeout(self.timeout)
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -327,13 +299,6 @@ class UsbipBackend(usb.backend.IBackend):
         except (UsbipError, ValueError) as exc:
             conn.close()
             return self._skip(busid, f"cannot read the descriptors of {busid} on {where}: {exc}")
-        ports = port_numbers_from_busid(busid)
-        desc.bus = conn.busnum
-        desc.address = conn.devnum
-        desc.port_numbers = ports
-        desc.port_number = ports[-1] if ports else None
-        desc.speed = speed_to_pyusb(conn.speed)
-        desc.busid = busid
         dev = UsbipDevice(conn, self.host, self.port, desc, configs, max_transfer=self.max_transfer,
                           timeout=self._timeout_s)
         with self._lock:
@@ -435,7 +400,7 @@ class UsbipBackend(usb.backend.IBackend):
         dev = dev_handle.dev
         try:
             return dev.control(bmRequestType, bRequest, wValue, wIndex, data,
-                               timeout / 1000.0 if timeout and timeout > 0 else None)
+                               seconds(timeout))
         except UsbipError as exc:
             _raise_usb(exc, f"control request 0x{bmRequestType:02x}/0x{bRequest:02x} to {dev.name}")
         except ValueError as exc:
@@ -473,14 +438,14 @@ class UsbipBackend(usb.backend.IBackend):
     def _write(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, data: Any, timeout: int) -> int:
         view = flat(data)
         try:
-            return dev.write(ttype, ep, view, timeout / 1000.0 if timeout and timeout > 0 else None)
+            return dev.write(ttype, ep, view, seconds(timeout))
         except UsbipError as exc:
             return self._partial(exc, ttype, "write to", ep, dev, view.nbytes)
 
     def _read(self, dev: UsbipDevice, ttype: P.TransferType, ep: int, buff: Any, timeout: int) -> int:
         view = flat(buff)
         try:
-            return dev.read(ttype, ep, view, timeout / 1000.0 if timeout and timeout > 0 else None)
+            return dev.read(ttype, ep, view, seconds(timeout))
         except UsbipError as exc:
             return self._partial(exc, ttype, "read from", ep, dev, view.nbytes)
 
@@ -507,7 +472,7 @@ class UsbipBackend(usb.backend.IBackend):
     def _iso(self, dev: UsbipDevice, ep: int, data: Any, timeout: int, out: bool) -> int:
         what = f"isochronous {'write to' if out else 'read from'} endpoint 0x{ep:02x} of {dev.name}"
         try:
-            return dev.iso(ep, flat(data), timeout / 1000.0 if timeout and timeout > 0 else None, out)
+            return dev.iso(ep, flat(data), seconds(timeout), out)
         except UsbipError as exc:
             _raise_usb(exc, what)
 

@@ -25,7 +25,7 @@ DEFAULT_TIMEOUT = 5.0
 MAX_DEVICES = 4096
 
 
-def _seconds(timeout: Optional[float]) -> Optional[float]:
+def socket_timeout(timeout: Optional[float]) -> Optional[float]:
     """A timeout as sockets take it: None (wait forever) for None, 0 or less, as everywhere in
     this package (a socket timeout of 0 would mean non-blocking instead)."""
     return timeout if timeout is not None and timeout > 0 else None
@@ -34,7 +34,7 @@ def _seconds(timeout: Optional[float]) -> Optional[float]:
 def connect(host: str, port: int = P.USBIP_PORT, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:
     """Open a TCP connection the way usbip_net_tcp_connect() does (``timeout`` 0: no limit)."""
     try:
-        sock = socket.create_connection((host, port), timeout=_seconds(timeout))
+        sock = socket.create_connection((host, port), timeout=socket_timeout(timeout))
     except socket.timeout as exc:
         raise UsbipTimeoutError(f"connecting to {host}:{port} timed out after {timeout:g} s") from exc
     except ConnectionRefusedError as exc:
@@ -56,7 +56,7 @@ class _Exchange:
     def __init__(self, sock: socket.socket, what: str, timeout: Optional[float]) -> None:
         self.sock = sock
         self.what = what
-        self.timeout = _seconds(timeout)
+        self.timeout = socket_timeout(timeout)
         self.started = time.monotonic()
         self.deadline = None if self.timeout is None else self.started + self.timeout
 

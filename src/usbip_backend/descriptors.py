@@ -105,8 +105,9 @@ class DeviceDescriptor:
     iProduct: int
     iSerialNumber: int
     bNumConfigurations: int
-    # Filled by the backend (usb.core.Device copies them): bus number, device address, the
-    # port path, and the speed as PyUSB's usb.util.SPEED_* constant. None when unknown.
+    # Filled by device.read_descriptors (usb.core.Device copies them): bus number, device
+    # address, the port path, and the speed as libusb's (= PyUSB's usb.util.SPEED_*) number.
+    # None when unknown.
     bus: Optional[int] = None
     address: Optional[int] = None
     port_number: Optional[int] = None

@@ -28,7 +28,7 @@ from .descriptors import (
     configurations_to_read, endpoint_max_packet, parse_configuration, parse_device_descriptor,
     ss_bytes_per_interval,
 )
-from .engine import Connection, Urb
+from .engine import Connection, Urb, flat
 from .errors import NotFoundError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError
 
 _log = logging.getLogger(__name__)
@@ -76,6 +76,19 @@ def port_numbers_from_busid(busid: str) -> Optional[Tuple[int, ...]]:
     return tuple(int(p) for p in m.group(1).split("."))
 
 
+#: Kernel wire speed (usb_device_speed) -> libusb_speed, which PyUSB's usb.util.SPEED_* also
+#: number. Linux reports Wireless USB as a 480 Mbit/s device (sysfs "speed"), hence HIGH.
+_LIBUSB_SPEED: Dict[int, int] = {
+    P.Speed.UNKNOWN: 0, P.Speed.LOW: 1, P.Speed.FULL: 2, P.Speed.HIGH: 3, P.Speed.WIRELESS: 3,
+    P.Speed.SUPER: 4, P.Speed.SUPER_PLUS: 5,
+}
+
+
+def libusb_speed(wire_speed: int) -> int:
+    """The kernel speed enum of a device record -> libusb's (and PyUSB's) speed number."""
+    return _LIBUSB_SPEED.get(wire_speed, 0)
+
+
 def natural_busid_key(busid: str) -> Tuple[Tuple[int, int, str], ...]:
     """Sort ``1-1.10`` after ``1-1.9`` (servers list devices in arbitrary order)."""
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", busid) if t)
@@ -86,14 +99,6 @@ def seconds(timeout_ms: Optional[int]) -> Optional[float]:
     if not timeout_ms or timeout_ms < 0:
         return None
     return timeout_ms / 1000.0
-
-
-def flat(data: object) -> memoryview:
-    """A flat byte view of a buffer (array('B'), bytes and bytearray need no cast)."""
-    view = memoryview(data)  # type: ignore[arg-type]
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
 
 
 class Deadline:
@@ -117,6 +122,9 @@ class Deadline:
 def read_descriptors(conn: Connection, timeout: Optional[float]) -> Tuple[DeviceDescriptor, List[ConfigurationDescriptor]]:
     """GET_DESCRIPTOR(DEVICE), then each configuration: 9 bytes, then wTotalLength.
 
+    The device descriptor's location fields (bus, address, ports, busid, speed) come from the
+    connection's device record.
+
     At most :data:`~.descriptors.USB_MAXCONFIG` configurations are read, as Linux reads them;
     ``bNumConfigurations`` is lowered to match, so callers that iterate over it find each one.
 
@@ -128,6 +136,11 @@ def read_descriptors(conn: Connection, timeout: Optional[float]) -> Tuple[Device
     desc = parse_device_descriptor(raw)
     count = configurations_to_read(desc.bNumConfigurations)
     desc.bNumConfigurations = count
+    ports = port_numbers_from_busid(conn.busid)
+    desc.bus, desc.address, desc.busid = conn.busnum, conn.devnum, conn.busid
+    desc.port_numbers = ports
+    desc.port_number = ports[-1] if ports else None
+    desc.speed = libusb_speed(conn.speed)
     configs = []
     for index in range(count):
         head = conn.control_transfer(0x80, GET_DESCRIPTOR, (DT_CONFIG << 8) | index, 0, 9, timeout=timeout)
@@ -464,11 +477,5 @@ def open_device(host: str, port: int, busid: str, *, timeout: Optional[float] = 
     except BaseException:
         conn.close()
         raise
-    ports = port_numbers_from_busid(busid)
-    desc.bus = conn.busnum
-    desc.address = conn.devnum
-    desc.port_numbers = ports
-    desc.port_number = ports[-1] if ports else None
-    desc.busid = busid
     return Device(conn, desc, configs, name=f"{busid} on {host}:{port}",
                   max_transfer=max_transfer, timeout=timeout)  # type: ignore[arg-type]

@@ -147,3 +147,40 @@ def host_errno(linux_err: int) -> int:
     if name is None:
         return linux_err
     return getattr(_errno, name, linux_err)
+
+
+# libusb error codes (libusb.h, enum libusb_error): what PyUSB's libusb1 backend puts in
+# USBError.backend_error_code and python-libusb1 names usb1.ERROR_*.
+LIBUSB_ERROR_IO = -1
+LIBUSB_ERROR_INVALID_PARAM = -2
+LIBUSB_ERROR_ACCESS = -3
+LIBUSB_ERROR_NO_DEVICE = -4
+LIBUSB_ERROR_NOT_FOUND = -5
+LIBUSB_ERROR_BUSY = -6
+LIBUSB_ERROR_TIMEOUT = -7
+LIBUSB_ERROR_OVERFLOW = -8
+LIBUSB_ERROR_PIPE = -9
+LIBUSB_ERROR_INTERRUPTED = -10
+LIBUSB_ERROR_NO_MEM = -11
+LIBUSB_ERROR_NOT_SUPPORTED = -12
+LIBUSB_ERROR_OTHER = -99
+
+#: Linux URB status (negative errno) -> the libusb error code a synchronous libusb call returns
+#: for it. Anything else is LIBUSB_ERROR_IO, as libusb's Linux backend reports unknown URB
+#: failures (LIBUSB_TRANSFER_ERROR).
+URB_STATUS_TO_LIBUSB = {
+    -32: LIBUSB_ERROR_PIPE,
+    -75: LIBUSB_ERROR_OVERFLOW,
+    -19: LIBUSB_ERROR_NO_DEVICE,
+    -108: LIBUSB_ERROR_NO_DEVICE,
+    -110: LIBUSB_ERROR_TIMEOUT,
+    -22: LIBUSB_ERROR_INVALID_PARAM,
+    -12: LIBUSB_ERROR_NO_MEM,
+    -16: LIBUSB_ERROR_BUSY,
+    -95: LIBUSB_ERROR_NOT_SUPPORTED,
+}
+
+
+def libusb_error(status: int) -> int:
+    """The libusb error code for a URB that failed with ``status``."""
+    return URB_STATUS_TO_LIBUSB.get(status, LIBUSB_ERROR_IO)

@@ -12,6 +12,22 @@ from __future__ import annotations
 
 from typing import FrozenSet
 
+from ..errors import (  # enum libusb_error: one definition, shared with the PyUSB backend
+    LIBUSB_ERROR_ACCESS as ERROR_ACCESS,
+    LIBUSB_ERROR_BUSY as ERROR_BUSY,
+    LIBUSB_ERROR_INTERRUPTED as ERROR_INTERRUPTED,
+    LIBUSB_ERROR_INVALID_PARAM as ERROR_INVALID_PARAM,
+    LIBUSB_ERROR_IO as ERROR_IO,
+    LIBUSB_ERROR_NO_DEVICE as ERROR_NO_DEVICE,
+    LIBUSB_ERROR_NO_MEM as ERROR_NO_MEM,
+    LIBUSB_ERROR_NOT_FOUND as ERROR_NOT_FOUND,
+    LIBUSB_ERROR_NOT_SUPPORTED as ERROR_NOT_SUPPORTED,
+    LIBUSB_ERROR_OTHER as ERROR_OTHER,
+    LIBUSB_ERROR_OVERFLOW as ERROR_OVERFLOW,
+    LIBUSB_ERROR_PIPE as ERROR_PIPE,
+    LIBUSB_ERROR_TIMEOUT as ERROR_TIMEOUT,
+)
+
 # -- enum libusb_class_code: bDeviceClass / bInterfaceClass ---------------------------------------
 CLASS_PER_INTERFACE = 0x00
 CLASS_AUDIO = 0x01
@@ -141,20 +157,7 @@ HIGH_SPEED_OPERATION = 4
 SUPER_SPEED_OPERATION = 8  # LIBUSB_5GBPS_OPERATION: "5GBPS_OPERATION" is not an identifier
 
 # -- enum libusb_error: return codes of the synchronous calls -------------------------------------
-SUCCESS = 0
-ERROR_IO = -1
-ERROR_INVALID_PARAM = -2
-ERROR_ACCESS = -3
-ERROR_NO_DEVICE = -4
-ERROR_NOT_FOUND = -5
-ERROR_BUSY = -6
-ERROR_TIMEOUT = -7
-ERROR_OVERFLOW = -8
-ERROR_PIPE = -9
-ERROR_INTERRUPTED = -10
-ERROR_NO_MEM = -11
-ERROR_NOT_SUPPORTED = -12
-ERROR_OTHER = -99
+SUCCESS = 0  # the ERROR_* codes are imported from ..errors, above
 
 # -- enum libusb_transfer_status: USBTransfer.getStatus() of a finished transfer -----------------
 TRANSFER_COMPLETED = 0  # no error; not necessarily every requested byte moved

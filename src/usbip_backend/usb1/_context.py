@@ -26,26 +26,19 @@ import time
 from typing import Any, Deque, Dict, Iterator, List, Optional, Set, Tuple
 
 from .. import protocol as P
-from ..client import import_device, list_devices
-from ..descriptors import DeviceDescriptor
-from ..device import Device, natural_busid_key, port_numbers_from_busid, read_descriptors
+from ..client import list_devices, socket_timeout
+from ..descriptors import DeviceDescriptor, endpoint_max_packet
+from ..device import Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, seconds
+from ..engine import flat
 from ..errors import UsbipError
 from ..hooks import UrbHook
 from . import _constants as C
 from ._descriptors import USBConfiguration, USBInterfaceSetting, iter_settings
 from ._errors import USBError, USBErrorNoDevice, USBErrorNotFound, USBErrorPipe, usb_error
-from ._transfer import TYPE_TO_ENGINE as _TYPE_TO_ENGINE
 from ._transfer import USBTransfer
 
 _log = logging.getLogger(__name__)
 
-#: Kernel wire speed (usb_device_speed) -> libusb_speed. Wireless USB is reported by Linux as a
-#: 480 Mbit/s device, hence HIGH.
-_SPEED: Dict[int, int] = {
-    P.Speed.UNKNOWN: C.SPEED_UNKNOWN, P.Speed.LOW: C.SPEED_LOW, P.Speed.FULL: C.SPEED_FULL,
-    P.Speed.HIGH: C.SPEED_HIGH, P.Speed.WIRELESS: C.SPEED_HIGH, P.Speed.SUPER: C.SPEED_SUPER,
-    P.Speed.SUPER_PLUS: C.SPEED_SUPER_PLUS,
-}
 #: libusb_handle_events() gives up after 60 s without an event.
 _HANDLE_EVENTS_TIMEOUT = 60.0
 #: How long handleEvents() reads one connection's socket itself before it looks again at
@@ -53,10 +46,6 @@ _HANDLE_EVENTS_TIMEOUT = 60.0
 _PUMP_SLICE = 0.02
 #: "Some devices choke on size > 255" (libusb, descriptor.c).
 _STRING_LENGTH = 255
-
-
-def _ms(timeout: int) -> Optional[float]:
-    return timeout / 1000.0 if timeout and timeout > 0 else None
 
 
 class _ReleaseInterface:
@@ -245,7 +234,7 @@ class USBDeviceHandle:
     def _control(self, request_type: int, request: int, value: int, index: int, data: Any, timeout: int) -> int:
         dev = self._alive()
         try:
-            return dev.control(request_type, request, value, index, data, _ms(timeout))
+            return dev.control(request_type, request, value, index, data, seconds(timeout))
         except UsbipError as exc:
             self._raise(exc)
             raise  # unreachable
@@ -266,9 +255,8 @@ class USBDeviceHandle:
 
     def _write(self, kind: P.TransferType, endpoint: int, data: Any, timeout: int) -> int:
         dev = self._alive()
-        view = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else memoryview(data)
         try:
-            return dev.write(kind, (endpoint & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_OUT, view, _ms(timeout))
+            return dev.write(kind, (endpoint & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_OUT, flat(data), seconds(timeout))
         except UsbipError as exc:
             err = usb_error(exc)
             raise err from exc
@@ -277,7 +265,7 @@ class USBDeviceHandle:
         dev = self._alive()
         buf = bytearray(length)
         try:
-            n = dev.read(kind, (endpoint & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_IN, memoryview(buf), _ms(timeout))
+            n = dev.read(kind, (endpoint & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_IN, memoryview(buf), seconds(timeout))
         except UsbipError as exc:
             err = usb_error(exc)
             err.received = bytes(buf[:err.transferred])
@@ -310,12 +298,13 @@ class USBDeviceHandle:
         dev = self._alive()
         kind = transfer._type
         assert kind is not None
+        engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
         args = transfer._args
         if args is None:
             # What the engine is given, made once per setup (a pump resubmits the same transfer).
             interval = 0
             if kind in (C.TRANSFER_TYPE_INTERRUPT, C.TRANSFER_TYPE_ISOCHRONOUS):
-                interval = dev.interval(_TYPE_TO_ENGINE[kind], dev.endpoint(transfer._endpoint))
+                interval = dev.interval(engine_type, dev.endpoint(transfer._endpoint))
             args = transfer._args = transfer._engine_args(interval)
             context = self._context
             args["callback"] = lambda urb, transfer=transfer: context._urb_done(transfer)
@@ -331,7 +320,7 @@ class USBDeviceHandle:
         queue.append(transfer)
         self._inflight.add(transfer)
         try:
-            transfer._urb = dev.conn.submit(_TYPE_TO_ENGINE[kind], transfer._endpoint, **args)
+            transfer._urb = dev.conn.submit(engine_type, transfer._endpoint, **args)
         except BaseException as exc:
             with self._context._events:
                 queue.remove(transfer)
@@ -451,7 +440,7 @@ class USBDevice:
         return self._record.bDeviceProtocol
 
     def getDeviceSpeed(self) -> int:
-        return _SPEED.get(self._record.speed, C.SPEED_UNKNOWN)
+        return libusb_speed(self._record.speed)
 
     def getNumConfigurations(self) -> int:
         if self._dev is not None:
@@ -509,7 +498,7 @@ class USBDevice:
         ep = self._imported().endpoint(endpoint)
         if ep is None:
             raise USBErrorNotFound()
-        return (ep.wMaxPacketSize & 0x7FF) * (((ep.wMaxPacketSize >> 11) & 3) + 1)
+        return endpoint_max_packet(ep)
 
     def _via_handle(self, what: str) -> Optional[str]:
         handle = self.open()
@@ -555,7 +544,7 @@ class USBContext:
         self.host = host
         self.port = port
         self.busids = list(busids) if busids is not None else None
-        self._timeout: Optional[float] = timeout if timeout and timeout > 0 else None
+        self._timeout = socket_timeout(timeout)
         self._timeout_ms = int(timeout * 1000) if timeout and timeout > 0 else 0
         self._pcap = pcap
         self._hook: Optional[UrbHook] = None
@@ -623,17 +612,7 @@ class USBContext:
     # -- devices -------------------------------------------------------------------------------------------
     def _import(self, busid: str) -> Device:
         assert self.host is not None
-        conn = import_device(self.host, self.port, busid, timeout=self._timeout, hook=self._hook)
-        try:
-            desc, configs = read_descriptors(conn, self._timeout)
-        except BaseException:
-            conn.close()
-            raise
-        ports = port_numbers_from_busid(busid)
-        desc.bus, desc.address, desc.busid = conn.busnum, conn.devnum, busid
-        desc.port_numbers = ports
-        desc.port_number = ports[-1] if ports else None
-        return Device(conn, desc, configs, name=f"{busid} on {self.host}:{self.port}", timeout=self._timeout)
+        return open_device(self.host, self.port, busid, timeout=self._timeout, hook=self._hook)
 
     def getDeviceIterator(self, skip_on_error: bool = False) -> Iterator[USBDevice]:
         """The server's devices (OP_REQ_DEVLIST), plus those this context holds (a server does not

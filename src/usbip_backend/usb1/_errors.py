@@ -280,23 +280,9 @@ def transfer_status_of(exc: BaseException, short_not_ok: bool = False) -> int:
     return C.TRANSFER_ERROR
 
 
-# UrbError status -> the USBError a synchronous libusb call reports for it.
-_URB_STATUS_TO_ERROR: Dict[int, Type[USBError]] = {
-    _EPIPE: USBErrorPipe,
-    _EOVERFLOW: USBErrorOverflow,
-    _ENODEV: USBErrorNoDevice,
-    _ESHUTDOWN: USBErrorNoDevice,
-    _ETIMEDOUT: USBErrorTimeout,
-    -22: USBErrorInvalidParam,  # -EINVAL
-    -12: USBErrorNoMem,  # -ENOMEM
-    -16: USBErrorBusy,  # -EBUSY
-    -95: USBErrorNotSupported,  # -EOPNOTSUPP
-}
-
-
 def _usb_error_class(exc: BaseException) -> Type[USBError]:
     if isinstance(exc, _engine.UrbError):
-        return _URB_STATUS_TO_ERROR.get(exc.status, USBErrorIO)
+        return STATUS_TO_EXCEPTION_DICT[_engine.libusb_error(exc.status)]
     if isinstance(exc, _engine.UrbCancelledError):
         return USBErrorInterrupted
     if isinstance(exc, _engine.NotFoundError):

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 from .. import protocol as P
-from ..engine import Urb
+from ..device import seconds
+from ..engine import Urb, flat
 from . import _constants as C
 from ._errors import DoomedTransferError, USBErrorNotFound, transfer_status, transfer_status_of
 
@@ -22,15 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 #: A transfer callback: called with the transfer, return value ignored.
 TransferCallback = Callable[["USBTransfer"], Any]
 BufferOrLength = Union[int, bytes, bytearray, memoryview, Any]
-
-#: libusb transfer type -> the engine's.
-TYPE_TO_ENGINE = {
-    C.TRANSFER_TYPE_CONTROL: P.TransferType.CONTROL,
-    C.TRANSFER_TYPE_ISOCHRONOUS: P.TransferType.ISOCHRONOUS,
-    C.TRANSFER_TYPE_BULK: P.TransferType.BULK,
-    C.TRANSFER_TYPE_INTERRUPT: P.TransferType.INTERRUPT,
-}
-
 
 def _buffer(buffer_or_len: BufferOrLength, writable: bool) -> Tuple[memoryview, Any]:
     """(a flat byte view, the object it keeps alive) for a length or a buffer.
@@ -43,9 +35,7 @@ def _buffer(buffer_or_len: BufferOrLength, writable: bool) -> Tuple[memoryview, 
             raise ValueError(f"a buffer length cannot be negative ({buffer_or_len})")
         owner: Any = bytearray(buffer_or_len)
         return memoryview(owner), owner
-    view = memoryview(buffer_or_len)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
+    view = flat(buffer_or_len)
     if writable and view.readonly:
         owner = bytearray(view)
         return memoryview(owner), owner
@@ -324,7 +314,7 @@ class USBTransfer:
             flags |= P.USBIP_URB_ZERO_PACKET
         view = self._view
         args: Dict[str, Any] = {"transfer_flags": flags,
-                                "timeout": self._timeout / 1000.0 if self._timeout and self._timeout > 0 else None}
+                                "timeout": seconds(self._timeout)}
         if kind == C.TRANSFER_TYPE_CONTROL:
             args["setup"] = self._setup
         if kind == C.TRANSFER_TYPE_ISOCHRONOUS:
@@ -412,4 +402,4 @@ class USBTransferHelper:
                 pass
 
 
-__all__ = ["USBTransfer", "USBTransferHelper", "TYPE_TO_ENGINE"]
+__all__ = ["USBTransfer", "USBTransferHelper"]
