@@ -82,6 +82,20 @@ def test_closing_the_last_handle_gives_the_device_back(server, ctx):
     assert server.wait_free("1-1")
 
 
+def test_a_refused_import_raises_usb_error_from_every_getter_that_imports(server, ctx):
+    from usbip_backend.client import import_device
+
+    device = ctx.getByVendorIDAndProductID(VID, 0x0001)
+    assert device is not None
+    with import_device("127.0.0.1", server.port, "1-1", timeout=5):  # another client has it now
+        for getter in (device.getbcdUSB, lambda: device.getMaxPacketSize(0x81),
+                       lambda: device.getMaxISOPacketSize(0x81), device.iterConfigurations, device.open):
+            with pytest.raises(usb1.USBErrorIO):
+                getter()
+    assert server.wait_free("1-1")
+    assert device.getMaxPacketSize(0x81) == 512  # the import works once the other client let go
+
+
 # -- synchronous I/O -----------------------------------------------------------------------------------------
 def test_synchronous_calls_and_their_errors(ctx):
     handle = loopback(ctx)

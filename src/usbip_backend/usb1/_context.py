@@ -23,11 +23,11 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Deque, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Set, Tuple, TypeVar
 
 from .. import protocol as P
 from ..client import list_devices, socket_timeout
-from ..descriptors import DeviceDescriptor, endpoint_max_packet
+from ..descriptors import DeviceDescriptor, EndpointDescriptor, endpoint_max_packet
 from ..device import Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, seconds
 from ..engine import flat
 from ..errors import UsbipError
@@ -38,6 +38,7 @@ from ._errors import USBError, USBErrorNoDevice, USBErrorNotFound, USBErrorPipe,
 from ._transfer import USBTransfer
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: libusb_handle_events() gives up after 60 s without an event.
 _HANDLE_EVENTS_TIMEOUT = 60.0
@@ -82,7 +83,7 @@ class USBDeviceHandle:
             raise USBErrorNoDevice()
         return self._dev
 
-    def _raise(self, exc: BaseException) -> None:
+    def _raise(self, exc: BaseException) -> NoReturn:
         raise usb_error(exc) from exc
 
     # -- lifetime -----------------------------------------------------------------------------------
@@ -121,7 +122,6 @@ class USBDeviceHandle:
             return dev.configuration()
         except UsbipError as exc:
             self._raise(exc)
-            raise  # unreachable
 
     def setConfiguration(self, configuration: int) -> None:
         dev = self._alive()
@@ -181,8 +181,18 @@ class USBDeviceHandle:
     def _string(self, index: int, lang_id: int) -> bytes:
         buf = bytearray(_STRING_LENGTH)
         n = self._control(C.ENDPOINT_IN, C.REQUEST_GET_DESCRIPTOR, (C.DT_STRING << 8) | index, lang_id, buf,
-                          self._context._timeout_ms)
+                          self._context._timeout)
         return bytes(buf[:n])
+
+    def _string_text(self, index: int, lang_id: int, errors: str) -> Optional[str]:
+        """String ``index`` in ``lang_id`` decoded; None if the device has no such string."""
+        try:
+            raw = self._string(index, lang_id)
+        except (USBErrorNotFound, USBErrorPipe):
+            return None
+        if len(raw) < 2 or raw[1] != C.DT_STRING:
+            raise ValueError("Invalid string descriptor")
+        return raw[2:min(len(raw), raw[0])].decode("UTF-16-LE", errors=errors)
 
     def getSupportedLanguageList(self) -> List[int]:
         try:
@@ -195,13 +205,7 @@ class USBDeviceHandle:
         """The string ``descriptor`` in language ``lang_id``; None for index 0 or no such string."""
         if descriptor == 0:
             return None
-        try:
-            raw = self._string(descriptor, lang_id)
-        except (USBErrorNotFound, USBErrorPipe):
-            return None
-        if len(raw) < 2 or raw[1] != C.DT_STRING:
-            raise ValueError("Invalid string descriptor")
-        return raw[2:min(len(raw), raw[0])].decode("UTF-16-LE", errors=errors)
+        return self._string_text(descriptor, lang_id, errors)
 
     def getASCIIStringDescriptor(self, descriptor: int, errors: str = "strict") -> Optional[str]:
         """The string ``descriptor`` in the device's first language, as libusb's
@@ -211,13 +215,9 @@ class USBDeviceHandle:
         langs = self.getSupportedLanguageList()
         if not langs:
             return None
-        try:
-            raw = self._string(descriptor, langs[0])
-        except (USBErrorNotFound, USBErrorPipe):
+        text = self._string_text(descriptor, langs[0], "replace")
+        if text is None:
             return None
-        if len(raw) < 2 or raw[1] != C.DT_STRING:
-            raise ValueError("Invalid string descriptor")
-        text = raw[2:min(len(raw), raw[0])].decode("UTF-16-LE", errors="replace")
         ascii_bytes = "".join(ch if ord(ch) < 0x80 else "?" for ch in text).encode("ascii")
         return ascii_bytes.decode("ASCII", errors=errors)
 
@@ -231,26 +231,26 @@ class USBDeviceHandle:
         return self.getASCIIStringDescriptor(self._dev.descriptor.iSerialNumber)
 
     # -- synchronous I/O ------------------------------------------------------------------------------
-    def _control(self, request_type: int, request: int, value: int, index: int, data: Any, timeout: int) -> int:
+    def _control(self, request_type: int, request: int, value: int, index: int, data: Any,
+                 timeout: Optional[float]) -> int:
         dev = self._alive()
         try:
-            return dev.control(request_type, request, value, index, data, seconds(timeout))
+            return dev.control(request_type, request, value, index, data, timeout)
         except UsbipError as exc:
             self._raise(exc)
-            raise  # unreachable
 
     def controlWrite(self, request_type: int, request: int, value: int, index: int, data: Any,
                      timeout: int = 0) -> int:
         """Synchronous control OUT; returns the count sent."""
         request_type = (request_type & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_OUT
-        return self._control(request_type, request, value, index, data, timeout)
+        return self._control(request_type, request, value, index, data, seconds(timeout))
 
     def controlRead(self, request_type: int, request: int, value: int, index: int, length: int,
                     timeout: int = 0) -> bytes:
         """Synchronous control IN; returns the data received."""
         request_type = (request_type & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_IN
         buf = bytearray(length)
-        n = self._control(request_type, request, value, index, buf, timeout)
+        n = self._control(request_type, request, value, index, buf, seconds(timeout))
         return bytes(buf[:n])
 
     def _write(self, kind: P.TransferType, endpoint: int, data: Any, timeout: int) -> int:
@@ -258,8 +258,7 @@ class USBDeviceHandle:
         try:
             return dev.write(kind, (endpoint & ~C.ENDPOINT_DIR_MASK) | C.ENDPOINT_OUT, flat(data), seconds(timeout))
         except UsbipError as exc:
-            err = usb_error(exc)
-            raise err from exc
+            self._raise(exc)
 
     def _read(self, kind: P.TransferType, endpoint: int, length: int, timeout: int) -> bytes:
         dev = self._alive()
@@ -390,22 +389,23 @@ class USBDevice:
                 self._dev.close()
                 self._dev = None
 
-    def open(self) -> USBDeviceHandle:
-        """Import the device (if not yet) and return a handle to it."""
+    def _device(self) -> Device:
+        """The imported device; a failed import raises the USBError libusb would."""
         try:
-            dev = self._imported()
+            return self._imported()
         except UsbipError as exc:
             raise usb_error(exc) from exc
+
+    def open(self) -> USBDeviceHandle:
+        """Import the device (if not yet) and return a handle to it."""
+        dev = self._device()
         handle = USBDeviceHandle(self._context, self, dev)
         with self._lock:
             self._handles.add(handle)
         return handle
 
     def _descriptor(self) -> DeviceDescriptor:
-        try:
-            return self._imported().descriptor
-        except UsbipError as exc:
-            raise usb_error(exc) from exc
+        return self._device().descriptor
 
     # -- from the device list ----------------------------------------------------------------------------
     def getBusNumber(self) -> int:
@@ -464,10 +464,7 @@ class USBDevice:
         return self._descriptor().iSerialNumber
 
     def _configurations(self) -> List[USBConfiguration]:
-        try:
-            dev = self._imported()
-        except UsbipError as exc:
-            raise usb_error(exc) from exc
+        dev = self._device()
         speed = self.getDeviceSpeed()
         return [USBConfiguration(cfg, speed) for cfg in dev.configurations]
 
@@ -488,41 +485,37 @@ class USBDevice:
     def getMaxPacketSize(self, endpoint: int) -> int:
         """wMaxPacketSize bits 10..0 of ``endpoint`` in the active configuration (libusb's
         libusb_get_max_packet_size)."""
-        ep = self._imported().endpoint(endpoint)
-        if ep is None:
-            raise USBErrorNotFound()
-        return ep.wMaxPacketSize & 0x7FF
+        return self._endpoint(endpoint).wMaxPacketSize & 0x7FF
 
     def getMaxISOPacketSize(self, endpoint: int) -> int:
         """Bytes per (micro)frame of an isochronous ``endpoint`` (size x (1 + mult))."""
-        ep = self._imported().endpoint(endpoint)
+        return endpoint_max_packet(self._endpoint(endpoint))
+
+    def _endpoint(self, endpoint: int) -> EndpointDescriptor:
+        ep = self._device().endpoint(endpoint)
         if ep is None:
             raise USBErrorNotFound()
-        return endpoint_max_packet(ep)
+        return ep
 
-    def _via_handle(self, what: str) -> Optional[str]:
+    def _via_handle(self, call: Callable[[USBDeviceHandle], _T]) -> _T:
+        """``call(handle)`` on a handle opened for it (libusb opens one for these too)."""
         handle = self.open()
         try:
-            result: Optional[str] = getattr(handle, what)()
-            return result
+            return call(handle)
         finally:
             handle.close()
 
     def getManufacturer(self) -> Optional[str]:
-        return self._via_handle("getManufacturer")
+        return self._via_handle(USBDeviceHandle.getManufacturer)
 
     def getProduct(self) -> Optional[str]:
-        return self._via_handle("getProduct")
+        return self._via_handle(USBDeviceHandle.getProduct)
 
     def getSerialNumber(self) -> Optional[str]:
-        return self._via_handle("getSerialNumber")
+        return self._via_handle(USBDeviceHandle.getSerialNumber)
 
     def getSupportedLanguageList(self) -> List[int]:
-        handle = self.open()
-        try:
-            return handle.getSupportedLanguageList()
-        finally:
-            handle.close()
+        return self._via_handle(USBDeviceHandle.getSupportedLanguageList)
 
 
 class USBContext:
@@ -545,7 +538,6 @@ class USBContext:
         self.port = port
         self.busids = list(busids) if busids is not None else None
         self._timeout = socket_timeout(timeout)
-        self._timeout_ms = int(timeout * 1000) if timeout and timeout > 0 else 0
         self._pcap = pcap
         self._hook: Optional[UrbHook] = None
         self._owns_hook = False
