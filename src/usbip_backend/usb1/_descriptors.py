@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, List, Sequence, Tuple
 
 from ..descriptors import ConfigurationDescriptor, EndpointDescriptor, InterfaceDescriptor
+from ._constants import SPEED_SUPER  # libusb_speed (the kernel's usb_device_speed numbers it 5)
 
 __all__ = [
     "USBConfiguration",
@@ -26,8 +27,6 @@ __all__ = [
     "split_extra",
     "iter_settings",
 ]
-
-_SPEED_SUPER = 4  # libusb_speed (not the kernel's usb_device_speed, where SuperSpeed is 5)
 
 _TRANSFER_TYPE_NAMES = ("control", "isochronous", "bulk", "interrupt")
 
@@ -85,7 +84,7 @@ class USBConfiguration:
 
         As in python-libusb1, only ``SPEED_SUPER`` selects 8 mA units (not SuperSpeedPlus).
         """
-        unit = 8 if self._device_speed == _SPEED_SUPER else 2
+        unit = 8 if self._device_speed == SPEED_SUPER else 2
         return self._config.bMaxPower * unit
 
     def getExtra(self) -> List[bytes]:

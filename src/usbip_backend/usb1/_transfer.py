@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterator, List, Op
 
 from .. import protocol as P
 from ..device import seconds
-from ..engine import Urb, flat
+from ..engine import ESHUTDOWN, Urb, flat
 from . import _constants as C
 from ._errors import DoomedTransferError, USBErrorNotFound, transfer_status, transfer_status_of
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: A transfer callback: called with the transfer, return value ignored.
 TransferCallback = Callable[["USBTransfer"], Any]
 BufferOrLength = Union[int, bytes, bytearray, memoryview, Any]
+
 
 def _buffer(buffer_or_len: BufferOrLength, writable: bool) -> Tuple[memoryview, Any]:
     """(a flat byte view, the object it keeps alive) for a length or a buffer.
@@ -332,7 +333,7 @@ class USBTransfer:
         """Take the ended URB's result (handleEvents' thread, before the callback)."""
         urb = self._urb
         assert urb is not None
-        status = urb.status if urb.status is not None else -108
+        status = urb.status if urb.status is not None else ESHUTDOWN
         error = urb._error
         if error is not None:
             self._status = transfer_status_of(error)
@@ -364,23 +365,22 @@ class USBTransferHelper:
         self._callbacks: Dict[int, Callable[[USBTransfer], Any]] = {}
         self._default: Callable[[USBTransfer], Any] = lambda _transfer: False
 
-    def submit(self) -> None:
-        """Deprecated (python-libusb1 keeps it): submit the transfer given at construction."""
+    def _given(self) -> USBTransfer:
         if self._transfer is None:
             raise AttributeError("no transfer given at construction")
-        self._transfer.submit()
+        return self._transfer
+
+    def submit(self) -> None:
+        """Deprecated (python-libusb1 keeps it): submit the transfer given at construction."""
+        self._given().submit()
 
     def cancel(self) -> None:
         """Deprecated (python-libusb1 keeps it): cancel the transfer given at construction."""
-        if self._transfer is None:
-            raise AttributeError("no transfer given at construction")
-        self._transfer.cancel()
+        self._given().cancel()
 
     def isSubmited(self) -> bool:
         """Deprecated spelling kept by python-libusb1."""
-        if self._transfer is None:
-            raise AttributeError("no transfer given at construction")
-        return self._transfer.isSubmitted()
+        return self._given().isSubmitted()
 
     def setEventCallback(self, event: int, callback: Callable[[USBTransfer], Any]) -> None:
         if event not in C.EVENT_CALLBACK_SET:
