@@ -399,8 +399,7 @@ class UsbipBackend(usb.backend.IBackend):
                       wIndex: int, data: Any, timeout: int) -> int:
         dev = dev_handle.dev
         try:
-            return dev.control(bmRequestType, bRequest, wValue, wIndex, data,
-                               seconds(timeout))
+            return dev.control(bmRequestType, bRequest, wValue, wIndex, data, seconds(timeout))
         except UsbipError as exc:
             _raise_usb(exc, f"control request 0x{bmRequestType:02x}/0x{bRequest:02x} to {dev.name}")
         except ValueError as exc:

@@ -407,9 +407,9 @@ class Device:
             NotFoundError: no isochronous endpoint ``ep`` in the active configuration.
         """
         desc = self.endpoint(ep)
-        if desc is None or desc.transfer_type != 1 or endpoint_max_packet(desc) == 0:
+        packet = endpoint_max_packet(desc) if desc is not None and desc.transfer_type == 1 else 0  # 1: iso
+        if desc is None or packet == 0:
             raise NotFoundError(f"no isochronous endpoint 0x{ep:02x} in the active configuration of {self.name}")
-        packet = endpoint_max_packet(desc)
         if self.wire_speed >= P.Speed.SUPER:
             # SuperSpeed: bursts make the per-interval size the companion's wBytesPerInterval,
             # which is what libusb_get_max_iso_packet_size() returns there.
