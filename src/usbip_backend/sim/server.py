@@ -549,13 +549,8 @@ class SimServer:
         reset_keeps_configuration: what SET_PORT_FEATURE(PORT_RESET) does to the configuration.
             True (default) is the kernel's usb_reset_device(), which re-applies the configuration
             and alternate settings; False leaves the device unconfigured like a bare bus reset.
-        unlink: how CMD_UNLINK is answered, one of :data:`UNLINK_BEHAVIOURS`. "kernel" (default)
-            imitates the Linux stub (usbip-host): RET_UNLINK -ECONNRESET for a pending URB, which
-            then never gets a RET_SUBMIT, and RET_UNLINK 0 for a completed or unknown one (after
-            its RET_SUBMIT). "status0" imitates the PyPI ``usbip`` 0.7.0 server: RET_UNLINK 0
-            always, a pending URB being dropped without any RET_SUBMIT. "ignore" imitates servers
-            that never answer CMD_UNLINK: nothing is sent and the URB stays pending, completing
-            normally if the device later produces data. Anything else raises ValueError.
+        unlink: how CMD_UNLINK is answered: "kernel" (default, the Linux stub), "status0" or
+            "ignore", as :data:`UNLINK_BEHAVIOURS` describes them. Anything else raises ValueError.
     """
 
     def __init__(self, devices: Optional[Iterable[Device]] = None, host: str = "127.0.0.1",
