@@ -73,11 +73,38 @@ def stop_sim_process(proc) -> None:
 
 
 @pytest.fixture(scope="session")
-def sim_server():
-    """A virtual USB/IP server process with the stock devices; yields ("127.0.0.1", port)."""
+def _shared_sim_process():
     proc, port = start_sim_process()
     yield ("127.0.0.1", port)
     stop_sim_process(proc)
+
+
+def wait_until_all_exported(address, count: int, timeout: float = 10.0) -> bool:
+    """Wait until the server lists ``count`` devices again (it lists none that a client holds,
+    and frees a closed client's devices a moment after the close)."""
+    import time
+
+    from usbip_backend.client import list_devices
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if len(list_devices(*address, timeout=5)) == count:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)  # polls a condition, bounded by the deadline
+
+
+@pytest.fixture
+def sim_server(_shared_sim_process):
+    """A virtual USB/IP server process with the stock devices, shared by the session; yields
+    ("127.0.0.1", port). After each test every device is free again, so the next test finds
+    them all."""
+    from usbip_backend.client import list_devices
+
+    count = len(list_devices(*_shared_sim_process, timeout=5))
+    yield _shared_sim_process
+    assert wait_until_all_exported(_shared_sim_process, count), "a device stayed imported after the test"
 
 
 @pytest.fixture

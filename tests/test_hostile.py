@@ -95,7 +95,7 @@ def test_a_late_reply_after_the_timeout_leaves_the_finished_urb_and_its_buffer_a
             urb.wait(0.1)
         frozen = (urb.state, urb.status, urb.actual_length, urb.in_data)
         assert bytes(conn.transfer(BULK, 0x82, length=4, timeout=5).in_data) == b"next"
-        assert late_sent.is_set()
+        assert late_sent.wait(5)  # set by the server thread just after the sendall that carried both
         assert (urb.state, urb.status, urb.actual_length, urb.in_data) == frozen == (UrbState.DONE, -104, 0, None)
         assert buf == bytes(4)  # the late data never reached the caller's buffer
         with pytest.raises(UsbipTimeoutError):
@@ -355,6 +355,7 @@ def test_cancel_never_waits_for_another_threads_big_out_payload():
     """A thread is stuck in sendall of a big OUT (the server stopped reading); cancel() of
     another URB, from this thread, returns at once, and the CMD_UNLINK goes out after the OUT."""
     go = threading.Event()
+    unlink_read = threading.Event()
     seen = []
 
     def script(sock):
@@ -364,6 +365,7 @@ def test_cancel_never_waits_for_another_threads_big_out_payload():
             cmd, _, data, _ = read_cmd(sock)
             seen.append(cmd)
             if isinstance(cmd, P.CmdUnlink):
+                unlink_read.set()
                 sock.sendall(ret_unlink(cmd.seqnum, -104))
             else:
                 sock.sendall(ret_submit(cmd.seqnum, actual=len(data)))
@@ -393,6 +395,9 @@ def test_cancel_never_waits_for_another_threads_big_out_payload():
             pending.wait(20)
         t.join(30)
         assert not writer_error, writer_error
+        # On a loaded machine the client may give the URB up (unlink grace) before the server,
+        # still reading 64 MiB, reaches the CMD_UNLINK behind them: wait until it has.
+        assert unlink_read.wait(20)
         kinds = [type(c).__name__ for c in seen]
         assert kinds == ["CmdSubmit", "CmdSubmit", "CmdUnlink"]  # the unlink after the OUT
 
