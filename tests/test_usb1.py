@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from usbip_backend import protocol as P
 from usbip_backend import usb1
 from usbip_backend.sim import SimServer
 from usbip_backend.sim.devices import LoopbackDevice, pattern, stock_devices
@@ -64,6 +65,7 @@ def test_device_list_needs_no_import_and_descriptors_do(server, ctx):
     assert [ep.getAddress() for ep in data[0]] == [0x01, 0x81]
     assert [s.getNumber() for s in acm.iterSettings()] == [0, 1]
     assert acm.getManufacturer() and acm.getProduct()
+    assert "1-2" not in [r.busid for r in _listed(server)]  # the string getters kept the import
     acm.close()
     assert server.wait_free("1-2")
 
@@ -94,6 +96,40 @@ def test_a_refused_import_raises_usb_error_from_every_getter_that_imports(server
                 getter()
     assert server.wait_free("1-1")
     assert device.getMaxPacketSize(0x81) == 512  # the import works once the other client let go
+
+
+class SlowRelease(SimServer):
+    """Frees a closed import only after it has refused one import of it as busy: the moment a
+    real server takes to notice that a connection closed, made certain."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.busy_answers = 0
+        self._let_go = threading.Event()
+
+    def _release(self, device):
+        self._let_go.wait(10)
+        super()._release(device)
+
+    def _claim(self, busid, conn):
+        status, device = super()._claim(busid, conn)
+        if status == P.Status.ST_DEV_BUSY:
+            self.busy_answers += 1
+            self._let_go.set()
+        return status, device
+
+
+def test_open_right_after_the_last_close_waits_for_the_server_to_free_the_device():
+    with SlowRelease(stock_devices()) as srv, usb1.USBContext(host="127.0.0.1", port=srv.port) as ctx:
+        handle = loopback(ctx)
+        device = handle.getDevice()
+        handle.close()  # the server has not freed 1-1 yet
+        again = device.open()
+        assert srv.busy_answers >= 1  # the first re-import was refused, a retry got it
+        again.setConfiguration(1)
+        assert again.bulkWrite(0x01, b"back", timeout=2000) == 4
+        assert again.bulkRead(0x81, 64, timeout=2000) == b"back"
+        again.close()
 
 
 # -- synchronous I/O -----------------------------------------------------------------------------------------

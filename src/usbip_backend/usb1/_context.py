@@ -30,7 +30,7 @@ from ..client import list_devices, socket_timeout
 from ..descriptors import DeviceDescriptor, EndpointDescriptor, endpoint_max_packet
 from ..device import Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, seconds
 from ..engine import flat
-from ..errors import UsbipError
+from ..errors import ImportRefusedError, UsbipError
 from ..hooks import UrbHook
 from . import _constants as C
 from ._descriptors import USBConfiguration, USBInterfaceSetting, iter_settings
@@ -47,6 +47,10 @@ _HANDLE_EVENTS_TIMEOUT = 60.0
 _PUMP_SLICE = 0.02
 #: "Some devices choke on size > 255" (libusb, descriptor.c).
 _STRING_LENGTH = 255
+#: A server frees an import only once it has seen the connection close (Linux's stub and ours
+#: alike), so an import right after our own release may find the device still "busy": for this
+#: long after a release, ST_DEV_BUSY is retried.
+_REIMPORT_WINDOW = 2.0
 
 
 class _ReleaseInterface:
@@ -341,6 +345,7 @@ class USBDevice:
         self._context = context
         self._record = record
         self._dev: Optional[Device] = None
+        self._released: Optional[float] = None  # when this object last gave its import back
         self._handles: Set[USBDeviceHandle] = set()
         self._lock = threading.RLock()
 
@@ -369,25 +374,38 @@ class USBDevice:
             dev = self._dev
             if dev is not None and dev.alive:
                 return dev
-            self._dev = dev = self._context._import(self._record.busid)
-            return dev
+            delay = 0.005
+            while True:
+                try:
+                    self._dev = dev = self._context._import(self._record.busid)
+                    return dev
+                except ImportRefusedError as exc:
+                    released = self._released
+                    if (exc.status != P.Status.ST_DEV_BUSY or released is None
+                            or time.monotonic() - released + delay > _REIMPORT_WINDOW):
+                        raise
+                time.sleep(delay)  # back-off while the server finishes our release
+                delay = min(delay * 2, 0.1)
+
+    def _release(self) -> None:
+        """Give the import back to the server's other clients (it is exclusive)."""
+        with self._lock:
+            if self._dev is not None:
+                self._dev.close()
+                self._dev = None
+                self._released = time.monotonic()
 
     def _handle_closed(self, handle: USBDeviceHandle) -> None:
         with self._lock:
             self._handles.discard(handle)
-            if not self._handles and self._dev is not None:
-                # The import is exclusive: give the device back to the server's other clients.
-                self._dev.close()
-                self._dev = None
+            if not self._handles:
+                self._release()
 
     def close(self) -> None:
         """Close this device's handles and release its import."""
         for handle in list(self._handles):
             handle.close()
-        with self._lock:
-            if self._dev is not None:
-                self._dev.close()
-                self._dev = None
+        self._release()
 
     def _device(self) -> Device:
         """The imported device; a failed import raises the USBError libusb would."""
@@ -498,12 +516,9 @@ class USBDevice:
         return ep
 
     def _via_handle(self, call: Callable[[USBDeviceHandle], _T]) -> _T:
-        """``call(handle)`` on a handle opened for it (libusb opens one for these too)."""
-        handle = self.open()
-        try:
-            return call(handle)
-        finally:
-            handle.close()
+        """``call(handle)`` on a handle of its own (libusb opens one for these too). The handle
+        is not registered, so the import stays, as after the descriptor getters."""
+        return call(USBDeviceHandle(self._context, self, self._device()))
 
     def getManufacturer(self) -> Optional[str]:
         return self._via_handle(USBDeviceHandle.getManufacturer)
