@@ -161,13 +161,15 @@ class _Sender:
     """One message at a time on the socket.
 
     ``lock`` is held while a message is on its way. Blocking senders (the submitting thread)
-    take it, send, then send whatever control messages were queued meanwhile. :meth:`post`
-    never blocks: it queues a message and sends it only if it can take the lock at once and the
+    take it, send, then send whatever messages were queued meanwhile. :meth:`post` never
+    blocks: it queues a message and sends it only if it can take the lock at once and the
     socket accepts it without waiting (MSG_DONTWAIT). A message the socket takes only in part is
     finished by the reader thread when the socket becomes writable (:meth:`resume`); the lock
     stays held meanwhile (a ``threading.Lock`` may be released by another thread), so nothing
-    can interleave with it. A message may come with a callback, called once it is all on its way
-    (an unlink's grace starts then, not while it waited behind a big OUT payload).
+    can interleave with it. A message is a list of buffers sent as one (a CMD_SUBMIT header
+    with its OUT payload, never split by another message), and may come with a callback,
+    called once it is all on its way (an unlink's grace starts then, not while it waited behind
+    a big OUT payload).
     """
 
     __slots__ = ("sock", "lock", "queue", "tail", "tail_sent", "on_stuck")
@@ -175,8 +177,8 @@ class _Sender:
     def __init__(self, sock: socket.socket, on_stuck: Callable[[], None]) -> None:
         self.sock = sock
         self.lock = threading.Lock()
-        self.queue: Deque[Tuple[bytes, Optional[Callable[[], None]]]] = deque()
-        self.tail: Optional[memoryview] = None  # rest of a message sent in part; lock held
+        self.queue: Deque[Tuple[List[Any], Optional[Callable[[], None]]]] = deque()
+        self.tail: Optional[List[memoryview]] = None  # rest of a message sent in part; lock held
         self.tail_sent: Optional[Callable[[], None]] = None
         self.on_stuck = on_stuck
 
@@ -196,28 +198,25 @@ class _Sender:
             return
         views = [memoryview(p).cast("B") for p in parts]
         while True:
-            while views and sent >= views[0].nbytes:
-                sent -= views[0].nbytes
-                views.pop(0)
+            views = _advance(views, sent)
             if not views:
                 return
-            if sent:
-                views[0] = views[0][sent:]
             sent = sock.sendmsg(views[:_IOV_MAX])
 
     def flush_locked(self) -> None:
-        """Send the queued control messages, blocking (lock held, no tail)."""
-        queue, sendall = self.queue, self.sock.sendall
+        """Send the queued messages, blocking (lock held, no tail)."""
+        queue = self.queue
         while queue:
-            data, sent = queue.popleft()
-            sendall(data)
+            parts, sent = queue.popleft()
+            self.sendmsg(parts)
             if sent is not None:
                 sent()
 
-    def post(self, message: bytes, sent: Optional[Callable[[], None]] = None) -> None:
-        """Queue a control message and send it if that needs no waiting (any thread); ``sent``
-        is called (by whichever thread sends it) once it is all on its way."""
-        self.queue.append((message, sent))
+    def post(self, message: Union[bytes, List[Any]], sent: Optional[Callable[[], None]] = None) -> None:
+        """Queue a message (bytes, or a list of buffers sent as one) and send it if that needs no
+        waiting (any thread); ``sent`` is called (by whichever thread sends it) once it is all on
+        its way."""
+        self.queue.append(([message] if isinstance(message, bytes) else message, sent))
         self.kick()
 
     def kick(self) -> None:
@@ -263,26 +262,43 @@ class _Sender:
         """Send the tail and the queue without waiting; True if the socket is full (tail kept)."""
         sock, queue = self.sock, self.queue
         while True:
-            data, sent = self.tail, self.tail_sent
-            if data is None:
+            views, sent = self.tail, self.tail_sent
+            if views is None:
                 if not queue:
                     return False
-                message, sent = queue.popleft()
-                data = memoryview(message)
+                parts, sent = queue.popleft()
+                views = [memoryview(p).cast("B") for p in parts]
             if not _HAVE_DONTWAIT:
                 self.tail = self.tail_sent = None
-                sock.sendall(data)
+                for view in views:
+                    sock.sendall(view)
             else:
                 try:
-                    n = sock.send(data, socket.MSG_DONTWAIT)
+                    if len(views) == 1:
+                        n = sock.send(views[0], socket.MSG_DONTWAIT)
+                    else:
+                        n = sock.sendmsg(views[:_IOV_MAX], [], socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     n = 0
-                if n < data.nbytes:
-                    self.tail, self.tail_sent = data[n:], sent
+                views = _advance(views, n)
+                if views:
+                    self.tail, self.tail_sent = views, sent
                     return True
                 self.tail = self.tail_sent = None
             if sent is not None:
                 sent()
+
+
+def _advance(views: List[memoryview], sent: int) -> List[memoryview]:
+    """What is left of ``views`` once ``sent`` bytes of them went out."""
+    i = 0
+    while i < len(views) and sent >= views[i].nbytes:
+        sent -= views[i].nbytes
+        i += 1
+    rest = views[i:]
+    if rest and sent:
+        rest[0] = rest[0][sent:]
+    return rest
 
 
 class _Poller:
@@ -612,6 +628,7 @@ class Connection:
         transfer_flags: int = 0,
         timeout: Optional[float] = None,
         callback: Optional[DoneCallback] = None,
+        block: bool = True,
     ) -> Urb:
         """Send one CMD_SUBMIT and return its :class:`Urb` at once.
 
@@ -627,6 +644,11 @@ class Connection:
             transfer_flags: USBIP_URB_* flags (direction and ISO_ASAP are set for you).
             timeout: seconds; the engine unlinks the URB then (None or 0: no timeout).
             callback: called once when the URB is done (see :meth:`Urb.add_done_callback`).
+            block: True (default) sends the CMD_SUBMIT and its payload on this thread, waiting
+                while the socket is full. False never waits (for event loops): the message is
+                sent at once as far as the socket takes it, and the rest by the reader thread as
+                the socket drains, never split by another message (except on Windows, which
+                has no non-blocking send on a blocking socket: there it blocks).
 
         Raises:
             ValueError: arguments the wire cannot carry.
@@ -636,7 +658,7 @@ class Connection:
                             iso_packet_lengths, transfer_flags)
         if callback is not None:
             urb._callbacks = [callback]
-        self._post(urb, timeout, False)
+        self._post(urb, timeout, False, block)
         return urb
 
     def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None,
@@ -805,20 +827,71 @@ class Connection:
         urb.transfer_flags = transfer_flags
         return urb
 
-    def _post(self, urb: Urb, timeout: Optional[float], led: bool) -> None:
+    def _post(self, urb: Urb, timeout: Optional[float], led: bool, block: bool = True) -> None:
         """Enter the URB in the table, arm its timeout, send its CMD_SUBMIT. ``led``: the caller
-        holds the token and reads the reply itself (the reader thread need not be woken)."""
+        holds the token and reads the reply itself (the reader thread need not be woken).
+        ``block`` False: queue the message instead of waiting for the socket (see :meth:`submit`)."""
         iso = urb.iso_packets
-        self._send_submit(urb, urb.direction, urb.endpoint, urb.transfer_flags, urb.length,
-                          urb.interval, urb.setup, None if urb.direction else urb.out_data,
-                          None if iso is None else P.pack_iso_packets(iso), timeout, led)
+        iso_raw = None if iso is None else P.pack_iso_packets(iso)
+        payload = None if urb.direction else urb.out_data
+        if block:
+            self._send_submit(urb, urb.direction, urb.endpoint, urb.transfer_flags, urb.length,
+                              urb.interval, urb.setup, payload, iso_raw, timeout, led)
+            return
+        seq, wake = self._enter(urb, timeout, led)
+        parts: List[Any] = [self._submit_header(seq, urb.direction, urb.endpoint, urb.transfer_flags,
+                                                urb.length, urb.interval, urb.setup, iso_raw)]
+        if payload is not None and urb.length:
+            parts.append(payload)
+        if iso_raw is not None:
+            parts.append(iso_raw)
+        self._sender.queue.append((parts, None))
+        self._kick()
+        if wake:
+            self._wake()
+
+    def _enter(self, urb: Urb, timeout: Optional[float], led: bool) -> Tuple[int, bool]:
+        """Enter ``urb`` in the table under a fresh seqnum and arm its timeout; returns the
+        seqnum and whether the reader thread must be woken (to read the reply or for the timer).
+
+        Raises:
+            ConnectionLostError: the connection is gone.
+        """
+        wake = False
+        with self._lock:
+            table = self._table
+            if table.lost:
+                assert self._lost is not None
+                raise self._lost
+            seq = table.add(urb)
+            now = _monotonic()
+            if timeout is not None and timeout > 0:
+                urb.timeout = timeout
+                when = now + timeout
+                table.add_timer(when, DEADLINE, urb)
+                wake = when < self._r_until
+            if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF:
+                # Someone must read the reply: the reader thread sleeps. (Backing off or awake,
+                # it looks again by itself: a pipelining caller submitting while it leads must
+                # not cost a wake-up per URB.)
+                wake = True
+        urb.submit_time = time.time()
+        if self.hook is not None:
+            self._call_hook(self.hook.urb_submitted, urb)
+        return seq, wake
+
+    def _submit_header(self, seq: int, direction: int, endpoint: int, flags: int, length: int,
+                       interval: int, setup: Optional[bytes], iso_raw: Optional[bytes]) -> bytes:
+        return _SUBMIT_PACK(_CMD_SUBMIT, seq, self.devid, direction, endpoint & 0x0F, flags, length,
+                            0, 0 if iso_raw is None else len(iso_raw) // P.ISO_PACKET_SIZE, interval,
+                            _NO_SETUP if setup is None else setup)
 
     def _send_submit(self, urb: Optional[Urb], direction: int, endpoint: int, flags: int, length: int,
                      interval: int, setup: Optional[bytes], payload: Optional[memoryview],
                      iso_raw: Optional[bytes], timeout: Optional[float] = None, led: bool = True) -> int:
         """Give a seqnum (entering ``urb`` in the table if given), send the CMD_SUBMIT with its
-        payload and ISO descriptors, then the control messages queued meanwhile; returns the
-        seqnum. Shared by every path that submits (the lane passes no URB).
+        payload and ISO descriptors, then the messages queued meanwhile; returns the seqnum.
+        Shared by every blocking path that submits (the lane passes no URB).
 
         Raises:
             ConnectionLostError: lost before, or the send failed (the URB then ends with it).
@@ -834,29 +907,8 @@ class Connection:
                     raise self._lost
                 seq = self._table.next_seqnum()
             else:
-                with self._lock:
-                    table = self._table
-                    if table.lost:
-                        assert self._lost is not None
-                        raise self._lost
-                    seq = table.add(urb)
-                    now = _monotonic()
-                    if timeout is not None and timeout > 0:
-                        urb.timeout = timeout
-                        when = now + timeout
-                        table.add_timer(when, DEADLINE, urb)
-                        wake = when < self._r_until
-                    if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF:
-                        # Someone must read the reply: the reader thread sleeps. (Backing off
-                        # or awake, it looks again by itself: a pipelining caller submitting
-                        # while it leads must not cost a wake-up per URB.)
-                        wake = True
-                urb.submit_time = time.time()
-                if self.hook is not None:
-                    self._call_hook(self.hook.urb_submitted, urb)
-            header = _SUBMIT_PACK(_CMD_SUBMIT, seq, self.devid, direction, endpoint & 0x0F, flags, length,
-                                  0, 0 if iso_raw is None else len(iso_raw) // P.ISO_PACKET_SIZE, interval,
-                                  _NO_SETUP if setup is None else setup)
+                seq, wake = self._enter(urb, timeout, led)
+            header = self._submit_header(seq, direction, endpoint, flags, length, interval, setup, iso_raw)
             try:
                 if iso_raw is not None:
                     sender.sendmsg([header, iso_raw] if payload is None or not length

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how CMD_UNLINK is answered: kernel (usbip-host: -ECONNRESET for a pending "
                         "URB), status0 (PyPI usbip 0.7.0: always 0, the pending URB dropped), ignore "
                         "(never answered, the URB stays pending); default kernel")
+    p.add_argument("--max-urb", type=int, default=None, metavar="BYTES",
+                   help="answer bulk/interrupt URBs longer than BYTES with -EMSGSIZE, as the ESP32 "
+                        "bridge does beyond its buffer (4096 there); default: no limit")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     return p
 
@@ -44,7 +47,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = SimServer(devices, host=args.host, port=args.port, unlink=args.unlink)
+    server = SimServer(devices, host=args.host, port=args.port, unlink=args.unlink,
+                       max_urb=args.max_urb)
     try:
         server.start()
     except OSError as exc:

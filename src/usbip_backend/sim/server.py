@@ -40,6 +40,7 @@ ECONNRESET = -104
 ESHUTDOWN = -108
 EREMOTEIO = -121
 EPROTO = -71
+EMSGSIZE = -90
 
 _EMPTY = b""
 
@@ -247,6 +248,15 @@ class _Connection:
             return
         decl, handler = entry
         kind = decl.type
+        limit = self.server.max_urb
+        if limit is not None and length > limit and kind != TransferType.ISOCHRONOUS:
+            # The ESP32 bridge refuses URBs above its buffer size with -EMSGSIZE, data unread by
+            # the device (the OUT payload is still taken off the wire).
+            if direction == 0:
+                self._read_data(length)
+            with device.lock:
+                self._fail(seqnum, EMSGSIZE, None)
+            return
         if kind in (TransferType.INTERRUPT, TransferType.ISOCHRONOUS) and interval <= 0:
             # usb_submit_urb() rejects interval 0 for periodic endpoints; the stub then drops the
             # connection (SDEV_EVENT_ERROR_SUBMIT) and resets the device.
@@ -551,10 +561,14 @@ class SimServer:
             and alternate settings; False leaves the device unconfigured like a bare bus reset.
         unlink: how CMD_UNLINK is answered: "kernel" (default, the Linux stub), "status0" or
             "ignore", as :data:`UNLINK_BEHAVIOURS` describes them. Anything else raises ValueError.
+        max_urb: bulk and interrupt URBs longer than this many bytes are answered -EMSGSIZE
+            (-90) with no data moved, as the ESP32 USB/IP bridge answers URBs beyond its buffer
+            (4096 bytes by default there); None (default) takes any length up to MAX_TRANSFER.
     """
 
     def __init__(self, devices: Optional[Iterable[Device]] = None, host: str = "127.0.0.1",
-                 port: int = 0, reset_keeps_configuration: bool = True, unlink: str = "kernel") -> None:
+                 port: int = 0, reset_keeps_configuration: bool = True, unlink: str = "kernel",
+                 max_urb: Optional[int] = None) -> None:
         if unlink not in UNLINK_BEHAVIOURS:
             raise ValueError(f"unlink must be one of {', '.join(map(repr, UNLINK_BEHAVIOURS))}, "
                              f"not {unlink!r}")
@@ -573,6 +587,7 @@ class SimServer:
         self._requested_port = port
         self.reset_keeps_configuration = reset_keeps_configuration
         self.unlink = unlink
+        self.max_urb = max_urb
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._owners: Dict[str, _Connection] = {}
