@@ -300,13 +300,18 @@ class Device:
         if bmRequestType & 0x80:
             return self.conn.sync_transfer(_CONTROL, 0x80, setup, buf if length else _EMPTY_IN, timeout)
         n = self.conn.sync_transfer(_CONTROL, 0x00, setup, buf, timeout)
+        self.note_control(bmRequestType, bRequest, wValue, wIndex)
+        return n
+
+    def note_control(self, bmRequestType: int, bRequest: int, wValue: int, wIndex: int) -> None:
+        """A control OUT request succeeded: keep the configuration state in step with it
+        (front ends that send control URBs themselves, such as ``aio``, call this)."""
         if bRequest == SET_CONFIGURATION and bmRequestType == 0x00:
             self.forget_state(wValue & 0xFF)
         elif bRequest == SET_INTERFACE and bmRequestType == 0x01:
             with self.lock:
                 self.altsettings[wIndex & 0xFF] = wValue & 0xFF
                 self._endpoints = None
-        return n
 
     def set_configuration(self, value: int, timeout: Optional[float]) -> None:
         self.control(0x00, SET_CONFIGURATION, value, 0, None, timeout)
