@@ -269,10 +269,12 @@ class _InPlan:
         self.block = block
         self.meter = _Meter(offset, total, progress, progress_every)
         self.remaining = None if total is None else total - offset  # not yet asked for
-        self.buffer = memoryview(bytearray(limit * self.chunk))
+        self.stride = self.chunk  # slot size: the chunk may shrink, the slots stay put
+        self.buffer = memoryview(bytearray(limit * self.stride))
         self.free: List[int] = list(range(limit - 1, -1, -1))
         self.lent: Optional[int] = None  # the slot the caller holds a view of
         self.flight: Deque[Tuple[Urb, int, int]] = deque()  # (urb, slot, size)
+        self.proven = 0  # the largest URB the server has accepted
         self.ended = False
 
     def fill(self) -> None:
@@ -282,8 +284,12 @@ class _InPlan:
             size = self.chunk if self.remaining is None else min(self.chunk, self.remaining)
             if size <= 0:
                 return
+            if size < self.chunk and any(sz > self.proven for _, _, sz in flight):
+                # A tail sized now would be wrong if a URB ahead of it is refused (-EMSGSIZE):
+                # the device would put later data into it. Size it once they have all ended.
+                return
             slot = self.free.pop()
-            start = slot * self.chunk
+            start = slot * self.stride
             try:
                 urb = pipe.conn.submit(pipe.transfer_type, pipe.endpoint,
                                        buffer=self.buffer[start:start + size], interval=pipe.interval,
@@ -316,11 +322,13 @@ class _InPlan:
             if status == EMSGSIZE and n == 0 and self.shrink(size):
                 self.free.append(slot)
                 return None
-            start = slot * self.chunk
+            start = slot * self.stride
             self.free.append(slot)
             raise self.error(urb.exception(), bytes(self.buffer[start:start + n]))
         slow = urb.complete_time - urb.submit_time > self.slow
         self.window.completed(slow)
+        if size > self.proven:
+            self.proven = size
         if n < size:
             if self.remaining is not None:
                 self.remaining += size - n
@@ -331,7 +339,7 @@ class _InPlan:
             self.free.append(slot)
             return None
         self.lent = slot
-        start = slot * self.chunk
+        start = slot * self.stride
         return self.buffer[start:start + n]
 
     def shrink(self, refused: int) -> bool:
@@ -359,7 +367,7 @@ class _InPlan:
         out = bytearray()
         for urb, slot, _ in self.flight:
             if urb.actual_length and urb.done():
-                start = slot * self.chunk
+                start = slot * self.stride
                 out += self.buffer[start:start + urb.actual_length]
         return bytes(out)
 
@@ -589,7 +597,8 @@ class _OutPlan:
         self.block = block
         self.meter = _Meter(offset, total, progress, progress_every)
         copies = self.feed.view is None
-        self.buffer = memoryview(bytearray(limit * self.chunk if copies else 0))
+        self.stride = self.chunk  # slot size: the chunk may shrink, the slots stay put
+        self.buffer = memoryview(bytearray(limit * self.stride if copies else 0))
         self.free: List[int] = list(range(limit - 1, -1, -1)) if copies else []
         self.flight: Deque[Tuple[Urb, int, memoryview]] = deque()  # (urb, slot or -1, piece)
         self.exhausted = False
@@ -600,7 +609,7 @@ class _OutPlan:
             slot = -1
             if self.free:
                 slot = self.free.pop()
-                room = self.buffer[slot * self.chunk:(slot + 1) * self.chunk]
+                room = self.buffer[slot * self.stride:(slot + 1) * self.stride]
             elif self.feed.view is None and not self.feed.again:
                 return  # every slot is in flight
             else:
