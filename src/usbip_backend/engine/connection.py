@@ -102,6 +102,9 @@ _LEAD_WAIT = 0.02
 #: read token (the leader dispatches what arrives while it leads; this bounds how late a reply
 #: that arrives just after the leader let go is read).
 _READER_BACKOFF = 0.001
+#: How long the reader thread, idle while a caller holds the read token (a synchronous transfer
+#: that builds no URB), waits before it watches the socket for a hang-up again.
+_IDLE_RECHECK = 0.25
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
@@ -1469,12 +1472,16 @@ class Connection:
                         # (a pipelining wait() loop): leave the socket to it for a moment rather
                         # than take the token between its calls and turn it into a follower.
                         leads = self._leads
-                        watch = owed and not self._leading and leads == seen_leads
+                        # Idle, it watches the socket too, so a server that hangs up is noticed
+                        # at once (the connection fails, and whoever watches it sees that).
+                        watch = not self._leading and (leads == seen_leads or not owed)
                         seen_leads = leads
                         nxt = table.next_timer()
                         until = _INF if nxt is None else nxt
-                        if owed and not watch and until > now + _READER_BACKOFF:
-                            until = now + _READER_BACKOFF
+                        if not watch:
+                            pause = _READER_BACKOFF if owed else _IDLE_RECHECK
+                            if until > now + pause:
+                                until = now + pause
                         self._r_sock = watch
                         self._r_until = until
                 if due:
