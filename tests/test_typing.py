@@ -1,5 +1,5 @@
 """``mypy --strict`` over the typed core: the engine, the codec, the errors, the descriptor parser,
-the client, the device layer and usb1 (the package ships py.typed, so users type-check against them)."""
+the client, the device layer, usb1, streams and aio (the package ships py.typed, so users type-check against them)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ STRICT = [
     "src/usbip_backend/client.py",
     "src/usbip_backend/device.py",
     "src/usbip_backend/usb1",
+    "src/usbip_backend/stream.py",
+    "src/usbip_backend/aio.py",
 ]
 
 

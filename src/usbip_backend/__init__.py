@@ -47,6 +47,12 @@ _EXPORTS: Dict[str, str] = {
     "PcapWriter": "pcap",
     "SyslogReceiver": "syslog",
     "SimServer": "sim",
+    "stream_in": "stream",
+    "stream_out": "stream",
+    "read_into_file": "stream",
+    "write_from_file": "stream",
+    "StreamError": "stream",
+    "Progress": "stream",
 }
 
 __all__: List[str] = ["errors", "__version__", *_EXPORTS]
@@ -65,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pcap import PcapWriter
     from .sim import SimServer
     from .syslog import SyslogReceiver
+    from .stream import Progress, StreamError, read_into_file, stream_in, stream_out, write_from_file
 
 
 def __getattr__(name: str) -> Any:

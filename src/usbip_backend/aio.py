@@ -42,7 +42,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import (
-    Any, AsyncIterator, Awaitable, Callable, Deque, Dict, Iterator, List, Optional, Sequence,
+    Any, AsyncIterator, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Sequence,
     Tuple, TypeVar, Union,
 )
 
@@ -111,7 +111,7 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
-def _raise(exc: BaseException) -> "Any":
+def _raise(exc: BaseException) -> NoReturn:
     translated = _translate(exc)
     if translated is exc:
         raise exc
@@ -190,7 +190,7 @@ def _result(urb: Urb) -> Urb:
     try:
         return urb.result()
     except UsbipError as exc:
-        return _raise(exc)
+        _raise(exc)
 
 
 # -- descriptors --------------------------------------------------------------------------------------
@@ -339,8 +339,11 @@ class DeviceDescriptor:
         t = ctx.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
 
+        host = ctx.host
+        assert host is not None, "open the context first"
+
         def blocking() -> Tuple[Connection, RawDeviceDescriptor, List[ConfigurationDescriptor]]:
-            conn = import_device(ctx.host, ctx.port, self.busid, timeout=t, hook=ctx.hook)
+            conn = import_device(host, ctx.port, self.busid, timeout=t, hook=ctx.hook)
             try:
                 desc, configs = read_descriptors(conn, t)
             except BaseException:
@@ -430,7 +433,7 @@ class Context:
         try:
             records = await loop.run_in_executor(None, list_devices, self.host, self.port, self.timeout)
         except UsbipError as exc:
-            return _raise(exc)
+            _raise(exc)
         return [r for r in records if self.busids is None or r.busid in self.busids]
 
     async def refresh(self) -> List[DeviceDescriptor]:
@@ -572,7 +575,7 @@ class Device:
         try:
             urb = self.conn.submit(transfer_type, endpoint, block=False, **kwargs)
         except UsbipError as exc:
-            return _raise(exc)
+            _raise(exc)
         await _ended(urb, on_cancel_done)
         return _result(urb)
 
@@ -1012,7 +1015,7 @@ class IsoEndpoint(Endpoint):
             urb = self.device.conn.submit(_ISOCHRONOUS, self.address, block=False, interval=self.interval,
                                           iso_packet_lengths=lengths, timeout=timeout, **kw)
         except UsbipError as exc:
-            return _raise(exc)
+            _raise(exc)
         await _ended(urb)
         if urb.status not in (0, _EXDEV) or urb.iso_results is None:
             _result(urb)

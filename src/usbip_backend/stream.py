@@ -510,6 +510,7 @@ class _Feed:
             self.total = self.view.nbytes
         elif hasattr(source, "readinto") or hasattr(source, "read"):
             self.file = source
+            source = self.file
             if offset:
                 source.seek(offset)
             try:
@@ -542,17 +543,17 @@ class _Feed:
         """The next piece of at most ``size`` bytes (None at the end); ``slot`` is where a copy
         may go (files and iterables)."""
         if self.again:
-            piece = self.again.popleft()
-            if piece.nbytes > size:
-                self.again.appendleft(piece[size:])
-                piece = piece[:size]
-            return piece
+            head = self.again.popleft()
+            if head.nbytes > size:
+                self.again.appendleft(head[size:])
+                head = head[:size]
+            return head
         if self.view is not None:
             if self.at >= self.view.nbytes:
                 return None
-            piece = self.view[self.at:self.at + size]
-            self.at += piece.nbytes
-            return piece
+            chunk = self.view[self.at:self.at + size]
+            self.at += chunk.nbytes
+            return chunk
         if self.file is not None:
             target = slot[:size]
             got = 0
@@ -756,8 +757,8 @@ def read_into_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str
             first, so the file holds exactly ``offset`` bytes and a resume appends to it.
     """
     offset = kwargs.get("offset", 0)
-    own = isinstance(file, (str, os.PathLike))
-    f: Any = _open_for_append(file, offset) if own else file
+    f: Any = _open_for_append(file, offset) if isinstance(file, (str, os.PathLike)) else file
+    own = f is not file
     try:
         stream = stream_in(device, endpoint, total, **kwargs)
         try:
@@ -777,8 +778,8 @@ def read_into_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str
 def write_from_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str]", BinaryIO],
                     **kwargs: Any) -> Progress:
     """:func:`stream_out` from a file (a path, or a binary file open for reading)."""
-    own = isinstance(file, (str, os.PathLike))
-    f: Any = open(file, "rb") if own else file
+    f: Any = open(file, "rb") if isinstance(file, (str, os.PathLike)) else file
+    own = f is not file
     try:
         return stream_out(device, endpoint, f, **kwargs)
     finally:
