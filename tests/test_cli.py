@@ -448,3 +448,60 @@ def test_syslog_option_prints_and_captures(capsys, sim_server, tmp_path):
     assert "imported 1-1" in err  # printed by the receiver's console output
     raw = capture.read_bytes()
     assert b"imported 1-1" in raw and b"syslog" in raw  # exported-PDU record in the same capture
+
+
+def test_read_streams_into_a_file_and_write_streams_a_file(capsys, sim_server, tmp_path):
+    from usbip_backend.sim.devices import pattern
+
+    out = tmp_path / "data.bin"
+    code, stdout, err = run(capsys, *host_args(sim_server), "read", *LOOP, "--ep", "0x82", "--length", "2M",
+                            "--out", str(out), "--chunk", str(63 * 512), "--window", "64")
+    assert code == 0, err
+    assert out.read_bytes() == pattern(2 * 1024 * 1024)  # whole pattern periods per URB: one pattern
+    assert stdout.startswith(f"read 2097152 bytes from bulk IN 0x82 into {out} in ") and "MiB/s" in stdout
+    assert "100.0%" in err  # progress lines on stderr (not a terminal here: plain lines)
+    # resume: the first half already there, the rest appended
+    out.write_bytes(pattern(63 * 512 * 10))
+    code, stdout, err = run(capsys, *host_args(sim_server), "read", *LOOP, "--ep", "0x82", "--length", "2M",
+                            "--out", str(out), "--chunk", str(63 * 512), "--offset", str(63 * 512 * 10), "--json")
+    assert code == 0, err
+    doc = json.loads(stdout)
+    assert doc["offset"] == 2 * 1024 * 1024 and doc["bytes"] == 2 * 1024 * 1024 - 63 * 512 * 10
+    assert out.read_bytes() == pattern(2 * 1024 * 1024)
+    src = tmp_path / "sink.bin"
+    src.write_bytes(pattern(4096) * 100)  # the sink checks each URB carries the pattern
+    code, stdout, err = run(capsys, *host_args(sim_server), "write", *LOOP, "--ep", "0x02", "--file", str(src),
+                            "--chunk", "4K")
+    assert code == 0, err
+    assert stdout.startswith(f"wrote 409600 bytes of {src} to bulk OUT 0x02")
+
+
+def test_a_stream_that_stops_says_where_to_resume(capsys, sim_server, tmp_path):
+    code, _, err = run(capsys, *host_args(sim_server), "read", *LOOP, "--ep", "0x81", "--length", "1M",
+                       "--out", str(tmp_path / "x.bin"), "--timeout-ms", "200")
+    assert code == 1
+    assert "stopped at byte 0" in err and "--offset 0 to resume" in err
+
+
+def test_size_argument():
+    assert cli.size_arg("100M") == 100 << 20 and cli.size_arg("64K") == 65536 and cli.size_arg("1GiB") == 1 << 30
+    assert cli.size_arg("0x1000") == 4096 and cli.size_arg("1.5K") == 1536 and cli.size_arg("512") == 512
+    with pytest.raises(Exception, match="invalid size"):
+        cli.size_arg("lots")
+
+
+def test_progress_bar_on_a_terminal_redraws_one_line():
+    import io
+
+    from usbip_backend.progressbar import ProgressBar
+    from usbip_backend.stream import Progress
+
+    out = io.StringIO()
+    bar = ProgressBar(out, "read ", tty=True)
+    bar(Progress(512 << 20, 512 << 20, 1 << 30, 100 << 20, 5.0, 16, 16384))
+    bar(Progress(1 << 30, 1 << 30, 1 << 30, 100 << 20, 10.0, 16, 16384))
+    bar.finish()
+    text = out.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "[############            ]  50.0%" in text and "100.0 MiB/s" in text and "ETA 5s" in text
+    assert "[########################] 100.0%" in text

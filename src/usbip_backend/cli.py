@@ -12,6 +12,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import socket
 import sys
 import traceback
@@ -178,6 +179,26 @@ u8 = _ranged("8-bit value", 0, 0xFF)
 u16 = _ranged("16-bit value", 0, 0xFFFF)
 port_number = _ranged("port", 0, 0xFFFF)
 length_arg = _ranged("length", 0, MAX_LENGTH)
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def size_arg(text: str) -> int:
+    """argparse type: a byte count, ``100M``, ``64K``, ``1G`` (1024-based, ``MiB`` also read)."""
+    t = text.strip().lower().replace("_", "")
+    for suffix in ("ib", "b"):
+        if t.endswith(suffix) and len(t) > len(suffix) and t[-len(suffix) - 1] in _SIZE_UNITS:
+            t = t[:-len(suffix)]
+            break
+    scale = _SIZE_UNITS.get(t[-1:], 1) if t else 1
+    if scale > 1:
+        t = t[:-1]
+    try:
+        value = int(float(t) * scale) if scale > 1 else number(t)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 4096, 0x1000, 64K, 100M, 1G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a size must be >= 0")
+    return value
 
 
 def endpoint_arg(text: str) -> int:
@@ -776,8 +797,35 @@ def _open_data_endpoint(ctx: Context, want_in: bool):
     return dev, busid, kind
 
 
+def _stream_options(args) -> Dict[str, Any]:
+    return {"chunk": args.chunk, "window": args.window, "offset": args.offset,
+            "timeout": args.timeout_ms / 1000.0 if args.timeout_ms else None}
+
+
+def _streamed(ctx: Context, what: str, fn: Callable[..., Any], label: str) -> Any:
+    """Run a stream with a progress display on stderr; a StreamError says where to resume."""
+    from .progressbar import ProgressBar
+    from .stream import StreamError
+
+    bar = ProgressBar(ctx.err, label)
+    try:
+        return fn(progress=None if ctx.json else bar, progress_every=bar.interval)
+    except StreamError as exc:
+        bar.finish()
+        cause = exc.cause if exc.cause is not None else exc
+        raise CliError(f"{what} stopped at byte {exc.offset}: {cause}; run the same command with "
+                       f"--offset {exc.offset} to resume") from exc
+    finally:
+        bar.finish()
+
+
 def cmd_read(ctx: Context) -> int:
     args = ctx.args
+    if args.out is not None:
+        return _read_to_file(ctx)
+    if args.length > MAX_LENGTH:
+        raise CliError(f"--length {args.length} is more than one read takes ({MAX_LENGTH}); "
+                       "give --out FILE to stream it into a file", EXIT_USAGE)
     dev, busid, kind = _open_data_endpoint(ctx, want_in=True)
     data = bytes(transfer(f"{kind} read from endpoint 0x{args.ep:02x} of {busid}", args.timeout_ms, "--timeout-ms",
                           lambda: dev.read(args.ep, args.length, timeout=args.timeout_ms)))
@@ -790,8 +838,31 @@ def cmd_read(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _read_to_file(ctx: Context) -> int:
+    from .progressbar import describe
+    from .stream import read_into_file
+
+    args = ctx.args
+    if args.offset > args.length:
+        raise CliError(f"--offset {args.offset} is beyond --length {args.length}", EXIT_USAGE)
+    dev, busid, kind = _open_data_endpoint(ctx, want_in=True)
+    what = f"{kind} IN stream from endpoint 0x{args.ep:02x} of {busid}"
+    done = _streamed(ctx, what, lambda **kw: read_into_file(dev, args.ep, args.out, args.length,
+                                                            **_stream_options(args), **kw), "read ")
+    if ctx.json:
+        ctx.emit_json({"busid": busid, "endpoint": args.ep, "transfer_type": kind, "file": args.out,
+                       "offset": done.offset, "bytes": done.confirmed, "seconds": round(done.elapsed, 6),
+                       "rate": round(done.rate)})
+    else:
+        ctx.print(f"read {done.confirmed} bytes from {kind} IN 0x{args.ep:02x} into {args.out} in "
+                  f"{done.elapsed:.2f} s: {describe(done)}")
+    return EXIT_OK
+
+
 def cmd_write(ctx: Context) -> int:
     args = ctx.args
+    if args.file is not None:
+        return _write_from_file(ctx)
     dev, busid, kind = _open_data_endpoint(ctx, want_in=False)
     written = int(transfer(f"{kind} write to endpoint 0x{args.ep:02x} of {busid}", args.timeout_ms, "--timeout-ms",
                            lambda: dev.write(args.ep, args.data_hex, timeout=args.timeout_ms)))
@@ -800,6 +871,31 @@ def cmd_write(ctx: Context) -> int:
                        "length": written, "data_hex": args.data_hex.hex()})
     else:
         ctx.print(f"{kind} OUT 0x{args.ep:02x}: {written} of {len(args.data_hex)} bytes written")
+    return EXIT_OK
+
+
+def _write_from_file(ctx: Context) -> int:
+    from .progressbar import describe
+    from .stream import write_from_file
+
+    args = ctx.args
+    try:
+        size = os.path.getsize(args.file)
+    except OSError as exc:
+        raise CliError(f"cannot read --file {args.file}: {exc.strerror or exc}", EXIT_USAGE) from exc
+    if args.offset > size:
+        raise CliError(f"--offset {args.offset} is beyond the end of {args.file} ({size} bytes)", EXIT_USAGE)
+    dev, busid, kind = _open_data_endpoint(ctx, want_in=False)
+    what = f"{kind} OUT stream to endpoint 0x{args.ep:02x} of {busid}"
+    done = _streamed(ctx, what, lambda **kw: write_from_file(dev, args.ep, args.file,
+                                                             **_stream_options(args), **kw), "write ")
+    if ctx.json:
+        ctx.emit_json({"busid": busid, "endpoint": args.ep, "transfer_type": kind, "file": args.file,
+                       "offset": done.offset, "bytes": done.confirmed, "seconds": round(done.elapsed, 6),
+                       "rate": round(done.rate)})
+    else:
+        ctx.print(f"wrote {done.confirmed} bytes of {args.file} to {kind} OUT 0x{args.ep:02x} in "
+                  f"{done.elapsed:.2f} s: {describe(done)}")
     return EXIT_OK
 
 
@@ -1333,20 +1429,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transfer timeout (default 1000; 0 waits forever)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    def stream_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--chunk", type=size_arg, default=16384, metavar="N",
+                       help="streaming: bytes per URB, whole packets (default 16K)")
+        p.add_argument("--window", type=int, default=16, metavar="N",
+                       help="streaming: most URBs in flight (default 16; the window grows to it)")
+        p.add_argument("--offset", type=size_arg, default=0, metavar="N",
+                       help="streaming: resume at this byte (as an interrupted run reports)")
+
     p = add("read", cmd_read, "read from a bulk or interrupt IN endpoint",
-            "Read once from an IN endpoint (bulk or interrupt, taken from its descriptor) and hex-dump it.")
+            "Read once from an IN endpoint (bulk or interrupt, taken from its descriptor) and hex-dump "
+            "it; with --out, stream --length bytes into a file with a window of URBs in flight and a "
+            "progress display on stderr.")
     _device_options(p)
     p.add_argument("--ep", type=endpoint_arg, required=True, metavar="EP", help="IN endpoint address, e.g. 0x81")
-    p.add_argument("--length", type=length_arg, required=True, metavar="N", help="bytes to ask for")
-    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N", help="timeout (default 1000)")
+    p.add_argument("--length", type=size_arg, required=True, metavar="N",
+                   help="bytes to ask for (100M, 64K: 1024-based)")
+    p.add_argument("--out", metavar="FILE", help="stream into FILE instead of hex-dumping one read")
+    stream_options(p)
+    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N",
+                   help="timeout (per URB when streaming; default 1000; 0 waits forever)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("write", cmd_write, "write to a bulk or interrupt OUT endpoint",
-            "Write once to an OUT endpoint (bulk or interrupt, taken from its descriptor).")
+            "Write once to an OUT endpoint (bulk or interrupt, taken from its descriptor); with --file, "
+            "stream a file with a window of URBs in flight and a progress display on stderr.")
     _device_options(p)
     p.add_argument("--ep", type=endpoint_arg, required=True, metavar="EP", help="OUT endpoint address, e.g. 0x01")
-    p.add_argument("--data-hex", type=hex_data, required=True, metavar="HEX", help="payload as hex")
-    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N", help="timeout (default 1000)")
+    payload = p.add_mutually_exclusive_group(required=True)
+    payload.add_argument("--data-hex", type=hex_data, metavar="HEX", help="payload as hex")
+    payload.add_argument("--file", metavar="FILE", help="stream this file")
+    stream_options(p)
+    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N",
+                   help="timeout (per URB when streaming; default 1000; 0 waits forever)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("loopback", cmd_loopback, "write to an OUT endpoint, read it back from IN, compare",
