@@ -10,14 +10,24 @@
             ep_in = intf.open(intf.descriptor[0].endpoint_by_address(0x81))
             data = await asyncio.wait_for(ep_in.read(512), 1.5)  # cancelled: CMD_UNLINK
 
-How it runs. Each imported device is one engine :class:`~usbip_backend.engine.Connection`, whose
-reader thread reads the socket. The loop's thread only submits (``submit(block=False)``: a
-CMD_SUBMIT and its payload go out as far as the socket takes them at once, the reader thread
-sends the rest as it drains, so even a 64 MiB write never blocks the loop) and cancels (CMD_UNLINK
-is posted, never waited for). A URB's done callback, on the reader thread, puts it in a
-per-loop inbox and wakes the loop once per batch (:class:`_Inbox`); no thread waits per
-transfer. Imports, closes and OP_REQ_DEVLIST, which are short blocking exchanges, run in the
-loop's default executor.
+How it runs. Each imported device is one engine :class:`~usbip_backend.engine.Connection`. The
+loop reads its socket: a reader callback (``loop.add_reader``) takes what has arrived without
+waiting and dispatches each reply that is whole (:meth:`Connection.pump_ready`), so completions
+happen on the loop's thread with no thread hop. A reply bigger than the engine's read buffer
+(64 KiB) is handed to the connection's reader thread, which reads it (waiting for its bytes on its
+own thread) and gives the socket back. The reader thread also keeps the timers (timeouts,
+unlink graces). Submits never block (``submit(block=False)``: a CMD_SUBMIT and its payload go
+out as far as the socket takes them at once, the reader thread sends the rest as it drains, so
+even a 64 MiB write never blocks the loop); cancels post CMD_UNLINK and never wait. URBs ended on
+another thread reach the loop through a per-loop inbox, one wake-up per batch
+(:class:`_Inbox`). No thread waits per transfer. Loops without ``add_reader`` (Windows'
+proactor loop) leave all reading to the reader thread. Imports, closes and OP_REQ_DEVLIST, short
+blocking exchanges, run in the loop's default executor.
+
+Both designs were measured (``tools/bench/run.py --only aio``): handing every completion from
+the reader thread to the loop costs two thread wake-ups and GIL hand-overs per URB, several
+times slower with many transfers in flight than reading on the loop, as an ``asyncio.Protocol``
+does.
 
 Cancellation. A task awaiting a transfer that is cancelled (``asyncio.wait_for`` timing out,
 ``task.cancel()``) sends CMD_UNLINK and waits for the server's verdict (or the engine's unlink
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -68,6 +79,8 @@ _ISOCHRONOUS = P.TransferType.ISOCHRONOUS
 _EPIPE, _EOVERFLOW, _EXDEV = -32, -75, -18
 _DT_STRING = 3
 _STRING_LENGTH = 255
+#: The loop reads sockets itself where a non-blocking recv on a blocking socket exists.
+_LOOP_READS = hasattr(socket, "MSG_DONTWAIT")
 T = TypeVar("T")
 
 
@@ -128,6 +141,7 @@ class _Inbox:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.thread = threading.get_ident()  # made from a coroutine: the loop's thread
         self.items: Deque[Tuple["asyncio.Future[Urb]", Urb]] = deque()
         self.scheduled = False
 
@@ -149,6 +163,10 @@ class _Inbox:
         return fut
 
     def _post(self, fut: "asyncio.Future[Urb]", urb: Urb) -> None:
+        if threading.get_ident() == self.thread:
+            if not fut.done():  # ended by the loop's own read (pump_ready): no hop needed
+                fut.set_result(urb)
+            return
         self.items.append((fut, urb))
         if not self.scheduled:
             self.scheduled = True
@@ -166,21 +184,25 @@ class _Inbox:
                 fut.set_result(urb)
 
 
-async def _ended(urb: Urb, on_cancel_done: Optional[Callable[[Urb], None]] = None) -> Urb:
-    """Wait for ``urb`` to end. Cancelled meanwhile: unlink it, wait (shielded) until it has
-    ended, hand a result that won the race to ``on_cancel_done``, then re-raise."""
+async def _ended(urb: Urb, on_cancel_done: Optional[Callable[[Urb], None]] = None,
+                 fut: "Optional[asyncio.Future[Urb]]" = None) -> Urb:
+    """Wait for ``urb`` to end (``fut``: a future already watching it). Cancelled meanwhile:
+    unlink it, wait until it has ended (cancelled again meanwhile: go on waiting, the unlink's
+    grace bounds it), hand a result that won the race to ``on_cancel_done``, then re-raise."""
     if urb.done():
         return urb
-    fut = _Inbox.of(asyncio.get_running_loop()).watch(urb)
+    inbox = _Inbox.of(asyncio.get_running_loop())
+    if fut is None:
+        fut = inbox.watch(urb)
     try:
-        return await asyncio.shield(fut)
+        return await fut
     except asyncio.CancelledError:
         urb.cancel()
-        while not fut.done():
+        while not urb.done():
             try:
-                await asyncio.shield(fut)
+                await inbox.watch(urb)
             except asyncio.CancelledError:
-                continue  # cancelled again: the URB must still end first (the grace bounds it)
+                continue
         if on_cancel_done is not None and urb.status == 0:
             on_cancel_done(urb)
         raise
@@ -357,6 +379,7 @@ class DeviceDescriptor:
             _raise(exc)
         dev = _Device(conn, desc, configs, name=f"{self.busid} on {ctx.host}:{ctx.port}", timeout=t)
         device = Device(self, dev)
+        device._attach(loop)
         self.configurations = device.configurations
         ctx._opened.add(device)
         try:
@@ -547,6 +570,51 @@ class Device:
     def __repr__(self) -> str:
         return f"<aio.Device {self._dev.name}{'' if self.alive else ' gone'}>"
 
+    # the loop reads the socket (see the module docstring)
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._fd = self.conn.sock.fileno()
+        if not _LOOP_READS:
+            return
+        try:
+            loop.add_reader(self._fd, self._readable)
+        except (NotImplementedError, AttributeError, ValueError, OSError):
+            return  # a loop that cannot watch sockets: the reader thread reads
+        self._loop = loop
+        self.conn.set_loop_reader(True)
+
+    def _readable(self) -> None:
+        got = self.conn.pump_ready(self._handed_back)
+        if got is None or self.conn.closed:
+            self._detach_reader()
+
+    def _handed_back(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._reattach)
+        except RuntimeError:
+            pass  # the loop is closed
+
+    def _reattach(self) -> None:
+        if self._loop is not None and not self.conn.closed and not self._closing and not self._watching:
+            self._loop.add_reader(self._fd, self._readable)
+            self._watching = True
+            self._readable()  # what arrived meanwhile
+
+    def _detach_reader(self) -> None:
+        if self._loop is not None and self._watching:
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+
+    _watching = True
+    _flush_soon = False
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        self.conn.flush()
+
     @property
     def alive(self) -> bool:
         return not self.conn.closed
@@ -572,11 +640,20 @@ class Device:
         """Submit one URB (never blocking the loop) and await its end; arguments as
         :meth:`Connection.submit`. Returns the URB (raises its error, translated)."""
         self._check()
+        loop = asyncio.get_running_loop()
+        inbox = _Inbox.of(loop)
+        fut: "asyncio.Future[Urb]" = loop.create_future()
+        post = inbox._post
         try:
-            urb = self.conn.submit(transfer_type, endpoint, block=False, **kwargs)
+            urb = self.conn.submit(transfer_type, endpoint, block=False, flush=False,
+                                   callback=lambda u: post(fut, u), **kwargs)
         except UsbipError as exc:
             _raise(exc)
-        await _ended(urb, on_cancel_done)
+        if not self._flush_soon:
+            # What this loop iteration submits goes out together, in one syscall.
+            self._flush_soon = True
+            loop.call_soon(self._flush)
+        await _ended(urb, on_cancel_done, fut)
         return _result(urb)
 
     # control (ausb's device.read / device.write)
@@ -663,6 +740,8 @@ class Device:
             return
         self._closing = True
         self.descriptor_info.context._opened.discard(self)
+        self._detach_reader()
+        self.conn.set_loop_reader(False)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.conn.close)
 

@@ -44,13 +44,18 @@ PUBLISHED = "pyusb-usbip-backend==0.0.1"
 KiB, MiB = 1024, 1 << 20
 SIZES = [512, 16 * KiB, 64 * KiB, MiB]
 DEPTHS = [1, 4, 16, 64]
-TESTS = ["control", "bulk", "pipeline", "pending", "timeout", "cpu", "scale"]
+TESTS = ["control", "bulk", "pipeline", "stream", "aio", "pending", "timeout", "cpu", "scale"]
 #: The virtual server's CMD_UNLINK behaviours the timeout measurement runs against.
 UNLINK_MODES = ["kernel", "status0", "ignore"]
 SCALE_DEVICES = 32
+STREAM_WINDOWS = [16, 64]
 # Bus numbers of the loopback devices each client imports from the server (busid "<bus>-1").
-BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5, "usb1": 6}
-SCALE_FIRST_BUS = 9
+BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5, "usb1": 6, "stream": 7,
+       "aio": 8, "rawaio": 9}
+SCALE_FIRST_BUS = 10
+#: Devices one event loop drives at once (aio and rawaio), on buses after the scale devices.
+LOOP_DEVICES = 64
+LOOP_FIRST_BUS = SCALE_FIRST_BUS + 32
 
 
 def log(msg: str) -> None:
@@ -474,6 +479,69 @@ class Bench:
                              None, floors=[("value", ">=", 3.0)],
                              note="raw column: the raw floor's own 16/1 ratio")
 
+    # -- 3b. windowed streaming --------------------------------------------------------------------------
+    def stream(self) -> None:
+        n = 30 if self.smoke else 2000
+        jobs = [(f"stream_{w}", "pipe", {"kind": "bulk", "depth": w, "size": 16 * KiB, "n": n})
+                for w in STREAM_WINDOWS]
+        log(f"stream: bulk IN 16 KiB chunks, window {', '.join(map(str, STREAM_WINDOWS))}, {self.runs} runs")
+        self.interleaved(["raw", "stream", "aio", "engine"], jobs)
+        for w in STREAM_WINDOWS:
+            key = f"stream_{w}"
+            self.res.row("stream", f"streaming bulk IN 16 KiB chunks, window {w}, stream_in (sync)", "URB/s",
+                         self.stat(key, "stream", "rate"), self.stat(key, "raw", "rate"), None,
+                         floors=[("raw", ">=", 0.9)])
+            self.res.row("stream", "  same, aio ep.stream (async for)", "URB/s",
+                         self.stat(key, "aio", "rate"), self.stat(key, "raw", "rate"), None,
+                         floors=[("raw", ">=", 0.9)])
+            self.res.row("stream", "  same, submit/wait loop on the engine API", "URB/s",
+                         self.stat(key, "engine", "rate"), self.stat(key, "raw", "rate"), None)
+            self.res.row("stream", "  CPU per URB, stream_in (sync)", "us",
+                         self.stat(key, "stream", "cpu_per", 1e6), self.stat(key, "raw", "cpu_per", 1e6), None,
+                         higher_is_better=False)
+
+    # -- 3c. asyncio ---------------------------------------------------------------------------------------
+    def aio(self) -> None:
+        n = 40 if self.smoke else 1500
+        jobs = [("aio_ctrl", "ctrl", {"n": n}),
+                ("aio_ctrl16", "pipe", {"kind": "control", "depth": 16, "size": 18, "n": 4 * n})]
+        log(f"aio: control round trips, 1 and 16 at a time, {self.runs} runs")
+        self.interleaved(["raw", "engine", "aio", "rawaio"], jobs)
+        self.res.row("aio", "control round trips, aio (await device.read)", "URB/s",
+                      self.stat("aio_ctrl", "aio", "rate"), self.stat("aio_ctrl", "engine", "rate"), None,
+                      floors=[("raw", ">=", 0.8)], note="raw column: the sync path, conn.control_transfer")
+        self.res.row("aio", "  same, asyncio.Protocol client (the loop reads the socket, no engine)", "URB/s",
+                      self.stat("aio_ctrl", "rawaio", "rate"), self.stat("aio_ctrl", "raw", "rate"), None,
+                      note="the design aio did not take, at its floor")
+        self.res.row("aio", "control, 16 coroutines at once, aio", "URB/s",
+                      self.stat("aio_ctrl16", "aio", "rate"), self.stat("aio_ctrl16", "raw", "rate"), None)
+        self.res.row("aio", "  same, asyncio.Protocol client", "URB/s",
+                      self.stat("aio_ctrl16", "rawaio", "rate"), self.stat("aio_ctrl16", "raw", "rate"), None)
+        busids = [f"{LOOP_FIRST_BUS + i}-1" for i in range(LOOP_DEVICES)]
+        rounds = 3 if self.smoke else 100
+        runs = 1 if self.smoke else max(2, self.runs // 3)
+        log(f"aio: {LOOP_DEVICES} devices on one loop, {rounds} rounds, {runs} runs")
+        for _ in range(runs):
+            for name in ("aio", "rawaio"):
+                w = self.clients[name].start(self.sim, busids[0])
+                try:
+                    self.res.add("loop64", name, w.call("scale", timeout=300, busids=busids, rounds=rounds, depth=1))
+                except WorkerError as exc:
+                    self.res.add("loop64", name, f"failed: {exc}")
+                finally:
+                    w.close()
+                wait_free(self.sim, LOOP_FIRST_BUS + LOOP_DEVICES - 1)  # every device free again
+        self.res.row("aio", f"{LOOP_DEVICES} devices on one loop, 1 control URB in flight on each, aio", "URB/s",
+                     self.stat("loop64", "aio", "rate"), self.stat("loop64", "rawaio", "rate"), None,
+                     note="raw column: the asyncio.Protocol client")
+        self.res.row("aio", "  threads per device, aio", "threads",
+                     self.stat("loop64", "aio", "threads_per_device"),
+                     self.stat("loop64", "rawaio", "threads_per_device"), None, higher_is_better=False,
+                     note="one reader thread per device, plus the loop's executor")
+        self.res.row("aio", "  RSS growth per device, aio", "KiB",
+                     self.stat("loop64", "aio", "rss_kib_per_device"),
+                     self.stat("loop64", "rawaio", "rss_kib_per_device"), None, higher_is_better=False)
+
     # -- 4. control while a bulk IN is pending ------------------------------------------------------------
     def pending(self) -> None:
         n = 20 if self.smoke else 300
@@ -702,6 +770,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             "ceiling": Client("ceiling", ours_python, "ceiling", env,
                               f"unavailable: {missing_pyusb}" if missing_pyusb else None),
             "usb1": Client("usb1", ours_python, "usb1", env),
+            "stream": Client("stream", ours_python, "stream", env),
+            "aio": Client("aio", ours_python, "aio", env),
+            "rawaio": Client("rawaio", ours_python, "rawaio", env),
         }
         if args.no_published:
             pub_python, why = None, "not run (--no-published)"
@@ -710,7 +781,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if why:
             log(f"published client: {why}")
         clients["published"] = Client("published", pub_python, "pyusb", clean_env(), why)
-        sim = Sim(SCALE_FIRST_BUS + SCALE_DEVICES - 1)
+        sim = Sim(LOOP_FIRST_BUS + LOOP_DEVICES - 1)
         bench = Bench(args, sim, clients)
         for name in TESTS:
             if name in only:

@@ -5,6 +5,10 @@
 * ``raw``    - the socket+struct floor (rawclient.py, no usbip_backend import at all);
 * ``engine`` - our URB engine used directly (usbip_backend.client.import_device);
 * ``ceiling`` - usb.core over ceiling.CeilingBackend (raw socket code in the backend methods);
+* ``stream`` - our windowed streaming layer (usbip_backend.stream.stream_in);
+* ``aio``    - our asyncio API (usbip_backend.aio) on a loop the worker keeps;
+* ``rawaio`` - the asyncio floor: an asyncio.Protocol per device, the loop reading the socket
+  (rawaio.py, no usbip_backend import), the design aio did not take;
 * ``pyusb``  - whatever ``usbip_backend.get_backend`` the interpreter imports, driven through
   ``usb.core``. run.py starts it twice: with our src/ on the path, and with the published
   ``pyusb-usbip-backend==0.0.1`` venv's python, so both do exactly the same PyUSB calls.
@@ -245,6 +249,106 @@ class Usb1Impl:
         self.ctx.close()
 
 
+class StreamImpl:
+    """usbip_backend.stream.stream_in: a window of bulk IN URBs, each into its slot."""
+
+    def __init__(self, host: str, port: int, busid: str) -> None:
+        from usbip_backend import protocol as P
+        from usbip_backend.client import import_device
+        from usbip_backend import stream
+        self.stream = stream
+        self.conn = _retry_import(lambda: import_device(host, port, busid, timeout=5.0))
+        self.conn.control_transfer(0x00, 9, 1, 0, b"", 5.0)
+        self.pipe_ = stream.Pipe(self.conn, BULK_SOURCE_IN, P.TransferType.BULK, 512, 0)
+
+    def pipe(self, kind: str, depth: int, size: int, n: int) -> Dict[str, float]:
+        if kind != "bulk":
+            raise NotImplementedError("streams are bulk")
+        stream_in, pipe = self.stream.stream_in, self.pipe_
+
+        def loop() -> None:
+            for _ in stream_in(pipe, 0x82, n * size, chunk=size, window=depth, timeout=5.0):
+                pass
+        return _measure(loop, n)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class AioImpl:
+    """usbip_backend.aio: every op runs on one event loop the worker keeps."""
+
+    def __init__(self, host: str, port: int, busid: str) -> None:
+        import asyncio
+        from usbip_backend import aio
+        self.asyncio, self.aio = asyncio, aio
+        self.loop = asyncio.new_event_loop()
+        self.ctx = aio.Context(host, port=port, busids=[busid])
+        self.dev = _retry(lambda: self.loop.run_until_complete(self._open()))
+
+    async def _open(self) -> Any:
+        await self.ctx.open()
+        dev = await self.ctx.device_get().open()
+        await dev.set_configuration(1)
+        return dev
+
+    def ctrl(self, n: int) -> Dict[str, float]:
+        read = self.dev.read
+
+        async def run() -> None:
+            for _ in range(n):
+                await read(0x80, 6, 0x0100, 0, 18, 5.0)
+        return _measure(lambda: self.loop.run_until_complete(run()), n)
+
+    def pipe(self, kind: str, depth: int, size: int, n: int) -> Dict[str, float]:
+        asyncio, dev = self.asyncio, self.dev
+        if kind == "control":
+            async def one_lane(count: int) -> None:
+                for _ in range(count):
+                    await dev.read(0x80, 6, 0x0100, 0, 18, 5.0)
+
+            async def run() -> None:  # depth coroutines, each one control round trip at a time
+                await asyncio.gather(*(one_lane(n // depth + (i < n % depth)) for i in range(depth)))
+        else:
+            ep = dev.interface_claim(0).open(BULK_SOURCE_IN)
+
+            async def run() -> None:
+                async for _ in ep.stream(n * size, chunk=size, window=depth, timeout=5.0):
+                    pass
+        return _measure(lambda: self.loop.run_until_complete(run()), n)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.ctx.close())
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        self.loop.close()
+
+
+class RawAioImpl:
+    """rawaio.py: the loop drives the socket (no engine)."""
+
+    def __init__(self, host: str, port: int, busid: str) -> None:
+        import asyncio
+        import rawaio
+        self.asyncio, self.rawaio = asyncio, rawaio
+        self.loop = asyncio.new_event_loop()
+        self.dev = _retry(lambda: self.loop.run_until_complete(rawaio.RawAioDevice.open(host, port, busid)))
+
+    def ctrl(self, n: int) -> Dict[str, float]:
+        dev = self.dev
+
+        async def run() -> None:
+            for _ in range(n):
+                await dev.control()
+        return _measure(lambda: self.loop.run_until_complete(run()), n)
+
+    def pipe(self, kind: str, depth: int, size: int, n: int) -> Dict[str, float]:
+        return _measure(lambda: self.loop.run_until_complete(self.rawaio.window(self.dev, kind, depth, size, n)), n)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.dev.close())
+        self.loop.close()
+
+
 class PyusbImpl:
     """usb.core on top of ``usbip_backend.get_backend`` (ours or the published one)."""
 
@@ -443,6 +547,46 @@ def scale(impl: str, host: str, port: int, busids: List[str], rounds: int, depth
         rss2 = rss_kib()
         for c in conns:
             c.close()
+    elif impl in ("aio", "rawaio"):
+        import asyncio
+        loop = asyncio.new_event_loop()
+        if impl == "aio":
+            from usbip_backend import aio
+            ctx = aio.Context(host, port=port, busids=busids)
+
+            async def open_all() -> List[Any]:
+                await ctx.open()
+                devs = await asyncio.gather(*(d.open() for d in ctx))
+                for d in devs:
+                    await d.set_configuration(1)
+                return list(devs)
+
+            def one(d: Any) -> Any:
+                return d.read(0x80, 6, 0x0100, 0, 18, 10.0)
+        else:
+            import rawaio
+
+            async def open_all() -> List[Any]:
+                return list(await asyncio.gather(*(rawaio.RawAioDevice.open(host, port, b) for b in busids)))
+
+            def one(d: Any) -> Any:
+                return d.control()
+        devs = loop.run_until_complete(open_all())
+        threads1, rss1 = threading.active_count(), rss_kib()
+
+        async def rounds_() -> None:
+            for _ in range(rounds):
+                await asyncio.gather(*(one(d) for d in devs for _ in range(depth)))
+        result = _measure(lambda: loop.run_until_complete(rounds_()), rounds * len(devs) * depth)
+        rss2 = rss_kib()
+        if impl == "aio":
+            loop.run_until_complete(ctx.close())
+        else:
+            async def close_all() -> None:
+                await asyncio.gather(*(d.close() for d in devs))
+            loop.run_until_complete(close_all())
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
     elif impl == "pyusb":
         import usb.core
         import usbip_backend
@@ -508,7 +652,8 @@ def main(argv: List[str]) -> int:
             else:
                 if impl is None:
                     cls = {"raw": RawImpl, "engine": EngineImpl, "pyusb": PyusbImpl,
-                           "ceiling": CeilingImpl, "usb1": Usb1Impl}[impl_name]
+                           "ceiling": CeilingImpl, "usb1": Usb1Impl, "stream": StreamImpl,
+                           "aio": AioImpl, "rawaio": RawAioImpl}[impl_name]
                     impl = cls(host, port, busid)
                 if op == "hello":
                     result = {"module": getattr(impl, "module", None), "pid": os.getpid()}

@@ -262,34 +262,51 @@ class _Sender:
             self.lock.release()
 
     def _flush_nonblocking(self) -> bool:
-        """Send the tail and the queue without waiting; True if the socket is full (tail kept)."""
+        """Send the tail and the queue without waiting, queued messages together in one
+        sendmsg; True if the socket is full (the rest kept as the tail and in the queue)."""
         sock, queue = self.sock, self.queue
         while True:
-            views, sent = self.tail, self.tail_sent
-            if views is None:
-                if not queue:
-                    return False
-                parts, sent = queue.popleft()
-                views = [memoryview(p).cast("B") for p in parts]
-            if not _HAVE_DONTWAIT:
+            if self.tail is not None:
+                batch = [(self.tail, self.tail_sent)]
                 self.tail = self.tail_sent = None
-                for view in views:
-                    sock.sendall(view)
+            elif queue:
+                batch = []
+                parts = 0
+                while queue and parts < _IOV_MAX - 3:
+                    message, sent = queue.popleft()
+                    batch.append(([m if type(m) is bytes else memoryview(m).cast("B") for m in message], sent))
+                    parts += len(message)
             else:
-                try:
-                    if len(views) == 1:
-                        n = sock.send(views[0], socket.MSG_DONTWAIT)
-                    else:
-                        n = sock.sendmsg(views[:_IOV_MAX], [], socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    n = 0
-                views = _advance(views, n)
-                if views:
-                    self.tail, self.tail_sent = views, sent
-                    return True
-                self.tail = self.tail_sent = None
-            if sent is not None:
-                sent()
+                return False
+            if not _HAVE_DONTWAIT:
+                for views, sent in batch:
+                    for view in views:
+                        sock.sendall(view)
+                    if sent is not None:
+                        sent()
+                continue
+            flat_views = [v for views, _ in batch for v in views]
+            try:
+                if len(flat_views) == 1:
+                    n = sock.send(flat_views[0], socket.MSG_DONTWAIT)
+                else:
+                    n = sock.sendmsg(flat_views, [], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            for i, (views, sent) in enumerate(batch):
+                size = sum(len(v) if type(v) is bytes else v.nbytes for v in views)
+                if n >= size:
+                    n -= size
+                    if sent is not None:
+                        sent()
+                    continue
+                # This message went out in part (or not at all): it becomes the tail, the
+                # messages after it go back to the head of the queue, in order.
+                self.tail = _advance([memoryview(v) if type(v) is bytes else v for v in views], n)
+                self.tail_sent = sent
+                for later in reversed(batch[i + 1:]):
+                    queue.appendleft(later)
+                return True
 
 
 def _advance(views: List[memoryview], sent: int) -> List[memoryview]:
@@ -584,6 +601,10 @@ class Connection:
         self._hview = memoryview(self._header)
         self._r_sock = False  # the reader thread polls the socket
         self._r_until = _INF  # ... and sleeps until then at the latest (0: it is awake)
+        # An event loop reads the socket (pump_ready); the reader thread keeps the timers, and
+        # reads only while a reply too big for the loop is handed over to it.
+        self._external = False
+        self._handoff: Optional[Callable[[], None]] = None
         self._reader = threading.Thread(target=self._run, name=f"usbip-reader-{self.busid}", daemon=True)
         self._reader.start()
 
@@ -632,6 +653,7 @@ class Connection:
         timeout: Optional[float] = None,
         callback: Optional[DoneCallback] = None,
         block: bool = True,
+        flush: bool = True,
     ) -> Urb:
         """Send one CMD_SUBMIT and return its :class:`Urb` at once.
 
@@ -652,6 +674,8 @@ class Connection:
                 sent at once as far as the socket takes it, and the rest by the reader thread as
                 the socket drains, never split by another message (except on Windows, which
                 has no non-blocking send on a blocking socket: there it blocks).
+            flush: with ``block`` False, False leaves the message queued until :meth:`flush`
+                (an event loop sends what one iteration submitted in one syscall).
 
         Raises:
             ValueError: arguments the wire cannot carry.
@@ -661,7 +685,7 @@ class Connection:
                             iso_packet_lengths, transfer_flags)
         if callback is not None:
             urb._callbacks = [callback]
-        self._post(urb, timeout, False, block)
+        self._post(urb, timeout, False, block, flush)
         return urb
 
     def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None,
@@ -830,7 +854,8 @@ class Connection:
         urb.transfer_flags = transfer_flags
         return urb
 
-    def _post(self, urb: Urb, timeout: Optional[float], led: bool, block: bool = True) -> None:
+    def _post(self, urb: Urb, timeout: Optional[float], led: bool, block: bool = True,
+              flush: bool = True) -> None:
         """Enter the URB in the table, arm its timeout, send its CMD_SUBMIT. ``led``: the caller
         holds the token and reads the reply itself (the reader thread need not be woken).
         ``block`` False: queue the message instead of waiting for the socket (see :meth:`submit`)."""
@@ -849,9 +874,16 @@ class Connection:
         if iso_raw is not None:
             parts.append(iso_raw)
         self._sender.queue.append((parts, None))
-        self._kick()
+        if flush:
+            self._kick()
         if wake:
             self._wake()
+
+    def flush(self) -> None:
+        """Send what ``submit(block=False, flush=False)`` queued, as far as the socket takes it
+        without waiting (the reader thread sends the rest); never blocks."""
+        if self._sender.queue:
+            self._kick()
 
     def _enter(self, urb: Urb, timeout: Optional[float], led: bool) -> Tuple[int, bool]:
         """Enter ``urb`` in the table under a fresh seqnum and arm its timeout; returns the
@@ -873,7 +905,8 @@ class Connection:
                 when = now + timeout
                 table.add_timer(when, DEADLINE, urb)
                 wake = when < self._r_until
-            if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF:
+            if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF \
+                    and (not self._external or self._handoff is not None):
                 # Someone must read the reply: the reader thread sleeps. (Backing off or awake,
                 # it looks again by itself: a pipelining caller submitting while it leads must
                 # not cost a wake-up per URB.)
@@ -958,7 +991,8 @@ class Connection:
         # contend for the GIL with this caller's next transfer.)
         table = self._table
         if (table.pending or table.unlinks) and not self._r_sock \
-                and self._r_until - _monotonic() > _READER_BACKOFF:
+                and self._r_until - _monotonic() > _READER_BACKOFF \
+                and (not self._external or self._handoff is not None):
             self._wake()
 
     def _lead_clock(self, timeout: Optional[float]) -> Tuple[Optional[float], float]:
@@ -1183,6 +1217,82 @@ class Connection:
         finally:
             self._release_token()
         return got
+
+    def set_loop_reader(self, on: bool) -> None:
+        """An event loop reads the socket from now on (``on``), calling :meth:`pump_ready`
+        whenever it is readable; the reader thread keeps the timers and stops watching the
+        socket. Off: the reader thread reads again."""
+        self._external = on
+        self._wake()
+
+    def pump_ready(self, handed_back: Callable[[], None]) -> Optional[bool]:
+        """For an event loop's reader callback: take what the socket holds without waiting and
+        dispatch every reply that has arrived whole. Never blocks.
+
+        Returns True if a reply was dispatched, False if none was whole (or someone else holds
+        the read token), None if a reply too big for the read buffer has begun: the reader
+        thread then reads (stop calling until it calls ``handed_back()``, from its thread).
+        """
+        if self._lost is not None or not self._take_token():
+            return False
+        got: Optional[bool] = False
+        rd = self._rd
+        try:
+            while True:
+                need = self._whole_reply()
+                if need is not None:
+                    if need > len(rd.buf):
+                        self._handoff = handed_back
+                        got = None
+                        break
+                    if rd.end - rd.start >= need:
+                        self._read_one(None)  # all of it is in the buffer: no recv
+                        got = True
+                        continue
+                if rd.start:
+                    self._compact()
+                try:
+                    n = self.sock.recv_into(rd.view[rd.end:], len(rd.buf) - rd.end, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if n == 0:
+                    raise EOFError
+                rd.end += n
+        except BaseException as exc:
+            self._read_error(exc)
+        finally:
+            self._release_token()
+        if got is None:
+            self._wake()
+        return got
+
+    def _compact(self) -> None:
+        rd = self._rd
+        have = rd.end - rd.start
+        if rd.start:
+            rd.view[:have] = rd.view[rd.start:rd.end]
+            rd.start, rd.end = 0, have
+
+    def _whole_reply(self) -> Optional[int]:
+        """The size of the next reply in the read buffer (header + what follows it), or None
+        while its header is incomplete (token held)."""
+        rd = self._rd
+        if rd.end - rd.start < _HEADER:
+            return None
+        (command, seq, _, _, _, _, actual, _, npackets, _) = _RET_SUBMIT_UNPACK(rd.buf, rd.start)
+        if command != _RET_SUBMIT:
+            return _HEADER
+        with self._lock:
+            urb = self._table.pending.get(seq)
+            gone = self._table.retired.get(seq) if urb is None else None
+        if urb is not None:
+            follows = (max(actual, 0) if urb.direction else 0) + \
+                (max(npackets, 0) * P.ISO_PACKET_SIZE if urb.iso_packets is not None else 0)
+        elif gone is not None:
+            follows = retired_skip(gone, max(actual, 0), max(npackets, 0))
+        else:
+            follows = 0  # an unknown seqnum: _read_one fails the connection with it
+        return _HEADER + follows
 
     def _wait(self, urb: Urb, timeout: Optional[float]) -> None:
         """:meth:`Urb.wait`: lead for the URB if nobody reads the socket (once per URB: a caller
@@ -1478,7 +1588,9 @@ class Connection:
                         seen_leads = leads
                         nxt = table.next_timer()
                         until = _INF if nxt is None else nxt
-                        if not watch:
+                        if self._external and self._handoff is None:
+                            watch = False  # the loop reads (and notices a hang-up)
+                        elif not watch:
                             pause = _READER_BACKOFF if owed else _IDLE_RECHECK
                             if until > now + pause:
                                 until = now + pause
@@ -1518,6 +1630,9 @@ class Connection:
                             self._read_one(None)
                     finally:
                         token.release()
+                    handed, self._handoff = self._handoff, None
+                    if handed is not None:
+                        handed()  # the loop reads again
         except BaseException as exc:
             reason = self._read_failed(exc)
         finally:
