@@ -132,10 +132,11 @@ def test_a_read_that_completed_during_its_cancellation_is_not_lost(server):
             await asyncio.sleep(0)
             wait_for(lambda: device.conn.in_flight == 1)
             # On the loop's thread, without yielding: the data arrives and the read completes in
-            # the engine, then the task is cancelled before the loop has seen the completion.
+            # the engine (read here as the loop's reader callback would), then the task is
+            # cancelled before it has run again.
             from usbip_backend.protocol import TransferType
             sync_dev.write(TransferType.BULK, 0x01, memoryview(b"raced"), 5)
-            wait_for(lambda: device.conn.in_flight == 0)
+            wait_for(lambda: device.conn.pump_ready(lambda: None) is not None and device.conn.in_flight == 0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

@@ -181,7 +181,7 @@ class _Sender:
         self.sock = sock
         self.lock = threading.Lock()
         self.queue: Deque[Tuple[List[Any], Optional[Callable[[], None]]]] = deque()
-        self.tail: Optional[List[memoryview]] = None  # rest of a message sent in part; lock held
+        self.tail: Optional[List[Any]] = None  # rest of a message sent in part (buffers); lock held
         self.tail_sent: Optional[Callable[[], None]] = None
         self.on_stuck = on_stuck
 
@@ -266,6 +266,7 @@ class _Sender:
         sendmsg; True if the socket is full (the rest kept as the tail and in the queue)."""
         sock, queue = self.sock, self.queue
         while True:
+            batch: List[Tuple[List[Any], Optional[Callable[[], None]]]]
             if self.tail is not None:
                 batch = [(self.tail, self.tail_sent)]
                 self.tail = self.tail_sent = None
@@ -294,7 +295,7 @@ class _Sender:
             except BlockingIOError:
                 n = 0
             for i, (views, sent) in enumerate(batch):
-                size = sum(len(v) if type(v) is bytes else v.nbytes for v in views)
+                size = sum(_nbytes(v) for v in views)
                 if n >= size:
                     n -= size
                     if sent is not None:
@@ -309,7 +310,11 @@ class _Sender:
                 return True
 
 
-def _advance(views: List[memoryview], sent: int) -> List[memoryview]:
+def _nbytes(buf: Any) -> int:
+    return len(buf) if type(buf) is bytes else int(buf.nbytes)
+
+
+def _advance(views: List[Any], sent: int) -> List[Any]:
     """What is left of ``views`` once ``sent`` bytes of them went out."""
     i = 0
     while i < len(views) and sent >= views[i].nbytes:
