@@ -8,7 +8,6 @@ pattern); 0x02 is a sink that stalls on a wrong pattern.
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 

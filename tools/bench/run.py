@@ -462,7 +462,7 @@ class Bench:
                              self.stat(key, "engine", "rate"), self.stat(key, "raw", "rate"),
                              single_pub if kind == "control" and depth > 1 else "cannot pipeline")
                 floors = [("raw", ">=", 0.9)] if kind == "bulk" and depth in (16, 64) else []
-                self.res.row("pipeline", f"  same, usb1 transfers resubmitted from callbacks", "URB/s",
+                self.res.row("pipeline", "  same, usb1 transfers resubmitted from callbacks", "URB/s",
                              self.stat(key, "usb1", "rate"), self.stat(key, "raw", "rate"), None, floors=floors)
             if kind == "control":
                 ours16 = self.stat("pipe_control_16", "engine", "rate")
@@ -625,7 +625,7 @@ class Bench:
                     worst = max(abs(ours["min"]), abs(ours["max"]))
                     row["floors"] = [{"floor": "|late| <= 20 ms (worst run)", "got": worst, "met": worst <= 20.0}]
                 engine = late("engine")
-                row = self.res.row("timeout", f"  same, engine API", "ms", engine, None, None,
+                row = self.res.row("timeout", "  same, engine API", "ms", engine, None, None,
                                    higher_is_better=False)
                 if isinstance(engine, dict):
                     worst = max(abs(engine["min"]), abs(engine["max"]))
