@@ -353,3 +353,23 @@ def test_watch_reports_devices_added_and_removed():
         run(main())
     finally:
         srv.stop()
+
+
+def test_replies_bigger_than_the_read_buffer_go_through_the_reader_thread(server):
+    """The loop reads only replies that fit its 64 KiB buffer whole; a bigger one is handed to
+    the connection's reader thread, which gives the socket back when it is done."""
+    async def main():
+        async with aio.Context("127.0.0.1", port=server.port) as ctx:
+            device, ep_in, ep_out = await open_loopback(ctx)
+            source = device.interface_claim(0).open(0x82)
+            big = await source.read(1024 * 1024, timeout=5)
+            assert big == pattern(1024 * 1024)
+            got = bytearray()
+            async for view in source.stream(8 * 63 * 4096, chunk=63 * 4096, window=4, timeout=5):
+                got += view  # 252 KiB URBs, whole pattern periods: one pattern
+            assert bytes(got) == pattern(8 * 63 * 4096)
+            small = await asyncio.gather(*(device.read(0xC0, 0x5D, 0, 0, 8) for _ in range(8)))
+            assert small == [pattern(8)] * 8  # and the loop reads again
+            await device.close()
+
+    run(main())
