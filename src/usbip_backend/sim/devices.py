@@ -157,6 +157,11 @@ class CdcAcmDevice(Device):
         super().__init__(busid)
         self.line_coding = struct.pack("<IBBB", 115200, 0, 0, 8)
         self.control_line_state = 0
+        #: every SET_CONTROL_LINE_STATE received, in order: (DTR, RTS) as 0/1
+        self.line_state_history: List[tuple] = []
+        #: how many SET_LINE_CODING requests arrived
+        self.line_coding_requests = 0
+        self.breaks: List[int] = []  #: SEND_BREAK wValues, in order
         self.buffer = bytearray()
         self.notifications: Deque[bytes] = collections.deque()
 
@@ -191,14 +196,19 @@ class CdcAcmDevice(Device):
     def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
         if setup.bRequest == self.SET_LINE_CODING and len(data) == 7:
             self.line_coding = bytes(data)
+            self.line_coding_requests += 1
             return None
         if setup.bRequest == self.SET_CONTROL_LINE_STATE:
             self.control_line_state = setup.wValue & 3
+            if len(self.line_state_history) < 4096:
+                self.line_state_history.append((setup.wValue & 1, setup.wValue >> 1 & 1))
             if setup.wValue & 1 and len(self.notifications) < 64:  # DTR: report DCD + DSR
                 self.notifications.append(bytes([0xA1, 0x20, 0, 0, 0, 0, 2, 0, 0x03, 0x00]))
                 self.notify(0x83)
             return None
         if setup.bRequest == self.SEND_BREAK:
+            if len(self.breaks) < 4096:
+                self.breaks.append(setup.wValue)
             return None
         return False
 

@@ -1,0 +1,231 @@
+"""USB serial drivers: the requests each kind of device wants, chosen from its descriptors.
+
+A driver knows its interfaces and endpoints, how to send line coding, the DTR/RTS lines and a
+break, how to read the modem inputs, and what (if anything) to strip from bulk IN data. It runs
+on the device layer (:class:`~usbip_backend.device.Device`), without pyserial.
+
+CDC-ACM (USB CDC PSTN subclass 1.2): class requests to the communication interface,
+SERIAL_STATE notifications on its interrupt IN endpoint, data on the data interface's bulk pair.
+This covers the ESP32-S2/S3/C3/C6 USB-Serial-JTAG (303a:1001) and TinyUSB's CDC.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from ..descriptors import ConfigurationDescriptor, EndpointDescriptor, InterfaceDescriptor, endpoint_max_packet
+from ..device import Device
+
+# CDC class requests (CDC PSTN 1.2, table 13) and notifications (table 30)
+SET_LINE_CODING, GET_LINE_CODING, SET_CONTROL_LINE_STATE, SEND_BREAK = 0x20, 0x21, 0x22, 0x23
+SERIAL_STATE = 0x20
+# SERIAL_STATE bits
+DCD, DSR, BREAK, RI, FRAMING, PARITY, OVERRUN = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40
+CDC_CLASS, ACM_SUBCLASS, DATA_CLASS = 0x02, 0x02, 0x0A
+CS_INTERFACE, UNION = 0x24, 0x06
+_OUT_CLASS_INTERFACE = 0x21
+
+_STOPBITS = {1: 0, 1.5: 1, 2: 2}
+_PARITY = {"N": 0, "O": 1, "E": 2, "M": 3, "S": 4}
+
+_CLASS_NAMES = {0x00: "per-interface", 0x01: "audio", 0x02: "communications", 0x03: "HID",
+                0x07: "printer", 0x08: "mass storage", 0x09: "hub", 0x0A: "CDC data",
+                0x0E: "video", 0xE0: "wireless", 0xEF: "miscellaneous", 0xFE: "application-specific",
+                0xFF: "vendor-specific"}
+
+
+class NotSerialError(ValueError):
+    """The device (or the interface asked for) is not a serial port this package drives."""
+
+
+@dataclass(frozen=True)
+class LineCoding:
+    baudrate: int
+    bytesize: int
+    parity: str  # pyserial's "N", "O", "E", "M", "S"
+    stopbits: float
+
+
+@dataclass(frozen=True)
+class ModemStatus:
+    cts: bool
+    dsr: bool
+    ri: bool
+    cd: bool
+
+
+class Driver:
+    """One serial function of a device."""
+
+    kind = "serial"
+    #: bulk IN URBs the port keeps in flight (as Linux's cdc-acm keeps 16 reads queued)
+    read_urbs = 16
+
+    def __init__(self, dev: Device, config: int, control: int, data: int, ep_in: EndpointDescriptor,
+                 ep_out: EndpointDescriptor, notify: Optional[EndpointDescriptor]) -> None:
+        self.dev = dev
+        self.config = config
+        self.control_interface = control
+        self.data_interface = data
+        self.ep_in = ep_in.bEndpointAddress
+        self.ep_out = ep_out.bEndpointAddress
+        self.in_packet = endpoint_max_packet(ep_in)
+        self.out_packet = endpoint_max_packet(ep_out)
+        self.notify_ep = notify.bEndpointAddress if notify is not None else None
+        self.notify_size = endpoint_max_packet(notify) if notify is not None else 0
+        self.status = 0  # the last SERIAL_STATE bits
+
+    @property
+    def read_size(self) -> int:
+        """Bytes per bulk IN URB: whole packets, up to 4 KiB (what the ESP32 bridge takes)."""
+        return max(self.in_packet, 4096 // max(self.in_packet, 1) * self.in_packet)
+
+    def describe(self) -> str:
+        return f"{self.kind} on interface {self.control_interface} of {self.dev.name}"
+
+    def start(self, timeout: Optional[float]) -> None:
+        """Make the device ready (configuration)."""
+        if self.dev.configuration() != self.config:
+            self.dev.set_configuration(self.config, timeout)
+
+    def set_line_coding(self, coding: LineCoding, timeout: Optional[float]) -> None:
+        raise NotImplementedError
+
+    def set_lines(self, dtr: bool, rts: bool, timeout: Optional[float]) -> None:
+        raise NotImplementedError
+
+    def set_break(self, on: bool, timeout: Optional[float]) -> None:
+        raise NotImplementedError
+
+    def modem_status(self, timeout: Optional[float]) -> ModemStatus:
+        raise NotImplementedError
+
+    def notification(self, data: bytes) -> None:
+        """An interrupt IN packet arrived on the notification endpoint."""
+
+    def strip(self, data: memoryview) -> bytes:
+        """The serial bytes of one bulk IN transfer (FTDI puts status bytes in front)."""
+        return bytes(data)
+
+
+class CdcAcm(Driver):
+    kind = "CDC-ACM"
+
+    def _request(self, request: int, value: int, data: Optional[bytes], timeout: Optional[float]) -> None:
+        self.dev.control(_OUT_CLASS_INTERFACE, request, value, self.control_interface,
+                         memoryview(data) if data else None, timeout)
+
+    def set_line_coding(self, coding: LineCoding, timeout: Optional[float]) -> None:
+        try:
+            stop = _STOPBITS[coding.stopbits]
+            parity = _PARITY[coding.parity]
+        except KeyError:
+            raise ValueError(f"CDC-ACM cannot do stopbits {coding.stopbits} parity {coding.parity}") from None
+        self._request(SET_LINE_CODING, 0, struct.pack("<IBBB", coding.baudrate, stop, parity, coding.bytesize),
+                      timeout)
+
+    def set_lines(self, dtr: bool, rts: bool, timeout: Optional[float]) -> None:
+        self._request(SET_CONTROL_LINE_STATE, (1 if dtr else 0) | (2 if rts else 0), None, timeout)
+
+    def set_break(self, on: bool, timeout: Optional[float]) -> None:
+        self._request(SEND_BREAK, 0xFFFF if on else 0, None, timeout)
+
+    def modem_status(self, timeout: Optional[float]) -> ModemStatus:
+        # CDC has no CTS input; Linux's cdc-acm reports it asserted, and so do we.
+        bits = self.status
+        return ModemStatus(cts=True, dsr=bool(bits & DSR), ri=bool(bits & RI), cd=bool(bits & DCD))
+
+    def notification(self, data: bytes) -> None:
+        # bmRequestType 0xA1, bNotification SERIAL_STATE, wValue, wIndex, wLength 2, then the bits
+        if len(data) >= 10 and data[1] == SERIAL_STATE:
+            self.status = data[8] | data[9] << 8
+
+
+def _endpoints(intf: InterfaceDescriptor) -> Tuple[Optional[EndpointDescriptor], Optional[EndpointDescriptor],
+                                                    Optional[EndpointDescriptor]]:
+    bulk_in = bulk_out = intr_in = None
+    for ep in intf.endpoints:
+        kind = ep.bmAttributes & 3
+        if kind == 2 and ep.bEndpointAddress & 0x80 and bulk_in is None:
+            bulk_in = ep
+        elif kind == 2 and not ep.bEndpointAddress & 0x80 and bulk_out is None:
+            bulk_out = ep
+        elif kind == 3 and ep.bEndpointAddress & 0x80 and intr_in is None:
+            intr_in = ep
+    return bulk_in, bulk_out, intr_in
+
+
+def _union_data_interface(intf: InterfaceDescriptor) -> Optional[int]:
+    """The data interface a CDC union functional descriptor names (its first subordinate)."""
+    extra = bytes(intf.extra_descriptors)
+    i = 0
+    while i + 2 <= len(extra):
+        length = extra[i]
+        if length < 3 or i + length > len(extra):
+            break
+        if extra[i + 1] == CS_INTERFACE and extra[i + 2] == UNION and length >= 5:
+            return extra[i + 4]
+        i += length
+    return None
+
+
+def _acm_functions(config: ConfigurationDescriptor) -> List[Tuple[InterfaceDescriptor, InterfaceDescriptor]]:
+    """(communication, data) interface pairs of every CDC-ACM function (alternate setting 0)."""
+    by_number = {group[0].bInterfaceNumber: group[0] for group in config.interfaces if group}
+    found = []
+    for number in sorted(by_number):
+        intf = by_number[number]
+        if intf.bInterfaceClass != CDC_CLASS or intf.bInterfaceSubClass != ACM_SUBCLASS:
+            continue
+        data_number = _union_data_interface(intf)
+        data = by_number.get(data_number) if data_number is not None else by_number.get(number + 1)
+        if data is None or data.bInterfaceClass != DATA_CLASS:
+            continue
+        found.append((intf, data))
+    return found
+
+
+def describe_device(dev: Device) -> str:
+    """What a device is, in a few words (for "not a serial port" errors)."""
+    d = dev.descriptor
+    classes: List[str] = []
+    for cfg in dev.configurations:
+        for group in cfg.interfaces:
+            if group:
+                name = _CLASS_NAMES.get(group[0].bInterfaceClass, f"class 0x{group[0].bInterfaceClass:02x}")
+                if name not in classes:
+                    classes.append(name)
+    what = ", ".join(classes) or "no interfaces"
+    return f"{d.idVendor:04x}:{d.idProduct:04x} with {what} interfaces"
+
+
+def pick_driver(dev: Device, interface: Optional[int] = None) -> Driver:
+    """The driver for ``dev``'s serial function (the one whose first interface is ``interface``,
+    or the first found).
+
+    Raises:
+        NotSerialError: no serial function (the message says what the device is).
+    """
+    for cfg in dev.configurations:
+        functions = _acm_functions(cfg)
+        for comm, data in functions:
+            if interface is not None and interface not in (comm.bInterfaceNumber, data.bInterfaceNumber):
+                continue
+            ep_in, ep_out, _ = _endpoints(data)
+            _, _, notify = _endpoints(comm)
+            if ep_in is None or ep_out is None:
+                continue
+            return CdcAcm(dev, cfg.bConfigurationValue, comm.bInterfaceNumber, data.bInterfaceNumber,
+                          ep_in, ep_out, notify)
+        if functions and interface is not None:
+            numbers = ", ".join(str(c.bInterfaceNumber) for c, _ in functions)
+            raise NotSerialError(f"{dev.name} has no serial port on interface {interface} "
+                                 f"(CDC-ACM on interface {numbers})")
+    raise NotSerialError(f"{dev.name} is not a serial port this handler drives: it is "
+                         f"{describe_device(dev)} (drivers: CDC-ACM)")
+
+
+__all__: Sequence[str] = ["Driver", "CdcAcm", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
+                          "describe_device"]

@@ -1,0 +1,441 @@
+"""pyserial's ``Serial`` for ``usbip://`` URLs: a USB serial device on a USB/IP server.
+
+``serial.serial_for_url("usbip://192.168.1.20/1-2", timeout=1)`` after ``import usbip_backend``
+(which registers the handler with pyserial).
+
+The SerialBase contract, as pyserial 3.5 and esptool rely on it:
+
+* DTR and RTS: every assignment sends one request carrying both lines, and returns once the
+  device has it, so a sequence of assignments reaches the device in order (esptool's USB-JTAG
+  reset must never pass through DTR=0, RTS=0 on its way). The port opens with both asserted
+  unless ``dsrdtr`` / ``rtscts`` say otherwise, as a tty does.
+* Line coding goes out only when baud rate, byte size, parity or stop bits changed: pyserial calls
+  ``_reconfigure_port`` on every ``timeout`` assignment, and esptool sets timeouts per command.
+* Reading: a window of bulk IN URBs stays in flight in the background (16, as Linux's cdc-acm), so
+  ``in_waiting`` sees data as it arrives and no byte is lost or reordered; ``read(n)`` honours
+  ``timeout`` (None waits for n bytes, 0 returns what is there, else at most that long). The
+  input buffer is bounded (``MAX_BUFFER``): beyond it the window stops asking the device, which
+  then holds its data, until ``read`` makes room.
+* Writing: ``write`` returns once the device has taken everything (so ``flush`` has nothing to
+  wait for); ``write_timeout`` bounds it, and a write cut short raises
+  ``SerialTimeoutException`` whose ``written`` says how much went; a write of a whole number of
+  max-size packets ends with a zero-length packet.
+* ``fileno()`` raises ``OSError(ENOTTY)``: there is no file descriptor (esptool then falls back
+  from its ioctl-based reset). A closed port can be opened again.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from typing import Any, List, Optional
+
+import serial
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException, SerialTimeoutException, Timeout
+
+from .. import protocol as P
+from ..client import list_devices
+from ..device import Device, open_device
+from ..engine import Urb
+from ..errors import ImportRefusedError, UrbCancelledError, UsbipError, UsbipTimeoutError
+from .drivers import Driver, LineCoding, NotSerialError, pick_driver
+from .url import SerialUrl, parse_url
+
+_BULK = P.TransferType.BULK
+_INTERRUPT = P.TransferType.INTERRUPT
+_log = logging.getLogger("usbip_backend.serial")
+#: URBs a write keeps in flight (as the device layer's OUT window).
+WRITE_WINDOW = 8
+#: Most bytes one OUT URB carries.
+WRITE_CHUNK = 4096
+#: How long closing waits for each cancelled URB.
+CANCEL_WAIT = 1.0
+
+
+class Serial(SerialBase):
+    """A serial port on a USB/IP server (see the module docstring)."""
+
+    BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
+                 921600, 1000000, 1500000, 2000000, 3000000)
+    #: Most bytes kept in the input buffer before the IN window pauses.
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._dev: Optional[Device] = None
+        self._driver: Optional[Driver] = None
+        self._url: Optional[SerialUrl] = None
+        self._rx = bytearray()
+        self._cond = threading.Condition()
+        self._reads: List[Urb] = []
+        self._paused: List[bytearray] = []  # IN slots not resubmitted while the buffer is full
+        self._notify: Optional[Urb] = None
+        self._failure: Optional[BaseException] = None
+        self._closing = False
+        self._cancel_read = False
+        self._cancel_write = False
+        self._writes: List[Urb] = []
+        self._line: Optional[LineCoding] = None
+        self.logger: Optional[logging.Logger] = None
+        super().__init__(*args, **kwargs)
+
+    # -- opening ------------------------------------------------------------------------------------
+    def open(self) -> None:
+        if self.is_open:
+            raise SerialException("Port is already open.")
+        if self._port is None:
+            raise SerialException("Port must be configured before it can be used.")
+        url = self.from_url(self._port)
+        dev = self._import(url)
+        try:
+            driver = pick_driver(dev, url.interface)
+            driver.start(url.timeout)
+        except NotSerialError as exc:
+            dev.close()
+            raise SerialException(str(exc)) from None
+        except BaseException:
+            dev.close()
+            raise
+        self._dev, self._driver, self._url = dev, driver, url
+        self._rx.clear()
+        self._failure = None
+        self._closing = self._cancel_read = self._cancel_write = False
+        self._line = None
+        self.is_open = True
+        try:
+            self._reconfigure_port()
+            if not self._dsrdtr:
+                self._update_dtr_state()
+            if not self._rtscts:
+                self._update_rts_state()
+            self._start_reading()
+        except BaseException:
+            self.close()
+            raise
+
+    def from_url(self, url: str) -> SerialUrl:
+        """Parse the URL and apply its options (``baudrate``, ``logging``)."""
+        try:
+            parsed = parse_url(url)
+        except ValueError as exc:
+            raise SerialException(str(exc)) from None
+        if parsed.logging:
+            logging.basicConfig()
+            self.logger = logging.getLogger("pySerial.usbip")
+            self.logger.setLevel(getattr(logging, parsed.logging.upper()))
+        if parsed.baudrate is not None:
+            self._baudrate = parsed.baudrate
+        return parsed
+
+    def _import(self, url: SerialUrl) -> Device:
+        where = url.where
+        busid = url.busid
+        try:
+            if busid is None:
+                records = [r for r in list_devices(url.host, url.port, timeout=url.timeout)
+                           if r.idVendor == url.vid and r.idProduct == url.pid]
+                if not records:
+                    raise SerialException(f"no device {url.device} is free on {where} (a device another "
+                                          "client has imported is not listed)")
+                if len(records) > 1:
+                    raise SerialException(f"{len(records)} devices {url.device} on {where} "
+                                          f"({', '.join(r.busid for r in records)}): give the busid instead")
+                busid = records[0].busid
+            return open_device(url.host, url.port, busid, timeout=url.timeout)
+        except ImportRefusedError as exc:
+            if exc.status == P.Status.ST_DEV_BUSY:
+                raise SerialException(f"device {busid} on {where} is busy: another client has imported "
+                                      "it; release it there and retry") from None
+            if exc.status == P.Status.ST_NODEV:
+                raise SerialException(f"no device with busid {busid} on {where}") from None
+            raise SerialException(str(exc)) from None
+        except UsbipError as exc:
+            raise SerialException(f"cannot open usbip://{where}/{busid or url.device}: {exc}") from None
+
+    # -- the IN window --------------------------------------------------------------------------------
+    def _start_reading(self) -> None:
+        driver = self._driver
+        assert driver is not None
+        for _ in range(driver.read_urbs):
+            self._submit_read(bytearray(driver.read_size))
+        if driver.notify_ep is not None and driver.notify_size:
+            self._submit_notify(bytearray(driver.notify_size))
+
+    def _submit_read(self, buf: bytearray) -> None:
+        dev, driver = self._dev, self._driver
+        assert dev is not None and driver is not None
+        try:
+            urb = dev.conn.submit(_BULK, driver.ep_in, buffer=buf, block=False,
+                                  callback=lambda u: self._read_done(u, buf))
+        except UsbipError as exc:
+            self._fail(exc)
+            return
+        self._reads.append(urb)
+
+    def _read_done(self, urb: Urb, buf: bytearray) -> None:
+        """A bulk IN URB ended (on the engine's thread): keep its bytes, ask again."""
+        driver = self._driver
+        with self._cond:
+            try:
+                self._reads.remove(urb)
+            except ValueError:
+                pass
+            if urb.status == 0:
+                if urb.actual_length and driver is not None:
+                    self._rx += driver.strip(memoryview(buf)[:urb.actual_length])
+                    self._cond.notify_all()
+            elif not self._closing:
+                self._failure = urb.exception()
+                self._cond.notify_all()
+                return
+            if self._closing or self._failure is not None:
+                return
+            if len(self._rx) >= self.MAX_BUFFER:
+                self._paused.append(buf)
+                return
+        self._submit_read(buf)
+
+    def _resume_reading(self) -> None:
+        """Called under the lock after read() took bytes: resubmit paused slots."""
+        if self._paused and len(self._rx) < self.MAX_BUFFER // 2 and not self._closing:
+            slots, self._paused = self._paused, []
+            for buf in slots:
+                self._submit_read(buf)
+
+    def _submit_notify(self, buf: bytearray) -> None:
+        dev, driver = self._dev, self._driver
+        assert dev is not None and driver is not None and driver.notify_ep is not None
+        interval = dev.interval(_INTERRUPT, dev.endpoint(driver.notify_ep))
+        try:
+            self._notify = dev.conn.submit(_INTERRUPT, driver.notify_ep, buffer=buf, interval=interval,
+                                           block=False, callback=lambda u: self._notify_done(u, buf))
+        except UsbipError as exc:
+            self._fail(exc)
+
+    def _notify_done(self, urb: Urb, buf: bytearray) -> None:
+        driver = self._driver
+        if urb.status == 0 and driver is not None:
+            driver.notification(bytes(buf[:urb.actual_length]))
+        elif urb.status != 0:
+            return  # cancelled at close, or the device went away (the bulk reads say so)
+        if not self._closing:
+            self._submit_notify(buf)
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._failure is None and not self._closing:
+                self._failure = exc
+            self._cond.notify_all()
+
+    def _raise_failure(self) -> None:
+        exc = self._failure
+        if exc is not None:
+            raise SerialException(f"{self._where()}: the device stopped answering: {exc}") from exc
+
+    def _where(self) -> str:
+        return self._port or "usbip://"
+
+    # -- closing --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self.is_open:
+            return
+        self.is_open = False
+        with self._cond:
+            self._closing = True
+            pending = list(self._reads) + list(self._writes)
+            self._cond.notify_all()
+        if self._notify is not None:
+            pending.append(self._notify)
+        for urb in pending:
+            urb.cancel()
+        for urb in pending:
+            try:
+                urb.wait(CANCEL_WAIT)
+            except UsbipError:
+                pass
+        dev, self._dev, self._driver = self._dev, None, None
+        self._reads, self._writes, self._paused, self._notify = [], [], [], None
+        if dev is not None:
+            dev.close()
+
+    def fileno(self) -> int:
+        raise OSError(errno.ENOTTY, "a usbip:// port has no file descriptor")
+
+    # -- settings -------------------------------------------------------------------------------------
+    def _reconfigure_port(self, force: bool = False) -> None:
+        if not self.is_open or self._driver is None:
+            return
+        if not isinstance(self._baudrate, int) or not 0 < self._baudrate < 2 ** 32:
+            raise ValueError(f"invalid baudrate: {self._baudrate!r}")
+        coding = LineCoding(self._baudrate, self._bytesize, self._parity, self._stopbits)
+        if coding == self._line and not force:
+            return
+        self._control(lambda d, t: d.set_line_coding(coding, t), "line coding")
+        self._line = coding
+
+    def _control(self, fn: Any, what: str) -> None:
+        driver, url = self._driver, self._url
+        if driver is None or url is None:
+            raise PortNotOpenError()
+        try:
+            fn(driver, url.timeout)
+        except ValueError as exc:
+            raise SerialException(f"{what}: {exc}") from None
+        except UsbipError as exc:
+            raise SerialException(f"{self._where()}: setting {what} failed: {exc}") from exc
+        if self.logger:
+            self.logger.info("%s set", what)
+
+    def _update_dtr_state(self) -> None:
+        if self.is_open:
+            self._control(lambda d, t: d.set_lines(self._dtr_state, self._rts_state, t), "DTR/RTS")
+
+    def _update_rts_state(self) -> None:
+        if self.is_open:
+            self._control(lambda d, t: d.set_lines(self._dtr_state, self._rts_state, t), "DTR/RTS")
+
+    def _update_break_state(self) -> None:
+        if self.is_open:
+            self._control(lambda d, t: d.set_break(self._break_state, t), "break")
+
+    def _modem(self) -> Any:
+        driver, url = self._driver, self._url
+        if driver is None or url is None:
+            raise PortNotOpenError()
+        return driver.modem_status(url.timeout)
+
+    @property
+    def cts(self) -> bool:
+        return bool(self._modem().cts)
+
+    @property
+    def dsr(self) -> bool:
+        return bool(self._modem().dsr)
+
+    @property
+    def ri(self) -> bool:
+        return bool(self._modem().ri)
+
+    @property
+    def cd(self) -> bool:
+        return bool(self._modem().cd)
+
+    # -- reading --------------------------------------------------------------------------------------
+    @property
+    def in_waiting(self) -> int:
+        if not self.is_open:
+            raise PortNotOpenError()
+        return len(self._rx)
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.is_open:
+            raise PortNotOpenError()
+        if size <= 0:
+            return b""
+        timeout = Timeout(self._timeout)
+        with self._cond:
+            self._cancel_read = False
+            while len(self._rx) < size:
+                if self._failure is not None and not self._rx:
+                    self._raise_failure()
+                if self._cancel_read or timeout.expired() or self._failure is not None or not self.is_open:
+                    break
+                self._cond.wait(None if timeout.is_infinite else timeout.time_left())
+            data = bytes(self._rx[:size])
+            del self._rx[:size]
+            self._resume_reading()
+        return data
+
+    def cancel_read(self) -> None:
+        with self._cond:
+            self._cancel_read = True
+            self._cond.notify_all()
+
+    def reset_input_buffer(self) -> None:
+        if not self.is_open:
+            raise PortNotOpenError()
+        with self._cond:
+            self._rx.clear()
+            self._resume_reading()
+
+    # -- writing --------------------------------------------------------------------------------------
+    @property
+    def out_waiting(self) -> int:
+        return 0  # a write returns once the device has taken it
+
+    def write(self, data: Any) -> int:
+        if not self.is_open:
+            raise PortNotOpenError()
+        payload = serial.to_bytes(data)
+        if not payload:
+            return 0
+        dev, driver = self._dev, self._driver
+        assert dev is not None and driver is not None
+        self._cancel_write = False
+        timeout = Timeout(self._write_timeout)
+        view = memoryview(payload)
+        chunk = max(driver.out_packet, WRITE_CHUNK // max(driver.out_packet, 1) * driver.out_packet)
+        pieces = [view[i:i + chunk] for i in range(0, len(view), chunk)]
+        if len(payload) % driver.out_packet == 0:
+            pieces.append(view[:0])  # a zero-length packet ends a transfer of whole packets
+        written = 0
+        flight: List[Urb] = []
+        try:
+            while pieces or flight:
+                while pieces and len(flight) < WRITE_WINDOW:
+                    urb = dev.conn.submit(_BULK, driver.ep_out, data=pieces.pop(0))
+                    flight.append(urb)
+                    with self._cond:
+                        self._writes.append(urb)
+                head = flight[0]
+                left = None if timeout.is_infinite else timeout.time_left()
+                if (left is not None and left <= 0) or self._cancel_write:
+                    break
+                try:
+                    head.wait(left)  # at the deadline the engine unlinks it; what went is counted
+                except (UsbipTimeoutError, UrbCancelledError):
+                    flight.pop(0)
+                    written += head.actual_length
+                    break
+                flight.pop(0)
+                written += head.actual_length
+        except UsbipError as exc:
+            raise SerialException(f"{self._where()}: write failed: {exc}") from exc
+        finally:
+            for urb in flight:
+                urb.cancel()
+            for urb in flight:
+                try:
+                    urb.wait(CANCEL_WAIT)
+                except UsbipError:
+                    pass
+                if urb.status == 0:
+                    written += urb.actual_length
+            with self._cond:
+                self._writes = [u for u in self._writes if not u.done()]
+        if written < len(payload):
+            exc = SerialTimeoutException(f"Write timeout: {written} of {len(payload)} bytes written")
+            exc.written = written  # type: ignore[attr-defined]
+            raise exc
+        return written
+
+    def flush(self) -> None:
+        if not self.is_open:
+            raise PortNotOpenError()
+
+    def cancel_write(self) -> None:
+        self._cancel_write = True
+        with self._cond:
+            writes = list(self._writes)
+        for urb in writes:
+            urb.cancel()
+
+    def reset_output_buffer(self) -> None:
+        if not self.is_open:
+            raise PortNotOpenError()
+        self.cancel_write()
+
+    # aliases pyserial 2 had (SerialBase provides inWaiting, setDTR, flushInput...)
+
+
+__all__ = ["Serial"]

@@ -1,0 +1,206 @@
+"""The pyserial ``usbip://`` handler against the virtual server's CDC-ACM echo (busid 1-2).
+
+Real pyserial calls (``serial.serial_for_url``) over real TCP to the virtual server; the virtual
+CDC-ACM device records the requests it gets (DTR/RTS states in order, line-coding requests,
+breaks), which is what the assertions look at.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import serial
+
+import usbip_backend  # noqa: F401  (registers usbip:// with pyserial)
+from usbip_backend.serialport import parse_url
+from usbip_backend.sim import SimServer
+from usbip_backend.sim.devices import stock_devices
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def server():
+    with SimServer(stock_devices()) as srv:
+        yield srv
+
+
+def url(srv, target="1-2", query=""):
+    return f"usbip://127.0.0.1:{srv.port}/{target}{query}"
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.001)  # polls a condition the server's thread makes true, bounded
+
+
+# -- URLs ----------------------------------------------------------------------------------------------
+def test_url_forms():
+    u = parse_url("usbip://192.168.1.20/1-2")
+    assert (u.host, u.port, u.busid, u.vid) == ("192.168.1.20", 3240, "1-2", None)
+    u = parse_url("usbip://192.168.1.20:3241/303a:1001?interface=2&timeout=1.5&baudrate=115200")
+    assert (u.port, u.vid, u.pid, u.interface, u.timeout, u.baudrate) == (3241, 0x303A, 0x1001, 2, 1.5, 115200)
+    u = parse_url("usbip://[fe80::1]:3240/1-1.3?logging=debug")
+    assert (u.host, u.busid, u.logging, u.where) == ("fe80::1", "1-1.3", "debug", "[fe80::1]:3240")
+
+
+@pytest.mark.parametrize("bad, says", [
+    ("usbip://host", "no device"),
+    ("usbip:///1-1", "no host"),
+    ("usbip://host/abc", "neither a busid"),
+    ("usbip://host/1-1?colour=red", "unknown option"),
+    ("usbip://host:99999/1-1", "bad usbip:// URL"),
+    ("usbip://host/1-1?interface=x", "interface"),
+    ("socket://host/1-1", "not a usbip:// URL"),
+])
+def test_bad_urls_say_what_is_wrong(bad, says):
+    with pytest.raises(ValueError, match=says):
+        parse_url(bad)
+
+
+# -- the port --------------------------------------------------------------------------------------------
+def test_echo_through_serial_for_url(server):
+    acm = server.device("1-2")
+    with serial.serial_for_url(url(server, query="?baudrate=115200"), timeout=2) as ser:
+        assert acm.baudrate == 115200
+        assert acm.control_line_state == 3  # opened with DTR and RTS asserted, as a tty
+        ser.write(b"hello world")
+        assert ser.read(11) == b"hello world"
+        payload = bytes(range(256)) * 400  # 100 KiB: many URBs each way, order kept
+        assert ser.write(payload) == len(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = ser.read(len(payload) - len(got))
+            assert chunk, "timed out"
+            got += chunk
+        assert bytes(got) == payload
+
+
+def test_by_vid_pid_and_reopen_of_the_same_instance(server):
+    ser = serial.serial_for_url(url(server, "1209:0002"), timeout=2)
+    ser.write(b"one")
+    assert ser.read(3) == b"one"
+    ser.close()
+    assert server.wait_free("1-2")
+    ser.open()  # esptool reopens the same instance after a reset
+    ser.write(b"two")
+    assert ser.read(3) == b"two"
+    ser.close()
+
+
+def test_read_timeouts(server):
+    with serial.serial_for_url(url(server), timeout=0) as ser:
+        assert ser.read(5) == b""  # non-blocking
+        ser.timeout = 0.2
+        t0 = time.monotonic()
+        assert ser.read(5) == b""
+        assert time.monotonic() - t0 >= 0.2
+        ser.write(b"ab")
+        wait_for(lambda: ser.in_waiting == 2)
+        assert ser.read(5) == b"ab"  # what came within the timeout
+        ser.write(b"line\nrest")
+        assert ser.read_until(b"\n") == b"line\n"
+        ser.reset_input_buffer()
+        assert ser.in_waiting == 0
+
+
+def test_dtr_rts_changes_reach_the_device_in_order(server):
+    """esptool's USB-JTAG reset, as (DTR, RTS) after open's (1, 1): it must never pass through
+    (0, 0) between (1, 0) and (0, 1)."""
+    acm = server.device("1-2")
+    with serial.serial_for_url(url(server)) as ser:
+        start = len(acm.line_state_history)
+        sequence = []
+        ser.rts = False
+        sequence.append((1, 0))
+        ser.dtr = False
+        sequence.append((0, 0))
+        ser.dtr = True
+        sequence.append((1, 0))
+        ser.rts = True
+        sequence.append((1, 1))
+        ser.dtr = False
+        sequence.append((0, 1))
+        ser.rts = False
+        sequence.append((0, 0))
+        assert acm.line_state_history[start:] == sequence  # one request per assignment, both bits
+        assert acm.line_state_history[:start] == [(1, 1), (1, 1)]
+
+
+def test_line_coding_only_when_it_changes(server):
+    acm = server.device("1-2")
+    with serial.serial_for_url(url(server), baudrate=115200) as ser:
+        first = acm.line_coding_requests
+        for t in (0.1, 0.5, 1, 3, None):  # esptool sets a timeout per command
+            ser.timeout = t
+        assert acm.line_coding_requests == first
+        ser.baudrate = 460800
+        ser.parity = serial.PARITY_EVEN
+        ser.stopbits = serial.STOPBITS_TWO
+        assert acm.line_coding_requests == first + 3
+        assert struct.unpack("<IBBB", acm.line_coding) == (460800, 2, 2, 8)
+
+
+def test_modem_inputs_and_break(server):
+    acm = server.device("1-2")
+    with serial.serial_for_url(url(server)) as ser:
+        wait_for(lambda: ser.dsr and ser.cd)  # the device reports DCD + DSR once DTR is up
+        assert ser.cts and not ser.ri
+        ser.break_condition = True
+        ser.break_condition = False
+        assert acm.breaks == [0xFFFF, 0]
+
+
+def test_fileno_raises_enotty_and_aliases_work(server):
+    with serial.serial_for_url(url(server), timeout=1) as ser:
+        with pytest.raises(OSError) as info:
+            ser.fileno()
+        assert info.value.errno == errno.ENOTTY
+        ser.write(b"x")
+        wait_for(lambda: ser.inWaiting() == 1)
+        ser.flushInput()
+        ser.setDTR(True)
+        assert ser.in_waiting == 0
+
+
+def test_errors_say_what_is_there(server):
+    with pytest.raises(serial.SerialException, match="not a serial port.*1209:0001 with vendor-specific"):
+        serial.serial_for_url(url(server, "1-1"))
+    with pytest.raises(serial.SerialException, match="no device with busid 9-9"):
+        serial.serial_for_url(url(server, "9-9"))
+    with pytest.raises(serial.SerialException, match="no device 1234:5678 is free"):
+        serial.serial_for_url(url(server, "1234:5678"))
+    with serial.serial_for_url(url(server)):
+        with pytest.raises(serial.SerialException, match="busy"):
+            serial.serial_for_url(url(server))
+    with pytest.raises(serial.SerialException, match="unknown option"):
+        serial.serial_for_url(url(server, query="?speed=fast"))
+
+
+def test_a_server_that_goes_away_fails_the_read(server):
+    ser = serial.serial_for_url(url(server), timeout=5)
+    try:
+        server.stop()
+        with pytest.raises(serial.SerialException, match="stopped answering"):
+            ser.read(1)
+    finally:
+        ser.close()
+
+
+def test_registration_needs_no_code_in_a_fresh_interpreter():
+    """``import usbip_backend`` before or after pyserial: serial_for_url knows usbip:// either way
+    (the URL's server does not exist: the error must come from our handler, not 'unknown')."""
+    for order in ("import usbip_backend, serial", "import serial, usbip_backend"):
+        code = (f"{order}\ntry:\n    serial.serial_for_url('usbip://127.0.0.1:1/1-1')\n"
+                "except serial.SerialException as e:\n    print(e)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                             env={"PYTHONPATH": f"{ROOT}/src"}).stdout
+        assert "cannot open usbip://127.0.0.1:1/1-1" in out, out
