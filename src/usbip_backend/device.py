@@ -20,7 +20,7 @@ import logging
 import re
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from . import protocol as P
 from .descriptors import (
@@ -29,7 +29,7 @@ from .descriptors import (
     ss_bytes_per_interval,
 )
 from .engine import Connection, Urb, flat
-from .errors import NotFoundError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError
+from .errors import ImportRefusedError, NotFoundError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError
 
 _log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ DT_DEVICE, DT_CONFIG = 1, 2
 OUT_WINDOW = 8
 #: How long cleaning up after a failed split transfer may wait for each cancelled chunk.
 CANCEL_WAIT = 1.0
+#: How long after giving an import back an import of the same device retries ST_DEV_BUSY: a
+#: server frees the device a moment after it sees the connection close, not at once.
+REIMPORT_WINDOW = 2.0
+_T = TypeVar("_T")
 
 _CONTROL = P.TransferType.CONTROL
 _BULK = P.TransferType.BULK
@@ -463,6 +467,22 @@ def cancel_all(urbs: Sequence[Urb], wait: float = CANCEL_WAIT) -> None:
             urb.wait(wait)
         except UsbipError:
             pass
+
+
+def retry_busy_after_release(fn: Callable[[], _T], released: Optional[float],
+                             window: float = REIMPORT_WINDOW) -> _T:
+    """``fn()`` (an import); while it is refused ST_DEV_BUSY within ``window`` seconds of our own
+    release at ``released`` (time.monotonic()), try again with a short back-off."""
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except ImportRefusedError as exc:
+            if (exc.status != P.Status.ST_DEV_BUSY or released is None
+                    or time.monotonic() - released + delay > window):
+                raise
+        time.sleep(delay)  # back-off while the server finishes our release
+        delay = min(delay * 2, 0.1)
 
 
 def open_device(host: str, port: int, busid: str, *, timeout: Optional[float] = 5.0,

@@ -29,14 +29,16 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from typing import Any, List, Optional
+import time
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
 
 import serial
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException, SerialTimeoutException, Timeout
 
 from .. import protocol as P
 from ..client import list_devices
-from ..device import Device, open_device
+from ..device import Device, open_device, retry_busy_after_release
 from ..engine import Urb
 from ..errors import ImportRefusedError, UrbCancelledError, UsbipError, UsbipTimeoutError
 from .drivers import Driver, LineCoding, NotSerialError, pick_driver
@@ -51,6 +53,21 @@ WRITE_WINDOW = 8
 WRITE_CHUNK = 4096
 #: How long closing waits for each cancelled URB.
 CANCEL_WAIT = 1.0
+#: (host, port, busid) -> when this process last gave that import back (see REIMPORT_WINDOW):
+#: a port closed and opened again (esptool, pyserial's tests) finds the server still freeing it.
+_released: Dict[Tuple[str, int, str], float] = {}
+
+
+def _weak(port: "Serial", method: str, buf: bytearray) -> Any:
+    """A done callback that does not keep the port alive: a port nobody holds any more is
+    collected, and io's finaliser closes it (giving the import back), as a tty's fd is closed."""
+    ref = weakref.ref(port)
+
+    def done(urb: Urb) -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, method)(urb, buf)
+    return done
 
 
 class Serial(SerialBase):
@@ -141,7 +158,9 @@ class Serial(SerialBase):
                     raise SerialException(f"{len(records)} devices {url.device} on {where} "
                                           f"({', '.join(r.busid for r in records)}): give the busid instead")
                 busid = records[0].busid
-            return open_device(url.host, url.port, busid, timeout=url.timeout)
+            key = (url.host, url.port, busid)
+            return retry_busy_after_release(
+                lambda: open_device(url.host, url.port, key[2], timeout=url.timeout), _released.get(key))
         except ImportRefusedError as exc:
             if exc.status == P.Status.ST_DEV_BUSY:
                 raise SerialException(f"device {busid} on {where} is busy: another client has imported "
@@ -166,7 +185,7 @@ class Serial(SerialBase):
         assert dev is not None and driver is not None
         try:
             urb = dev.conn.submit(_BULK, driver.ep_in, buffer=buf, block=False,
-                                  callback=lambda u: self._read_done(u, buf))
+                                  callback=_weak(self, "_read_done", buf))
         except UsbipError as exc:
             self._fail(exc)
             return
@@ -208,7 +227,7 @@ class Serial(SerialBase):
         interval = dev.interval(_INTERRUPT, dev.endpoint(driver.notify_ep))
         try:
             self._notify = dev.conn.submit(_INTERRUPT, driver.notify_ep, buffer=buf, interval=interval,
-                                           block=False, callback=lambda u: self._notify_done(u, buf))
+                                           block=False, callback=_weak(self, "_notify_done", buf))
         except UsbipError as exc:
             self._fail(exc)
 
@@ -257,6 +276,12 @@ class Serial(SerialBase):
         self._reads, self._writes, self._paused, self._notify = [], [], [], None
         if dev is not None:
             dev.close()
+            url = self._url
+            if url is not None:
+                now = time.monotonic()
+                for key in [k for k, t in _released.items() if now - t > 60]:
+                    del _released[key]
+                _released[(url.host, url.port, dev.busid)] = now
 
     def fileno(self) -> int:
         raise OSError(errno.ENOTTY, "a usbip:// port has no file descriptor")

@@ -28,9 +28,12 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, NoReturn, Optiona
 from .. import protocol as P
 from ..client import list_devices, socket_timeout
 from ..descriptors import DeviceDescriptor, EndpointDescriptor, endpoint_max_packet
-from ..device import Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, seconds
+from ..device import (
+    Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, retry_busy_after_release,
+    seconds,
+)
 from ..engine import flat
-from ..errors import ImportRefusedError, UsbipError
+from ..errors import UsbipError
 from ..hooks import UrbHook
 from . import _constants as C
 from ._descriptors import USBConfiguration, USBInterfaceSetting, iter_settings
@@ -47,10 +50,6 @@ _HANDLE_EVENTS_TIMEOUT = 60.0
 _PUMP_SLICE = 0.02
 #: "Some devices choke on size > 255" (libusb, descriptor.c).
 _STRING_LENGTH = 255
-#: A server frees an import only once it has seen the connection close (Linux's stub and ours
-#: alike), so an import right after our own release may find the device still "busy": for this
-#: long after a release, ST_DEV_BUSY is retried.
-_REIMPORT_WINDOW = 2.0
 
 
 class _ReleaseInterface:
@@ -374,18 +373,9 @@ class USBDevice:
             dev = self._dev
             if dev is not None and dev.alive:
                 return dev
-            delay = 0.005
-            while True:
-                try:
-                    self._dev = dev = self._context._import(self._record.busid)
-                    return dev
-                except ImportRefusedError as exc:
-                    released = self._released
-                    if (exc.status != P.Status.ST_DEV_BUSY or released is None
-                            or time.monotonic() - released + delay > _REIMPORT_WINDOW):
-                        raise
-                time.sleep(delay)  # back-off while the server finishes our release
-                delay = min(delay * 2, 0.1)
+            busid = self._record.busid
+            self._dev = dev = retry_busy_after_release(lambda: self._context._import(busid), self._released)
+            return dev
 
     def _release(self) -> None:
         """Give the import back to the server's other clients (it is exclusive)."""
