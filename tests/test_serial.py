@@ -204,3 +204,43 @@ def test_registration_needs_no_code_in_a_fresh_interpreter():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                              env={"PYTHONPATH": f"{ROOT}/src"}).stdout
         assert "cannot open usbip://127.0.0.1:1/1-1" in out, out
+
+
+# -- CP210x --------------------------------------------------------------------------------------------
+@pytest.fixture
+def cp_server():
+    with SimServer(stock_devices(["cp210x"])) as srv:
+        yield srv
+
+
+def test_cp210x_echo_lines_and_line_coding(cp_server):
+    cp = cp_server.device("1-1")
+    with serial.serial_for_url(url(cp_server, "10c4:ea60", "?baudrate=115200"), timeout=2) as ser:
+        assert cp.enabled and cp.baudrate == 115200 and cp.line_ctl == 0x0800  # IFC_ENABLE, 8N1
+        assert (cp.dtr, cp.rts) == (True, True)
+        payload = bytes(range(256)) * 64
+        ser.write(payload)
+        got = bytearray()
+        while len(got) < len(payload):
+            chunk = ser.read(len(payload) - len(got))
+            assert chunk, "timed out"
+            got += chunk
+        assert bytes(got) == payload
+        start = len(cp.line_state_history)
+        ser.dtr = False  # the classic EN/IO0 reset: (0, 1), (1, 0), (0, 0)
+        ser.rts = True
+        ser.dtr = True
+        ser.rts = False
+        ser.dtr = False
+        assert cp.line_state_history[start:] == [(0, 1), (0, 1), (1, 1), (1, 0), (0, 0)]
+        ser.dtr = True
+        ser.rts = True
+        assert ser.cts and ser.dsr and ser.cd and not ser.ri  # GET_MDMSTS
+        requests = cp.line_coding_requests
+        ser.timeout = 0.5
+        assert cp.line_coding_requests == requests
+        ser.parity = serial.PARITY_ODD
+        assert cp.line_ctl == 0x0810
+        ser.break_condition = True
+        ser.break_condition = False
+        assert cp.breaks == [1, 0]

@@ -1,5 +1,6 @@
 """pyserial's own test suite (the ``test/`` folder of its 3.5 sdist) through ``usbip://`` on the
-virtual server's CDC-ACM echo.
+virtual server's CDC-ACM echo and its CP2102 (whose modem inputs follow DTR/RTS as a loopback
+cable wires them).
 
 Expected to fail, and only these: the tests that need wiring an echo cannot have (RTS looped to
 CTS, DTR to DSR, XON/XOFF flow control in test_WriteTimeout) and test_cancel's cancel_write
@@ -41,12 +42,22 @@ def pyserial_tests(tmp_path_factory):
     return where / "pyserial-3.5" / "test"
 
 
+@pytest.fixture(scope="module")
+def serial_server():
+    from conftest import start_sim_process, stop_sim_process
+
+    proc, port = start_sim_process("--devices", "acm,cp210x")  # 1-1 CDC-ACM, 1-2 CP2102
+    yield "127.0.0.1", port
+    stop_sim_process(proc)
+
+
 @pytest.mark.timeout(300)
-def test_pyserial_suite_through_usbip(pyserial_tests, fresh_sim_server):
-    host, port = fresh_sim_server
+@pytest.mark.parametrize("busid", ["1-1", "1-2"], ids=["cdc-acm", "cp210x"])
+def test_pyserial_suite_through_usbip(pyserial_tests, serial_server, busid):
+    host, port = serial_server
     runner = ("import sys, runpy, usbip_backend\n"
               "sys.path.insert(0, '.')\n"
-              f"sys.argv = ['run_all_tests.py', 'usbip://{host}:{port}/1-2', '-v']\n"
+              f"sys.argv = ['run_all_tests.py', 'usbip://{host}:{port}/{busid}', '-v']\n"
               "runpy.run_path('run_all_tests.py', run_name='__main__')\n")
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     done = subprocess.run([sys.executable, "-c", runner], cwd=pyserial_tests, capture_output=True, text=True,

@@ -7,6 +7,10 @@ on the device layer (:class:`~usbip_backend.device.Device`), without pyserial.
 CDC-ACM (USB CDC PSTN subclass 1.2): class requests to the communication interface,
 SERIAL_STATE notifications on its interrupt IN endpoint, data on the data interface's bulk pair.
 This covers the ESP32-S2/S3/C3/C6 USB-Serial-JTAG (303a:1001) and TinyUSB's CDC.
+
+CP210x (Silicon Labs, on many ESP32 DevKits): vendor requests to the interface (IFC_ENABLE at
+open, SET_BAUDRATE + SET_LINE_CTL, SET_MHS for DTR/RTS with their mask bits, GET_MDMSTS for the
+modem inputs, SET_BREAK), as Linux's drivers/usb/serial/cp210x.c sends them.
 """
 
 from __future__ import annotations
@@ -143,6 +147,50 @@ class CdcAcm(Driver):
             self.status = data[8] | data[9] << 8
 
 
+class Cp210x(Driver):
+    """Silicon Labs CP210x (cp210x.c in Linux): vendor requests to the interface."""
+
+    kind = "CP210x"
+    IFC_ENABLE, SET_LINE_CTL, SET_BREAK, SET_MHS, GET_MDMSTS, SET_BAUDRATE = 0x00, 0x03, 0x05, 0x07, 0x08, 0x1E
+    UART_ENABLE = 0x0001
+    CONTROL_DTR, CONTROL_RTS, CONTROL_WRITE_DTR, CONTROL_WRITE_RTS = 0x0001, 0x0002, 0x0100, 0x0200
+    _STOP = {1: 0, 1.5: 1, 2: 2}
+
+    def _out(self, request: int, value: int, data: Optional[bytes], timeout: Optional[float]) -> None:
+        self.dev.control(0x41, request, value, self.control_interface, memoryview(data) if data else None, timeout)
+
+    def start(self, timeout: Optional[float]) -> None:
+        super().start(timeout)
+        self._out(self.IFC_ENABLE, self.UART_ENABLE, None, timeout)
+
+    def set_line_coding(self, coding: LineCoding, timeout: Optional[float]) -> None:
+        try:
+            stop = self._STOP[coding.stopbits]
+            parity = _PARITY[coding.parity]
+        except KeyError:
+            raise ValueError(f"CP210x cannot do stopbits {coding.stopbits} parity {coding.parity}") from None
+        self._out(self.SET_BAUDRATE, 0, struct.pack("<I", coding.baudrate), timeout)
+        self._out(self.SET_LINE_CTL, stop | parity << 4 | coding.bytesize << 8, None, timeout)
+
+    def set_lines(self, dtr: bool, rts: bool, timeout: Optional[float]) -> None:
+        value = self.CONTROL_WRITE_DTR | self.CONTROL_WRITE_RTS
+        value |= (self.CONTROL_DTR if dtr else 0) | (self.CONTROL_RTS if rts else 0)
+        self._out(self.SET_MHS, value, None, timeout)
+
+    def set_break(self, on: bool, timeout: Optional[float]) -> None:
+        self._out(self.SET_BREAK, 1 if on else 0, None, timeout)
+
+    def modem_status(self, timeout: Optional[float]) -> ModemStatus:
+        buf = bytearray(1)
+        n = self.dev.control(0xC1, self.GET_MDMSTS, 0, self.control_interface, memoryview(buf), timeout)
+        bits = buf[0] if n else 0
+        return ModemStatus(cts=bool(bits & 0x10), dsr=bool(bits & 0x20), ri=bool(bits & 0x40), cd=bool(bits & 0x80))
+
+
+#: (VID, PID) of CP210x bridges (Linux's cp210x.c id_table, the common ones)
+CP210X_IDS = {(0x10C4, pid) for pid in (0xEA60, 0xEA61, 0xEA63, 0xEA70, 0xEA71, 0xEA7A, 0xEA7B)}
+
+
 def _endpoints(intf: InterfaceDescriptor) -> Tuple[Optional[EndpointDescriptor], Optional[EndpointDescriptor],
                                                     Optional[EndpointDescriptor]]:
     bulk_in = bulk_out = intr_in = None
@@ -223,9 +271,20 @@ def pick_driver(dev: Device, interface: Optional[int] = None) -> Driver:
             numbers = ", ".join(str(c.bInterfaceNumber) for c, _ in functions)
             raise NotSerialError(f"{dev.name} has no serial port on interface {interface} "
                                  f"(CDC-ACM on interface {numbers})")
+    d = dev.descriptor
+    if (d.idVendor, d.idProduct) in CP210X_IDS:
+        for cfg in dev.configurations:
+            for group in cfg.interfaces:
+                intf = group[0] if group else None
+                if intf is None or (interface is not None and intf.bInterfaceNumber != interface):
+                    continue
+                ep_in, ep_out, _ = _endpoints(intf)
+                if ep_in is not None and ep_out is not None:
+                    return Cp210x(dev, cfg.bConfigurationValue, intf.bInterfaceNumber, intf.bInterfaceNumber,
+                                  ep_in, ep_out, None)
     raise NotSerialError(f"{dev.name} is not a serial port this handler drives: it is "
-                         f"{describe_device(dev)} (drivers: CDC-ACM)")
+                         f"{describe_device(dev)} (drivers: CDC-ACM, CP210x)")
 
 
-__all__: Sequence[str] = ["Driver", "CdcAcm", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
+__all__: Sequence[str] = ["Driver", "CdcAcm", "Cp210x", "CP210X_IDS", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
                           "describe_device"]

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import List, Optional
 
-from .devices import STOCK, stock_devices
+from .devices import DEFAULT_DEVICES, STOCK, stock_devices
 from .server import UNLINK_BEHAVIOURS, SimServer
 
 
@@ -18,8 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Virtual USB/IP server with stock Python devices.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=3240, help="TCP port (default 3240; 0 = any free port)")
-    p.add_argument("--devices", default=",".join(STOCK),
-                   help=f"comma-separated stock devices (default {','.join(STOCK)})")
+    p.add_argument("--devices", default=",".join(DEFAULT_DEVICES),
+                   help=f"comma-separated stock devices: {', '.join(STOCK)} (default {','.join(DEFAULT_DEVICES)})")
     p.add_argument("--count", type=int, default=1,
                    help="copies of the device set, copy N on bus N (default 1)")
     p.add_argument("--unlink", choices=UNLINK_BEHAVIOURS, default="kernel",

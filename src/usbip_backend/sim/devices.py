@@ -222,6 +222,97 @@ class CdcAcmDevice(Device):
         return struct.unpack_from("<I", self.line_coding)[0]
 
 
+class Cp210xDevice(Device):
+    """A Silicon Labs CP2102 USB-UART bridge (10c4:ea60) that echoes, with its vendor protocol.
+
+    Vendor requests to interface 0 (0x41 out, 0xC1 in), as Linux's cp210x.c sends them:
+    IFC_ENABLE, SET_BAUDRATE (4 bytes), GET_BAUDRATE, SET_LINE_CTL, GET_LINE_CTL, SET_BREAK,
+    SET_MHS (DTR/RTS with their mask bits), GET_MDMSTS (1 byte: DTR 0x01, RTS 0x02, CTS 0x10,
+    DSR 0x20, RI 0x40, DCD 0x80; here CTS, DSR and DCD follow the host's lines as a loopback
+    cable would wire them), PURGE, SET_FLOW. Bulk OUT 0x01 echoes on bulk IN 0x81 (64-byte
+    packets, full speed) while the interface is enabled.
+    """
+
+    vid, pid = 0x10C4, 0xEA60
+    manufacturer = "Silicon Labs"
+    product = "CP2102 USB to UART Bridge Controller"
+    speed = Speed.FULL
+    interfaces = [Interface(0, cls=0xFF, name="CP2102 USB to UART Bridge Controller",
+                            endpoints=[Bulk(0x81, 64), Bulk(0x01, 64)])]
+    IFC_ENABLE, SET_LINE_CTL, GET_LINE_CTL, SET_BREAK = 0x00, 0x03, 0x04, 0x05
+    SET_MHS, GET_MDMSTS, PURGE, SET_FLOW, GET_BAUDRATE, SET_BAUDRATE = 0x07, 0x08, 0x12, 0x13, 0x1D, 0x1E
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.enabled = False
+        self.baudrate = 9600
+        self.line_ctl = 0x0800  # 8N1
+        self.dtr = self.rts = False
+        #: every SET_MHS that changed a line, in order: (DTR, RTS) as 0/1 after it
+        self.line_state_history: List[tuple] = []
+        self.line_coding_requests = 0
+        self.breaks: List[int] = []
+        self.buffer = bytearray()
+
+    def on_reset(self) -> None:
+        self.enabled = False
+        self.buffer.clear()
+        self.dtr = self.rts = False
+
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        if not self.enabled or len(self.buffer) + len(data) > self.MAX_BUFFER:
+            return False
+        self.buffer += data
+        self.notify(0x81)
+        return None
+
+    def bulk_in_1(self, length: int) -> Optional[bytes]:
+        if not self.buffer or not self.enabled:
+            return None
+        out = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return out
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        req, value = setup.bRequest, setup.wValue
+        if req == self.IFC_ENABLE:
+            self.enabled = bool(value & 1)
+            if self.enabled:
+                self.notify(0x81)
+        elif req == self.SET_BAUDRATE and len(data) == 4:
+            self.baudrate = struct.unpack("<I", data)[0]
+            self.line_coding_requests += 1
+        elif req == self.SET_LINE_CTL:
+            self.line_ctl = value
+            self.line_coding_requests += 1
+        elif req == self.SET_MHS:
+            if value & 0x0100:
+                self.dtr = bool(value & 0x01)
+            if value & 0x0200:
+                self.rts = bool(value & 0x02)
+            if len(self.line_state_history) < 4096:
+                self.line_state_history.append((int(self.dtr), int(self.rts)))
+        elif req == self.SET_BREAK:
+            self.breaks.append(value)
+        elif req == self.PURGE:
+            self.buffer.clear()
+        elif req != self.SET_FLOW:
+            return False
+        return None
+
+    def vendor_request_in(self, setup: Setup) -> Optional[bytes]:
+        if setup.bRequest == self.GET_MDMSTS:
+            bits = (0x01 if self.dtr else 0) | (0x02 if self.rts else 0)
+            bits |= (0x10 if self.rts else 0) | (0x20 | 0x80 if self.dtr else 0)
+            return bytes([bits])
+        if setup.bRequest == self.GET_BAUDRATE:
+            return struct.pack("<I", self.baudrate)
+        if setup.bRequest == self.GET_LINE_CTL:
+            return struct.pack("<H", self.line_ctl)
+        return None
+
+
 #: The HID 1.11 boot keyboard report descriptor (appendix B.1 / E.6): 8-byte input report
 #: (modifiers, reserved, 6 key codes), 1-byte LED output report.
 KEYBOARD_REPORT_DESCRIPTOR = bytes([
@@ -374,10 +465,15 @@ STOCK = {
     "acm": CdcAcmDevice,
     "hid": HidKeyboard,
     "iso": IsoDevice,
+    "cp210x": Cp210xDevice,
 }
 
 
-def stock_devices(names: Sequence[str] = ("loopback", "acm", "hid", "iso"), count: int = 1) -> List[Device]:
+#: What the virtual server exports when not told otherwise (the others are chosen by name).
+DEFAULT_DEVICES = ("loopback", "acm", "hid", "iso")
+
+
+def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> List[Device]:
     """Fresh instances of the stock devices: copy ``c`` (0-based) on bus ``c + 1``, busids
     ``"<bus>-<port>"`` with ports 1, 2, ... in the order of ``names``."""
     devices: List[Device] = []
@@ -391,5 +487,5 @@ def stock_devices(names: Sequence[str] = ("loopback", "acm", "hid", "iso"), coun
     return devices
 
 
-__all__ = ["LoopbackDevice", "CdcAcmDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
+__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
            "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]
