@@ -21,6 +21,8 @@ STRICT = [
     "src/usbip_backend/usb1",
     "src/usbip_backend/stream.py",
     "src/usbip_backend/aio.py",
+    "src/usbip_backend/serialport/url.py",
+    "src/usbip_backend/serialport/drivers.py",
 ]
 
 

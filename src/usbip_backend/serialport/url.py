@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from .. import protocol as P
 
@@ -61,7 +61,7 @@ def parse_url(url: str) -> SerialUrl:
     target = parts.path.strip("/")
     if not target:
         raise ValueError(f"no device in {url!r}: give a busid or VID:PID after the host; expected {FORMS}")
-    fields = {}
+    fields: Dict[str, Any] = {}
     if _BUSID.match(target):
         P.encode_busid(target)
         fields["busid"] = target
