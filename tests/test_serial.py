@@ -244,3 +244,36 @@ def test_cp210x_echo_lines_and_line_coding(cp_server):
         ser.break_condition = True
         ser.break_condition = False
         assert cp.breaks == [1, 0]
+
+
+# -- CH34x ---------------------------------------------------------------------------------------------
+def test_ch34x_echo_baud_registers_lines_and_break():
+    with SimServer(stock_devices(["ch34x"])) as srv:
+        ch = srv.device("1-1")
+        with serial.serial_for_url(url(srv, "1a86:7523", "?baudrate=115200"), timeout=2) as ser:
+            assert ch.initialised and abs(ch.baudrate - 115200) / 115200 < 0.003  # divisor registers
+            assert ch.lcr == 0xC3  # RX, TX enabled, 8N1
+            assert (ch.dtr, ch.rts) == (True, True)  # sent inverted, decoded by the device
+            payload = bytes(range(256)) * 16
+            ser.write(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = ser.read(len(payload) - len(got))
+                assert chunk, "timed out"
+                got += chunk
+            assert bytes(got) == payload
+            for baud in (9600, 460800, 921600, 2000000):
+                ser.baudrate = baud
+                assert abs(ch.baudrate - baud) / baud < 0.003
+            ser.parity = serial.PARITY_EVEN
+            assert ch.lcr == 0xC3 | 0x18
+            start = len(ch.line_state_history)
+            ser.rts = False
+            ser.dtr = False
+            assert ch.line_state_history[start:] == [(1, 0), (0, 0)]
+            ser.dtr = True
+            assert ser.dsr and ser.cd and not ser.cts and not ser.ri  # READ_REG 0x0706, inverted
+            ser.break_condition = True
+            assert ch.regs[0x05] & 1 == 0 and not ch.lcr & 0x40
+            ser.break_condition = False
+            assert ch.regs[0x05] & 1 and ch.lcr & 0x40

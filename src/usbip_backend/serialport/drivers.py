@@ -11,6 +11,10 @@ This covers the ESP32-S2/S3/C3/C6 USB-Serial-JTAG (303a:1001) and TinyUSB's CDC.
 CP210x (Silicon Labs, on many ESP32 DevKits): vendor requests to the interface (IFC_ENABLE at
 open, SET_BAUDRATE + SET_LINE_CTL, SET_MHS for DTR/RTS with their mask bits, GET_MDMSTS for the
 modem inputs, SET_BREAK), as Linux's drivers/usb/serial/cp210x.c sends them.
+
+CH340/CH341 (WCH): READ_VERSION and SERIAL_INIT at open, the baud rate as a prescaler/divisor
+register pair and the LCR register written with WRITE_REG, DTR/RTS with MODEM_CTRL (bits sent
+inverted), the inverted status bits read from register 0x0706, as ch341.c does.
 """
 
 from __future__ import annotations
@@ -187,6 +191,98 @@ class Cp210x(Driver):
         return ModemStatus(cts=bool(bits & 0x10), dsr=bool(bits & 0x20), ri=bool(bits & 0x40), cd=bool(bits & 0x80))
 
 
+class Ch34x(Driver):
+    """WCH CH340/CH341 (ch341.c in Linux): registers written with vendor requests; the modem
+    lines are sent inverted."""
+
+    kind = "CH34x"
+    READ_VERSION, WRITE_REG, READ_REG, SERIAL_INIT, MODEM_CTRL = 0x5F, 0x9A, 0x95, 0xA1, 0xA4
+    REG_BREAK, REG_PRESCALER, REG_DIVISOR, REG_LCR, REG_LCR2, REG_STATUS = 0x05, 0x12, 0x13, 0x18, 0x25, 0x06
+    CLKRATE = 48_000_000
+    BIT_DTR, BIT_RTS = 0x20, 0x40
+    LCR_ENABLE_RX, LCR_ENABLE_TX, LCR_MARK_SPACE, LCR_PAR_EVEN, LCR_ENABLE_PAR, LCR_STOP_BITS_2 = (
+        0x80, 0x40, 0x20, 0x10, 0x08, 0x04)
+    NBREAK_BITS = 0x01
+
+    def _out(self, request: int, value: int, index: int, timeout: Optional[float]) -> None:
+        self.dev.control(0x40, request, value, index, None, timeout)
+
+    def _in(self, request: int, value: int, index: int, size: int, timeout: Optional[float]) -> bytes:
+        buf = bytearray(size)
+        n = self.dev.control(0xC0, request, value, index, memoryview(buf), timeout)
+        return bytes(buf[:n])
+
+    def start(self, timeout: Optional[float]) -> None:
+        super().start(timeout)
+        self._in(self.READ_VERSION, 0, 0, 2, timeout)
+        self._out(self.SERIAL_INIT, 0, 0, timeout)
+
+    @classmethod
+    def divisor(cls, baudrate: int) -> int:
+        """The prescaler/divisor register pair for ``baudrate`` (ch341_get_divisor's method:
+        the highest base clock giving a divisor below 512, the nearer of two divisors)."""
+        def clk_div(ps: int, fact: int) -> int:
+            return 1 << (12 - 3 * ps - fact)
+        min_rates = [-(-cls.CLKRATE // (clk_div(ps, 1) * 512)) for ps in range(4)]
+        speed = min(max(baudrate, -(-cls.CLKRATE // (clk_div(0, 0) * 256))), cls.CLKRATE // (clk_div(3, 0) * 2))
+        fact = 1
+        ps = 3
+        while ps >= 0 and speed <= min_rates[ps]:
+            ps -= 1
+        if ps < 0:
+            raise ValueError(f"CH34x cannot do {baudrate} baud")
+        cd = clk_div(ps, fact)
+        div = cls.CLKRATE // (cd * speed)
+        if div < 9 or div > 255:
+            div //= 2
+            cd *= 2
+            fact = 0
+        if div < 2:
+            raise ValueError(f"CH34x cannot do {baudrate} baud")
+        if 16 * cls.CLKRATE // (cd * div) - 16 * speed >= 16 * speed - 16 * cls.CLKRATE // (cd * (div + 1)):
+            div += 1
+        if fact == 1 and div % 2 == 0:
+            div //= 2
+            fact = 0
+        return (0x100 - div) << 8 | fact << 2 | ps
+
+    def set_line_coding(self, coding: LineCoding, timeout: Optional[float]) -> None:
+        if coding.stopbits not in (1, 2) or coding.bytesize not in (5, 6, 7, 8) or coding.parity not in _PARITY:
+            raise ValueError(f"CH34x cannot do {coding.bytesize} bits, parity {coding.parity}, "
+                             f"stopbits {coding.stopbits}")
+        lcr = self.LCR_ENABLE_RX | self.LCR_ENABLE_TX | (coding.bytesize - 5)
+        lcr |= {"N": 0, "O": self.LCR_ENABLE_PAR, "E": self.LCR_ENABLE_PAR | self.LCR_PAR_EVEN,
+                "M": self.LCR_ENABLE_PAR | self.LCR_MARK_SPACE,
+                "S": self.LCR_ENABLE_PAR | self.LCR_MARK_SPACE | self.LCR_PAR_EVEN}[coding.parity]
+        if coding.stopbits == 2:
+            lcr |= self.LCR_STOP_BITS_2
+        value = self.divisor(coding.baudrate) | 0x80  # bit 7: no buffering of received bytes
+        self._out(self.WRITE_REG, self.REG_DIVISOR << 8 | self.REG_PRESCALER, value, timeout)
+        self._out(self.WRITE_REG, self.REG_LCR2 << 8 | self.REG_LCR, lcr, timeout)
+
+    def set_lines(self, dtr: bool, rts: bool, timeout: Optional[float]) -> None:
+        bits = (self.BIT_DTR if dtr else 0) | (self.BIT_RTS if rts else 0)
+        self._out(self.MODEM_CTRL, ~bits & 0xFFFF, 0, timeout)
+
+    def set_break(self, on: bool, timeout: Optional[float]) -> None:
+        regs = self._in(self.READ_REG, self.REG_LCR << 8 | self.REG_BREAK, 0, 2, timeout)
+        brk, lcr = (regs + b"\0\0")[:2]
+        if on:
+            brk, lcr = brk & ~self.NBREAK_BITS, lcr & ~self.LCR_ENABLE_TX
+        else:
+            brk, lcr = brk | self.NBREAK_BITS, lcr | self.LCR_ENABLE_TX
+        self._out(self.WRITE_REG, self.REG_LCR << 8 | self.REG_BREAK, (lcr & 0xFF) << 8 | (brk & 0xFF), timeout)
+
+    def modem_status(self, timeout: Optional[float]) -> ModemStatus:
+        raw = self._in(self.READ_REG, 0x0706, 0, 2, timeout)
+        bits = ~(raw[0] if raw else 0xFF) & 0x0F  # the chip reports the inputs inverted
+        return ModemStatus(cts=bool(bits & 0x01), dsr=bool(bits & 0x02), ri=bool(bits & 0x04), cd=bool(bits & 0x08))
+
+
+#: (VID, PID) of CH340/CH341 serial bridges (Linux's ch341.c id_table)
+CH34X_IDS = {(0x1A86, 0x5523), (0x1A86, 0x7522), (0x1A86, 0x7523), (0x2184, 0x0057), (0x4348, 0x5523),
+             (0x9986, 0x7523)}
+
 #: (VID, PID) of CP210x bridges (Linux's cp210x.c id_table, the common ones)
 CP210X_IDS = {(0x10C4, pid) for pid in (0xEA60, 0xEA61, 0xEA63, 0xEA70, 0xEA71, 0xEA7A, 0xEA7B)}
 
@@ -272,7 +368,9 @@ def pick_driver(dev: Device, interface: Optional[int] = None) -> Driver:
             raise NotSerialError(f"{dev.name} has no serial port on interface {interface} "
                                  f"(CDC-ACM on interface {numbers})")
     d = dev.descriptor
-    if (d.idVendor, d.idProduct) in CP210X_IDS:
+    ids = (d.idVendor, d.idProduct)
+    vendor_driver = Cp210x if ids in CP210X_IDS else Ch34x if ids in CH34X_IDS else None
+    if vendor_driver is not None:
         for cfg in dev.configurations:
             for group in cfg.interfaces:
                 intf = group[0] if group else None
@@ -280,11 +378,11 @@ def pick_driver(dev: Device, interface: Optional[int] = None) -> Driver:
                     continue
                 ep_in, ep_out, _ = _endpoints(intf)
                 if ep_in is not None and ep_out is not None:
-                    return Cp210x(dev, cfg.bConfigurationValue, intf.bInterfaceNumber, intf.bInterfaceNumber,
-                                  ep_in, ep_out, None)
+                    return vendor_driver(dev, cfg.bConfigurationValue, intf.bInterfaceNumber,
+                                         intf.bInterfaceNumber, ep_in, ep_out, None)
     raise NotSerialError(f"{dev.name} is not a serial port this handler drives: it is "
-                         f"{describe_device(dev)} (drivers: CDC-ACM, CP210x)")
+                         f"{describe_device(dev)} (drivers: CDC-ACM, CP210x, CH34x)")
 
 
-__all__: Sequence[str] = ["Driver", "CdcAcm", "Cp210x", "CP210X_IDS", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
+__all__: Sequence[str] = ["Driver", "CdcAcm", "Cp210x", "CP210X_IDS", "Ch34x", "CH34X_IDS", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
                           "describe_device"]

@@ -313,6 +313,99 @@ class Cp210xDevice(Device):
         return None
 
 
+class Ch34xDevice(Device):
+    """A WCH CH340 USB-UART bridge (1a86:7523) that echoes, with ch341.c's register protocol.
+
+    READ_VERSION (0x5F), SERIAL_INIT (0xA1), WRITE_REG (0x9A: wValue names two registers, wIndex
+    holds their values), READ_REG (0x95; 0x0706 returns the inverted modem inputs, here CTS/DSR/
+    DCD following RTS/DTR as a loopback cable wires them), MODEM_CTRL (0xA4, lines inverted).
+    :attr:`baudrate` is decoded from the prescaler/divisor registers. Bulk OUT 0x02 echoes on
+    bulk IN 0x82 (32-byte packets, full speed); interrupt IN 0x81 is declared and stays quiet.
+    """
+
+    vid, pid = 0x1A86, 0x7523
+    manufacturer = None
+    product = "USB Serial"
+    speed = Speed.FULL
+    interfaces = [Interface(0, cls=0xFF, subclass=0x01, protocol=0x02, name="CH340",
+                            endpoints=[Bulk(0x82, 32), Bulk(0x02, 32), Interrupt(0x81, 8)])]
+    READ_VERSION, WRITE_REG, READ_REG, SERIAL_INIT, MODEM_CTRL = 0x5F, 0x9A, 0x95, 0xA1, 0xA4
+    VERSION = 0x31
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.regs: Dict[int, int] = {0x05: 0x01, 0x18: 0xC3}
+        self.initialised = False
+        self.dtr = self.rts = False
+        self.line_state_history: List[tuple] = []
+        self.line_coding_requests = 0
+        self.buffer = bytearray()
+
+    def on_reset(self) -> None:
+        self.buffer.clear()
+        self.dtr = self.rts = False
+
+    @property
+    def baudrate(self) -> Optional[int]:
+        ps, div_reg = self.regs.get(0x12), self.regs.get(0x13)
+        if ps is None or div_reg is None or div_reg == 0:
+            return None
+        fact = ps >> 2 & 1
+        clk_div = 1 << (12 - 3 * (ps & 3) - fact)
+        return round(48_000_000 / (clk_div * (0x100 - div_reg)))
+
+    @property
+    def lcr(self) -> int:
+        return self.regs.get(0x18, 0)
+
+    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+        if len(self.buffer) + len(data) > self.MAX_BUFFER:
+            return False
+        self.buffer += data
+        self.notify(0x82)
+        return None
+
+    def bulk_in_2(self, length: int) -> Optional[bytes]:
+        if not self.buffer:
+            return None
+        out = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return out
+
+    def interrupt_in_1(self, length: int) -> Optional[bytes]:
+        return None
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        req = setup.bRequest
+        if req == self.SERIAL_INIT:
+            self.initialised = True
+        elif req == self.WRITE_REG:
+            a, b = setup.wValue >> 8, setup.wValue & 0xFF
+            self.regs[a], self.regs[b] = setup.wIndex >> 8, setup.wIndex & 0xFF
+            if {a, b} & {0x12, 0x13, 0x18}:
+                self.line_coding_requests += 1
+        elif req == self.MODEM_CTRL:
+            bits = ~setup.wValue & 0xFF
+            self.dtr, self.rts = bool(bits & 0x20), bool(bits & 0x40)
+            if len(self.line_state_history) < 4096:
+                self.line_state_history.append((int(self.dtr), int(self.rts)))
+        else:
+            return False
+        return None
+
+    def vendor_request_in(self, setup: Setup) -> Optional[bytes]:
+        if setup.bRequest == self.READ_VERSION:
+            return bytes([self.VERSION, 0])[:setup.wLength]
+        if setup.bRequest == self.READ_REG:
+            if setup.wValue == 0x0706:
+                inputs = (0x01 if self.rts else 0) | (0x02 | 0x08 if self.dtr else 0)
+                return bytes([~inputs & 0xFF, 0xEE])[:setup.wLength]
+            a, b = setup.wValue >> 8, setup.wValue & 0xFF
+            return bytes([self.regs.get(b, 0), self.regs.get(a, 0)])[:setup.wLength]
+        return None
+
+
 #: The HID 1.11 boot keyboard report descriptor (appendix B.1 / E.6): 8-byte input report
 #: (modifiers, reserved, 6 key codes), 1-byte LED output report.
 KEYBOARD_REPORT_DESCRIPTOR = bytes([
@@ -466,6 +559,7 @@ STOCK = {
     "hid": HidKeyboard,
     "iso": IsoDevice,
     "cp210x": Cp210xDevice,
+    "ch34x": Ch34xDevice,
 }
 
 
@@ -487,5 +581,5 @@ def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> Lis
     return devices
 
 
-__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
+__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "Ch34xDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
            "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]
