@@ -277,3 +277,36 @@ def test_ch34x_echo_baud_registers_lines_and_break():
             assert ch.regs[0x05] & 1 == 0 and not ch.lcr & 0x40
             ser.break_condition = False
             assert ch.regs[0x05] & 1 and ch.lcr & 0x40
+
+
+# -- FTDI ----------------------------------------------------------------------------------------------
+def test_ftdi_echo_strips_status_bytes_and_sets_divisors():
+    with SimServer(stock_devices(["ftdi"])) as srv:
+        ft = srv.device("1-1")
+        with serial.serial_for_url(url(srv, "0403:6001", "?baudrate=115200"), timeout=2) as ser:
+            assert abs(ft.baudrate - 115200) < 200 and ft.data == 0x0008 and ft.latency == 2  # 3 MHz / 26
+            assert (ft.dtr, ft.rts) == (True, True)
+            payload = bytes(range(256)) * 20  # many 64-byte packets, each with 2 status bytes
+            ser.write(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = ser.read(len(payload) - len(got))
+                assert chunk, "timed out"
+                got += chunk
+            assert bytes(got) == payload
+            for baud in (9600, 921600, 2000000, 3000000):
+                ser.baudrate = baud
+                assert abs(ft.baudrate - baud) / baud < 0.03
+            ser.parity = serial.PARITY_ODD
+            ser.stopbits = serial.STOPBITS_TWO
+            assert ft.data == 0x0008 | 1 << 8 | 2 << 11
+            start = len(ft.line_state_history)
+            ser.dtr = False
+            ser.rts = False
+            assert ft.line_state_history[start:] == [(0, 1), (0, 0)]
+            ser.dtr = ser.rts = True
+            assert ser.cts and ser.dsr and ser.cd and not ser.ri
+            ser.break_condition = True
+            assert ft.data & 0x4000
+            ser.break_condition = False
+            assert not ft.data & 0x4000

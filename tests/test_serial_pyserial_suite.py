@@ -1,5 +1,5 @@
 """pyserial's own test suite (the ``test/`` folder of its 3.5 sdist) through ``usbip://`` on the
-virtual server's CDC-ACM echo, its CP2102 and its CH340 (whose modem inputs follow DTR/RTS as a loopback
+virtual server's CDC-ACM echo, its CP2102, CH340 and FT232R (whose modem inputs follow DTR/RTS as a loopback
 cable wires them).
 
 Expected to fail, and only these: the tests that need wiring an echo cannot have (RTS looped to
@@ -46,13 +46,13 @@ def pyserial_tests(tmp_path_factory):
 def serial_server():
     from conftest import start_sim_process, stop_sim_process
 
-    proc, port = start_sim_process("--devices", "acm,cp210x,ch34x")  # 1-1 CDC-ACM, 1-2 CP2102, 1-3 CH340
+    proc, port = start_sim_process("--devices", "acm,cp210x,ch34x,ftdi")  # 1-1 .. 1-4
     yield "127.0.0.1", port
     stop_sim_process(proc)
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("busid", ["1-1", "1-2", "1-3"], ids=["cdc-acm", "cp210x", "ch34x"])
+@pytest.mark.parametrize("busid", ["1-1", "1-2", "1-3", "1-4"], ids=["cdc-acm", "cp210x", "ch34x", "ftdi"])
 def test_pyserial_suite_through_usbip(pyserial_tests, serial_server, busid):
     host, port = serial_server
     runner = ("import sys, runpy, usbip_backend\n"

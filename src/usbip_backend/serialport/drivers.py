@@ -15,13 +15,19 @@ modem inputs, SET_BREAK), as Linux's drivers/usb/serial/cp210x.c sends them.
 CH340/CH341 (WCH): READ_VERSION and SERIAL_INIT at open, the baud rate as a prescaler/divisor
 register pair and the LCR register written with WRITE_REG, DTR/RTS with MODEM_CTRL (bits sent
 inverted), the inverted status bits read from register 0x0706, as ch341.c does.
+
+FTDI (FT232R and other single-port chips): RESET, SET_LATENCY_TIMER and SET_FLOW_CTRL at open,
+SET_BAUD_RATE with the fractional divisor, SET_DATA (bits, parity, stop bits, break),
+MODEM_CTRL, GET_MODEM_STATUS; the two status bytes that start every bulk IN packet are removed,
+as ftdi_sio.c does. Multi-port chips (FT2232H, FT4232H) and the H chips' 120 MHz divisor are
+not done yet.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Type
 
 from ..descriptors import ConfigurationDescriptor, EndpointDescriptor, InterfaceDescriptor, endpoint_max_packet
 from ..device import Device
@@ -279,6 +285,77 @@ class Ch34x(Driver):
         return ModemStatus(cts=bool(bits & 0x01), dsr=bool(bits & 0x02), ri=bool(bits & 0x04), cd=bool(bits & 0x08))
 
 
+class Ftdi(Driver):
+    """FTDI FT232R-style single-port bridges (ftdi_sio.c in Linux): vendor requests with the
+    port in wIndex, and two status bytes at the start of every bulk IN packet."""
+
+    kind = "FTDI"
+    RESET, MODEM_CTRL, SET_FLOW_CTRL, SET_BAUD_RATE, SET_DATA, GET_MODEM_STATUS, SET_LATENCY_TIMER = (
+        0, 1, 2, 3, 4, 5, 9)
+    BASE = 48_000_000
+    _DIVFRAC = (0, 3, 2, 4, 1, 5, 6, 7)
+    LATENCY_MS = 2
+
+    def _out(self, request: int, value: int, index: int, timeout: Optional[float]) -> None:
+        self.dev.control(0x40, request, value, index, None, timeout)
+
+    @property
+    def port(self) -> int:
+        return 0  # single-port chips; multi-port ones number their interfaces 1, 2, ...
+
+    def start(self, timeout: Optional[float]) -> None:
+        super().start(timeout)
+        self._out(self.RESET, 0, self.port, timeout)
+        self._out(self.SET_LATENCY_TIMER, self.LATENCY_MS, self.port, timeout)
+        self._out(self.SET_FLOW_CTRL, 0, self.port, timeout)
+
+    @classmethod
+    def divisor(cls, baudrate: int) -> int:
+        """The 17-bit divisor of an FT232R/FT232BM for ``baudrate`` (eighths of the 3 MHz base,
+        with the chip's fraction encoding, as ftdi_232bm_baud_base_to_divisor)."""
+        if baudrate <= 0:
+            raise ValueError(f"FTDI cannot do {baudrate} baud")
+        divisor3 = (cls.BASE + baudrate) // (2 * baudrate)  # rounded to the closest eighth
+        divisor = divisor3 >> 3 | cls._DIVFRAC[divisor3 & 7] << 14
+        if divisor == 1:
+            return 0  # 3 Mbaud
+        if divisor == 0x4001:
+            return 1  # 2 Mbaud
+        return divisor
+
+    def set_line_coding(self, coding: LineCoding, timeout: Optional[float]) -> None:
+        if coding.bytesize not in (7, 8) or coding.stopbits not in (1, 1.5, 2) or coding.parity not in _PARITY:
+            raise ValueError(f"FTDI cannot do {coding.bytesize} bits, parity {coding.parity}, "
+                             f"stopbits {coding.stopbits}")
+        divisor = self.divisor(coding.baudrate)
+        self._out(self.SET_BAUD_RATE, divisor & 0xFFFF, divisor >> 16 | self.port, timeout)
+        self._data = coding.bytesize | _PARITY[coding.parity] << 8 | _STOPBITS[coding.stopbits] << 11
+        self._out(self.SET_DATA, self._data, self.port, timeout)
+
+    _data = 8
+
+    def set_lines(self, dtr: bool, rts: bool, timeout: Optional[float]) -> None:
+        self._out(self.MODEM_CTRL, 0x0300 | (1 if dtr else 0) | (2 if rts else 0), self.port, timeout)
+
+    def set_break(self, on: bool, timeout: Optional[float]) -> None:
+        self._out(self.SET_DATA, self._data | (0x4000 if on else 0), self.port, timeout)
+
+    def modem_status(self, timeout: Optional[float]) -> ModemStatus:
+        buf = bytearray(2)
+        n = self.dev.control(0xC0, self.GET_MODEM_STATUS, 0, self.port, memoryview(buf), timeout)
+        bits = buf[0] if n else 0
+        return ModemStatus(cts=bool(bits & 0x10), dsr=bool(bits & 0x20), ri=bool(bits & 0x40), cd=bool(bits & 0x80))
+
+    def strip(self, data: memoryview) -> bytes:
+        size = self.in_packet
+        if len(data) >= 2:
+            self.status = data[0]
+        return b"".join(bytes(data[i + 2:i + size]) for i in range(0, len(data), size))
+
+
+#: (VID, PID) of FTDI single-port bridges (FT232R, FT232BM, FT230X)
+FTDI_IDS = {(0x0403, 0x6001), (0x0403, 0x6015)}
+
 #: (VID, PID) of CH340/CH341 serial bridges (Linux's ch341.c id_table)
 CH34X_IDS = {(0x1A86, 0x5523), (0x1A86, 0x7522), (0x1A86, 0x7523), (0x2184, 0x0057), (0x4348, 0x5523),
              (0x9986, 0x7523)}
@@ -369,7 +446,8 @@ def pick_driver(dev: Device, interface: Optional[int] = None) -> Driver:
                                  f"(CDC-ACM on interface {numbers})")
     d = dev.descriptor
     ids = (d.idVendor, d.idProduct)
-    vendor_driver = Cp210x if ids in CP210X_IDS else Ch34x if ids in CH34X_IDS else None
+    vendor_driver: Optional[Type[Driver]] = (Cp210x if ids in CP210X_IDS else Ch34x if ids in CH34X_IDS
+                                             else Ftdi if ids in FTDI_IDS else None)
     if vendor_driver is not None:
         for cfg in dev.configurations:
             for group in cfg.interfaces:
@@ -381,8 +459,8 @@ def pick_driver(dev: Device, interface: Optional[int] = None) -> Driver:
                     return vendor_driver(dev, cfg.bConfigurationValue, intf.bInterfaceNumber,
                                          intf.bInterfaceNumber, ep_in, ep_out, None)
     raise NotSerialError(f"{dev.name} is not a serial port this handler drives: it is "
-                         f"{describe_device(dev)} (drivers: CDC-ACM, CP210x, CH34x)")
+                         f"{describe_device(dev)} (drivers: CDC-ACM, CP210x, CH34x, FTDI)")
 
 
-__all__: Sequence[str] = ["Driver", "CdcAcm", "Cp210x", "CP210X_IDS", "Ch34x", "CH34X_IDS", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
+__all__: Sequence[str] = ["Driver", "CdcAcm", "Ftdi", "FTDI_IDS", "Cp210x", "CP210X_IDS", "Ch34x", "CH34X_IDS", "LineCoding", "ModemStatus", "NotSerialError", "pick_driver",
                           "describe_device"]

@@ -406,6 +406,104 @@ class Ch34xDevice(Device):
         return None
 
 
+class FtdiDevice(Device):
+    """An FTDI FT232R USB-UART bridge (0403:6001) that echoes, with ftdi_sio.c's requests.
+
+    RESET (0), MODEM_CTRL (1), SET_FLOW_CTRL (2), SET_BAUD_RATE (3, decoded into
+    :attr:`baudrate`), SET_DATA (4), GET_MODEM_STATUS (5: CTS/DSR/DCD follow RTS/DTR as a
+    loopback cable wires them), SET_LATENCY_TIMER (9). Bulk OUT 0x02 echoes on bulk IN 0x81;
+    every IN packet (64 bytes, full speed) starts with the two status bytes, as the chip sends.
+    """
+
+    vid, pid = 0x0403, 0x6001
+    manufacturer = "FTDI"
+    product = "FT232R USB UART"
+    speed = Speed.FULL
+    interfaces = [Interface(0, cls=0xFF, subclass=0xFF, protocol=0xFF, name="FT232R USB UART",
+                            endpoints=[Bulk(0x81, 64), Bulk(0x02, 64)])]
+    RESET, MODEM_CTRL, SET_FLOW_CTRL, SET_BAUD_RATE, SET_DATA, GET_MODEM_STATUS = 0, 1, 2, 3, 4, 5
+    SET_LATENCY_TIMER = 9
+    _FRACTIONS = {0: 0, 3: 1, 2: 2, 4: 3, 1: 4, 5: 5, 6: 6, 7: 7}  # the chip's code -> eighths
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.divisor = 0x4138  # 9600
+        self.data = 0x0008
+        self.latency = 16
+        self.dtr = self.rts = False
+        self.line_state_history: List[tuple] = []
+        self.line_coding_requests = 0
+        self.buffer = bytearray()
+
+    def on_reset(self) -> None:
+        self.buffer.clear()
+        self.dtr = self.rts = False
+
+    @property
+    def baudrate(self) -> int:
+        d = self.divisor
+        if d == 0:
+            return 3_000_000
+        if d == 1:
+            return 2_000_000
+        eighths = (d & 0x3FFF) * 8 + self._FRACTIONS[(d >> 14) & 7]
+        return round(3_000_000 * 8 / eighths)
+
+    def _modem(self) -> int:
+        return 0x01 | (0x10 if self.rts else 0) | (0x20 | 0x80 if self.dtr else 0)
+
+    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+        if len(self.buffer) + len(data) > self.MAX_BUFFER:
+            return False
+        self.buffer += data
+        self.notify(0x81)
+        return None
+
+    def bulk_in_1(self, length: int) -> Optional[bytes]:
+        if not self.buffer or length < 3:
+            return None
+        out = bytearray()
+        status = bytes([self._modem(), 0x60])  # line status: TX holding and shift registers empty
+        while self.buffer and len(out) + 3 <= length:
+            room = min(62, length - len(out) - 2)
+            out += status + self.buffer[:room]
+            del self.buffer[:room]
+            if room < 62:
+                break
+        return bytes(out)
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        req = setup.bRequest
+        if req == self.RESET:
+            if setup.wValue in (0, 1):
+                self.buffer.clear()
+        elif req == self.MODEM_CTRL:
+            if setup.wValue & 0x0100:
+                self.dtr = bool(setup.wValue & 1)
+            if setup.wValue & 0x0200:
+                self.rts = bool(setup.wValue & 2)
+            if len(self.line_state_history) < 4096:
+                self.line_state_history.append((int(self.dtr), int(self.rts)))
+        elif req == self.SET_BAUD_RATE:
+            self.divisor = setup.wValue | (setup.wIndex & 0x01) << 16  # bit 16 rides in wIndex
+            self.line_coding_requests += 1
+        elif req == self.SET_DATA:
+            if (setup.wValue & ~0x4000) != (self.data & ~0x4000):
+                self.line_coding_requests += 1
+            self.data = setup.wValue
+        elif req == self.SET_LATENCY_TIMER:
+            self.latency = setup.wValue & 0xFF
+        elif req != self.SET_FLOW_CTRL:
+            return False
+        return None
+
+    def vendor_request_in(self, setup: Setup) -> Optional[bytes]:
+        if setup.bRequest == self.GET_MODEM_STATUS:
+            return bytes([self._modem(), 0x60])[:setup.wLength]
+        return None
+
+
 #: The HID 1.11 boot keyboard report descriptor (appendix B.1 / E.6): 8-byte input report
 #: (modifiers, reserved, 6 key codes), 1-byte LED output report.
 KEYBOARD_REPORT_DESCRIPTOR = bytes([
@@ -560,6 +658,7 @@ STOCK = {
     "iso": IsoDevice,
     "cp210x": Cp210xDevice,
     "ch34x": Ch34xDevice,
+    "ftdi": FtdiDevice,
 }
 
 
@@ -581,5 +680,5 @@ def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> Lis
     return devices
 
 
-__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "Ch34xDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
+__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "Ch34xDevice", "FtdiDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
            "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]
