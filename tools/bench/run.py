@@ -44,14 +44,14 @@ PUBLISHED = "pyusb-usbip-backend==0.0.1"
 KiB, MiB = 1024, 1 << 20
 SIZES = [512, 16 * KiB, 64 * KiB, MiB]
 DEPTHS = [1, 4, 16, 64]
-TESTS = ["control", "bulk", "pipeline", "stream", "aio", "pending", "timeout", "cpu", "scale"]
+TESTS = ["control", "bulk", "pipeline", "stream", "aio", "serial", "pending", "timeout", "cpu", "scale"]
 #: The virtual server's CMD_UNLINK behaviours the timeout measurement runs against.
 UNLINK_MODES = ["kernel", "status0", "ignore"]
 SCALE_DEVICES = 32
 STREAM_WINDOWS = [16, 64]
 # Bus numbers of the loopback devices each client imports from the server (busid "<bus>-1").
 BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5, "usb1": 6, "stream": 7,
-       "aio": 8, "rawaio": 9}
+       "aio": 8, "rawaio": 9, "serial": 2}
 SCALE_FIRST_BUS = 10
 #: Devices one event loop drives at once (aio and rawaio), on buses after the scale devices.
 LOOP_DEVICES = 64
@@ -78,11 +78,11 @@ def clean_env() -> Dict[str, str]:
 class Sim:
     """The virtual server in its own process."""
 
-    def __init__(self, count: int, unlink: str = "kernel") -> None:
+    def __init__(self, count: int, unlink: str = "kernel", devices: str = "loopback") -> None:
         self.unlink = unlink
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "usbip_backend.sim", "--host", "127.0.0.1", "--port", "0",
-             "--devices", "loopback", "--count", str(count), "--unlink", unlink],
+             "--devices", devices, "--count", str(count), "--unlink", unlink],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ours_env(), text=True,
         )
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
@@ -343,7 +343,8 @@ class Bench:
         return [self.clients[n] for n in names if self.clients[n].missing is None]
 
     def interleaved(self, names: Sequence[str], jobs: Sequence[Tuple[str, str, Dict[str, Any]]],
-                    runs: Optional[int] = None, timeout: float = 300.0) -> None:
+                    runs: Optional[int] = None, timeout: float = 300.0,
+                    busids: Optional[Dict[str, str]] = None) -> None:
         """Start one worker per client; for each run, each job, each client in turn: one call.
 
         jobs: (sample key, worker op, params). A client missing or failing gets its reason
@@ -356,7 +357,7 @@ class Bench:
                 for key, _, _ in jobs:
                     self.res.add(key, name, client.missing)
                 continue
-            w = client.start(self.sim)
+            w = client.start(self.sim, (busids or {}).get(name))
             try:
                 w.call("hello", timeout=60)
                 workers[name] = w
@@ -541,6 +542,29 @@ class Bench:
         self.res.row("aio", "  RSS growth per device, aio", "KiB",
                      self.stat("loop64", "aio", "rss_kib_per_device"),
                      self.stat("loop64", "rawaio", "rss_kib_per_device"), None, higher_is_better=False)
+
+    # -- 3d. the pyserial handler -----------------------------------------------------------------------
+    def serial(self) -> None:
+        """usbip:// through pyserial on the virtual CDC-ACM echo (1-2) against the engine on the
+        loopback device (1-1) of a server of their own."""
+        n = 40 if self.smoke else 1000
+        total = 512 * KiB if self.smoke else 16 * MiB
+        log(f"serial: 1-byte echo x {n}, {total // MiB or total / MiB} MiB echo, {self.runs} runs")
+        main_sim, self.sim = self.sim, Sim(1, devices="loopback,acm")
+        try:
+            self.interleaved(["serial", "engine"], [
+                ("ser_echo", "echo1", {"n": n}), ("ser_ctrl", "ctrl", {"n": n}),
+                ("ser_bulk", "echo_bulk", {"total": total, "block": 256 * KiB}),
+            ], busids={"serial": "1-2", "engine": "1-1"})
+        finally:
+            self.sim.stop()
+            self.sim = main_sim
+        self.res.row("serial", "1-byte echo round trips through usbip:// (write, read)", "round trips/s",
+                     self.stat("ser_echo", "serial", "rate"), self.stat("ser_ctrl", "engine", "rate"), None,
+                     note="raw column: control round trips through the engine")
+        self.res.row("serial", f"{size_name(total)} echo through usbip:// (256 KiB written, then read back)",
+                     "MiB/s", self.stat("ser_bulk", "serial", "rate"), self.stat("ser_bulk", "engine", "rate"),
+                     None, floors=[("raw", ">=", 0.5)], note="raw column: bulk loopback through the engine")
 
     # -- 4. control while a bulk IN is pending ------------------------------------------------------------
     def pending(self) -> None:
@@ -773,6 +797,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "stream": Client("stream", ours_python, "stream", env),
             "aio": Client("aio", ours_python, "aio", env),
             "rawaio": Client("rawaio", ours_python, "rawaio", env),
+            "serial": Client("serial", ours_python, "serial", env,
+                             has_module(ours_python, "serial", env) and "unavailable: pyserial not installed"),
         }
         if args.no_published:
             pub_python, why = None, "not run (--no-published)"

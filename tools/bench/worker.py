@@ -9,6 +9,7 @@
 * ``aio``    - our asyncio API (usbip_backend.aio) on a loop the worker keeps;
 * ``rawaio`` - the asyncio floor: an asyncio.Protocol per device, the loop reading the socket
   (rawaio.py, no usbip_backend import), the design aio did not take;
+* ``serial`` - pyserial's ``serial_for_url("usbip://...")`` (our handler) on a CDC-ACM echo;
 * ``pyusb``  - whatever ``usbip_backend.get_backend`` the interpreter imports, driven through
   ``usb.core``. run.py starts it twice: with our src/ on the path, and with the published
   ``pyusb-usbip-backend==0.0.1`` venv's python, so both do exactly the same PyUSB calls.
@@ -145,6 +146,24 @@ class EngineImpl:
                     sent += 1
                 head = (head + 1) % len(window)
         return _measure(loop, n)
+
+    def echo_bulk(self, total: int, block: int) -> Dict[str, float]:
+        """Loopback: ``block`` bytes written to 0x01, then read back from 0x81 (a window of IN
+        URBs), until ``total`` went round; what the serial handler's echo is compared with."""
+        from usbip_backend import stream
+        P = self.P
+        data = pattern(block)
+        pipe = stream.Pipe(self.conn, LOOP_IN, P.TransferType.BULK, 512, 0)
+
+        def loop() -> None:
+            for _ in range(total // block):
+                self.conn.transfer(P.TransferType.BULK, LOOP_OUT, data=data, timeout=10.0)
+                got = 0
+                for view in stream.stream_in(pipe, LOOP_IN, block, chunk=16384, window=16, timeout=10.0):
+                    got += len(view)
+                if got != block:
+                    raise RuntimeError(f"echoed {got} of {block} bytes")
+        return _measure(loop, total / MiB)
 
     def pending(self, n: int, read_timeout_ms: int, release: bool) -> Dict[str, Any]:
         """Control latency while a bulk IN waits on another thread, vs idle (engine API)."""
@@ -347,6 +366,40 @@ class RawAioImpl:
     def close(self) -> None:
         self.loop.run_until_complete(self.dev.close())
         self.loop.close()
+
+
+class SerialImpl:
+    """pyserial's serial_for_url("usbip://...") on the virtual CDC-ACM echo."""
+
+    def __init__(self, host: str, port: int, busid: str) -> None:
+        import serial
+        import usbip_backend  # noqa: F401  (registers usbip://)
+        self.ser = _retry(lambda: serial.serial_for_url(f"usbip://{host}:{port}/{busid}", timeout=10))
+
+    def echo1(self, n: int) -> Dict[str, float]:
+        write, read = self.ser.write, self.ser.read
+
+        def loop() -> None:
+            for _ in range(n):
+                write(b"x")
+                if read(1) != b"x":
+                    raise RuntimeError("echo lost a byte")
+        return _measure(loop, n)
+
+    def echo_bulk(self, total: int, block: int) -> Dict[str, float]:
+        data = pattern(block)
+        write, read = self.ser.write, self.ser.read
+
+        def loop() -> None:
+            for _ in range(total // block):
+                write(data)
+                got = read(block)
+                if len(got) != block:
+                    raise RuntimeError(f"echoed {len(got)} of {block} bytes")
+        return _measure(loop, total / MiB)
+
+    def close(self) -> None:
+        self.ser.close()
 
 
 class PyusbImpl:
@@ -653,7 +706,7 @@ def main(argv: List[str]) -> int:
                 if impl is None:
                     cls = {"raw": RawImpl, "engine": EngineImpl, "pyusb": PyusbImpl,
                            "ceiling": CeilingImpl, "usb1": Usb1Impl, "stream": StreamImpl,
-                           "aio": AioImpl, "rawaio": RawAioImpl}[impl_name]
+                           "aio": AioImpl, "rawaio": RawAioImpl, "serial": SerialImpl}[impl_name]
                     impl = cls(host, port, busid)
                 if op == "hello":
                     result = {"module": getattr(impl, "module", None), "pid": os.getpid()}

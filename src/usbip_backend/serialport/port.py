@@ -38,7 +38,7 @@ from serial.serialutil import PortNotOpenError, SerialBase, SerialException, Ser
 
 from .. import protocol as P
 from ..client import list_devices
-from ..device import Device, open_device, retry_busy_after_release
+from ..device import OUT_WINDOW, Device, open_device, retry_busy_after_release
 from ..engine import Urb
 from ..errors import ImportRefusedError, UrbCancelledError, UsbipError, UsbipTimeoutError
 from .drivers import Driver, LineCoding, NotSerialError, pick_driver
@@ -47,8 +47,6 @@ from .url import SerialUrl, parse_url
 _BULK = P.TransferType.BULK
 _INTERRUPT = P.TransferType.INTERRUPT
 _log = logging.getLogger("usbip_backend.serial")
-#: URBs a write keeps in flight (as the device layer's OUT window).
-WRITE_WINDOW = 8
 #: Most bytes one OUT URB carries.
 WRITE_CHUNK = 4096
 #: How long closing waits for each cancelled URB.
@@ -407,7 +405,7 @@ class Serial(SerialBase):
         flight: List[Urb] = []
         try:
             while pieces or flight:
-                while pieces and len(flight) < WRITE_WINDOW:
+                while pieces and len(flight) < OUT_WINDOW:
                     urb = dev.conn.submit(_BULK, driver.ep_out, data=pieces.pop(0))
                     flight.append(urb)
                     with self._cond:
