@@ -8,6 +8,7 @@ breaks), which is what the assertions look at.
 from __future__ import annotations
 
 import errno
+import os
 import struct
 import subprocess
 import sys
@@ -310,3 +311,22 @@ def test_ftdi_echo_strips_status_bytes_and_sets_divisors():
             assert ft.data & 0x4000
             ser.break_condition = False
             assert not ft.data & 0x4000
+
+
+def test_installed_package_registers_usbip_for_unmodified_programs():
+    """The installed package's .pth (the wheel's usbip_backend_serial.pth) lets a program that
+    never imports usbip_backend open usbip:// (esptool, miniterm), and imports nothing heavy at
+    interpreter start."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    startup = subprocess.run([sys.executable, "-c", "import sys; print(sorted(m for m in ('serial', 'usbip_backend', "
+                              "'_usbip_serial_hook') if m in sys.modules))"],
+                             capture_output=True, text=True, timeout=60, env=env).stdout.strip()
+    if startup == "[]":
+        if os.environ.get("CI") == "true":
+            pytest.fail("the .pth is not installed: install the package with pip (README's test command)")
+        pytest.skip("the package is not installed with pip here (pip install -e . or pip install .)")
+    assert startup == "['_usbip_serial_hook']"  # pyserial and the package stay unloaded
+    code = ("import serial\ntry:\n    serial.serial_for_url('usbip://127.0.0.1:1/1-1')\n"
+            "except serial.SerialException as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env).stdout
+    assert "cannot open usbip://127.0.0.1:1/1-1" in out, out

@@ -14,9 +14,7 @@ dependency (zeroconf for discovery) is only loaded when used. To export another 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List
 
 from . import errors
 
@@ -89,46 +87,6 @@ def __dir__() -> List[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-# -- pyserial's usbip:// handler ---------------------------------------------------------------------
-# serial_for_url("usbip://...") imports "<package>.protocol_usbip" for each package listed in
-# serial.protocol_handler_packages; ours is added there as soon as pyserial is imported (now, or
-# the moment it is: pyserial is not imported here, so this costs nothing without it).
-def _add_handler_package(serial_module: Any) -> None:
-    packages = getattr(serial_module, "protocol_handler_packages", None)
-    if isinstance(packages, list) and __name__ not in packages:
-        packages.append(__name__)
-
-
-class _SerialImportHook:
-    """A meta path finder that adds our handler package to pyserial once pyserial is loaded."""
-
-    def find_spec(self, name: str, path: Optional[Sequence[str]] = None, target: Any = None) -> Any:
-        if name != "serial":
-            return None
-        try:
-            sys.meta_path.remove(self)  # the finders after us find pyserial itself
-        except ValueError:
-            pass
-        spec = importlib.util.find_spec("serial")
-        loader = getattr(spec, "loader", None)
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        exec_module = loader.exec_module
-
-        def exec_and_register(module: Any) -> None:
-            exec_module(module)
-            _add_handler_package(module)
-
-        loader.exec_module = exec_and_register
-        return spec
-
-
-def _register_serial() -> None:
-    module = sys.modules.get("serial")
-    if module is not None:
-        _add_handler_package(module)
-    elif not any(isinstance(f, _SerialImportHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, _SerialImportHook())
-
-
-_register_serial()
+# pyserial's usbip:// handler: registered with pyserial as soon as pyserial is imported (see
+# _usbip_serial_hook; installed wheels also load it from a .pth, for unmodified CLIs).
+import _usbip_serial_hook  # noqa: E402,F401

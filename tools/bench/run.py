@@ -562,6 +562,10 @@ class Bench:
         self.res.row("serial", "1-byte echo round trips through usbip:// (write, read)", "round trips/s",
                      self.stat("ser_echo", "serial", "rate"), self.stat("ser_ctrl", "engine", "rate"), None,
                      note="raw column: control round trips through the engine")
+        self.res.row("serial", "usbip:// registration at interpreter start (the .pth's import)", "us",
+                     registration_cost(3 if self.smoke else 15), None, None, higher_is_better=False,
+                     floors=[("value", "<", 2000.0)],
+                     note="python -X importtime -c pass; 'not installed' unless pip installed the package")
         self.res.row("serial", f"{size_name(total)} echo through usbip:// (256 KiB written, then read back)",
                      "MiB/s", self.stat("ser_bulk", "serial", "rate"), self.stat("ser_bulk", "engine", "rate"),
                      None, floors=[("raw", ">=", 0.5)], note="raw column: bulk loopback through the engine")
@@ -707,6 +711,19 @@ class Bench:
         self.res.row("scale", "RSS growth per imported device, engine", "KiB",
                      self.stat("scale", "engine", "rss_kib_per_device"),
                      self.stat("scale", "raw", "rss_kib_per_device"), None, higher_is_better=False)
+
+
+def registration_cost(runs: int) -> Any:
+    """Microseconds the .pth's import of _usbip_serial_hook adds to interpreter start (median)."""
+    env = clean_env()
+    samples = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True,
+                             text=True, env=env, timeout=60).stderr
+        for line in out.splitlines():
+            if line.rstrip().endswith("_usbip_serial_hook"):
+                samples.append(float(line.split("|")[1]))
+    return stats(samples) if samples else "not installed (pip install the package)"
 
 
 def paired_ratio(a: Dict[str, Any], b: Dict[str, Any]) -> float:

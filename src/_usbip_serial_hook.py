@@ -1,0 +1,59 @@
+"""Makes pyserial's ``serial_for_url`` find ``usbip://`` (imported by ``usbip_backend_serial.pth``
+at interpreter start, and by ``usbip_backend``).
+
+pyserial imports ``<package>.protocol_<scheme>`` for each package in
+``serial.protocol_handler_packages``; ``usbip_backend`` is added there as soon as pyserial has
+been imported, by a finder that waits for that import. Only ``sys`` is imported here: this runs
+in every interpreter of the environment.
+"""
+
+import sys
+
+PACKAGE = "usbip_backend"
+
+
+def add_handler_package(serial_module):
+    packages = getattr(serial_module, "protocol_handler_packages", None)
+    if isinstance(packages, list) and PACKAGE not in packages:
+        packages.append(PACKAGE)
+
+
+class SerialImportHook:
+    """A meta path finder that lets pyserial load, then registers our handler package."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "serial":
+            return None
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+        spec = None
+        for finder in sys.meta_path:  # the finders after us find pyserial itself
+            find = getattr(finder, "find_spec", None)
+            if find is not None:
+                spec = find(name, path, target)
+                if spec is not None:
+                    break
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def exec_and_register(module):
+            exec_module(module)
+            add_handler_package(module)
+
+        loader.exec_module = exec_and_register
+        return spec
+
+
+def register():
+    module = sys.modules.get("serial")
+    if module is not None:
+        add_handler_package(module)
+    elif not any(type(f).__name__ == "SerialImportHook" for f in sys.meta_path):
+        sys.meta_path.insert(0, SerialImportHook())
+
+
+register()
