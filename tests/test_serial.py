@@ -330,3 +330,35 @@ def test_installed_package_registers_usbip_for_unmodified_programs():
             "except serial.SerialException as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env).stdout
     assert "cannot open usbip://127.0.0.1:1/1-1" in out, out
+
+
+def test_reopen_waits_for_a_device_that_reenumerates():
+    """A board that resets drops off the bus and comes back (here with another PID): the port,
+    opened again as esptool does after a reset, waits for it and re-imports it."""
+    import threading
+
+    from usbip_backend.sim.devices import CdcAcmDevice
+
+    with SimServer(stock_devices(["loopback", "acm"])) as srv:
+        ser = serial.serial_for_url(url(srv, "1209:0002"), timeout=2)
+        ser.write(b"before")
+        assert ser.read(6) == b"before"
+        srv.unplug("1-2")  # the reset: the device leaves, our connection drops
+        with pytest.raises(serial.SerialException):
+            ser.read(1)
+        ser.close()
+
+        class Application(CdcAcmDevice):
+            pid = 0x0012  # what the board enumerates as after the reset
+
+        back = threading.Timer(0.3, lambda: srv.plug(Application("1-2")))
+        back.start()
+        try:
+            ser.open()  # waits for the device to be exported again
+            ser.write(b"after")
+            assert ser.read(5) == b"after"
+            ser.close()
+        finally:
+            back.join()
+        with pytest.raises(serial.SerialException, match="no device 1209:7777"):
+            serial.serial_for_url(url(srv, "1209:7777"))  # a first open does not wait

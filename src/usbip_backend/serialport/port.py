@@ -21,7 +21,8 @@ The SerialBase contract, as pyserial 3.5 and esptool rely on it:
   ``SerialTimeoutException`` whose ``written`` says how much went; a write of a whole number of
   max-size packets ends with a zero-length packet.
 * ``fileno()`` raises ``OSError(ENOTTY)``: there is no file descriptor (esptool then falls back
-  from its ioctl-based reset). A closed port can be opened again.
+  from its ioctl-based reset). A closed port can be opened again; if its device dropped off the
+  bus meanwhile (a board resetting), ``open`` waits for it to be exported again.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ CANCEL_WAIT = 1.0
 _released: Dict[Tuple[str, int, str], float] = {}
 
 
+class _Missing(Exception):
+    """The device is not (or no longer) on the server."""
+
+
 def _weak(port: "Serial", method: str, buf: bytearray) -> Any:
     """A done callback that does not keep the port alive: a port nobody holds any more is
     collected, and io's finaliser closes it (giving the import back), as a tty's fd is closed."""
@@ -75,6 +80,8 @@ class Serial(SerialBase):
                  921600, 1000000, 1500000, 2000000, 3000000)
     #: Most bytes kept in the input buffer before the IN window pauses.
     MAX_BUFFER = 1024 * 1024
+    #: Seconds a port opened again waits for its device to be exported again (re-enumeration).
+    REENUMERATE_WAIT = 10.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._dev: Optional[Device] = None
@@ -91,6 +98,7 @@ class Serial(SerialBase):
         self._cancel_write = False
         self._writes: List[Urb] = []
         self._line: Optional[LineCoding] = None
+        self._last: Optional[Tuple[str, int, str, int]] = None  # (host, port, busid, VID) last opened
         self.logger: Optional[logging.Logger] = None
         super().__init__(*args, **kwargs)
 
@@ -143,19 +151,41 @@ class Serial(SerialBase):
         return parsed
 
     def _import(self, url: SerialUrl) -> Device:
+        """Import the device the URL names. Opened again after it was open (esptool after a
+        reset), a device that has dropped off the bus is waited for (up to ``REENUMERATE_WAIT``
+        seconds): the same busid, or for a VID:PID URL the same VID on the same busid (a board
+        that resets into its bootloader or application may come back with another PID)."""
+        last = self._last if self._last is not None and self._last[:2] == (url.host, url.port) else None
+        deadline = time.monotonic() + self.REENUMERATE_WAIT if last is not None else None
+        while True:
+            try:
+                dev = self._import_once(url, last)
+            except _Missing as exc:
+                if deadline is None or time.monotonic() > deadline:
+                    waited = f" (waited {self.REENUMERATE_WAIT:g} s for it to come back)" if deadline else ""
+                    raise SerialException(f"{exc}{waited}") from None
+                time.sleep(0.05)  # polling the server's device list for the device to reappear
+                continue
+            self._last = (url.host, url.port, dev.busid, dev.descriptor.idVendor)
+            return dev
+
+    def _import_once(self, url: SerialUrl, last: Optional[Tuple[str, int, str, int]]) -> Device:
         where = url.where
         busid = url.busid
         try:
             if busid is None:
-                records = [r for r in list_devices(url.host, url.port, timeout=url.timeout)
-                           if r.idVendor == url.vid and r.idProduct == url.pid]
-                if not records:
-                    raise SerialException(f"no device {url.device} is free on {where} (a device another "
-                                          "client has imported is not listed)")
-                if len(records) > 1:
-                    raise SerialException(f"{len(records)} devices {url.device} on {where} "
-                                          f"({', '.join(r.busid for r in records)}): give the busid instead")
-                busid = records[0].busid
+                records = list_devices(url.host, url.port, timeout=url.timeout)
+                found = [r for r in records if r.idVendor == url.vid and r.idProduct == url.pid]
+                if not found and last is not None:
+                    # came back with another PID: the same VID on the same port
+                    found = [r for r in records if r.idVendor == last[3] and r.busid == last[2]]
+                if not found:
+                    raise _Missing(f"no device {url.device} is free on {where} (a device another "
+                                   "client has imported is not listed)")
+                if len(found) > 1:
+                    raise SerialException(f"{len(found)} devices {url.device} on {where} "
+                                          f"({', '.join(r.busid for r in found)}): give the busid instead")
+                busid = found[0].busid
             key = (url.host, url.port, busid)
             return retry_busy_after_release(
                 lambda: open_device(url.host, url.port, key[2], timeout=url.timeout), _released.get(key))
@@ -164,7 +194,7 @@ class Serial(SerialBase):
                 raise SerialException(f"device {busid} on {where} is busy: another client has imported "
                                       "it; release it there and retry") from None
             if exc.status == P.Status.ST_NODEV:
-                raise SerialException(f"no device with busid {busid} on {where}") from None
+                raise _Missing(f"no device with busid {busid} on {where}") from None
             raise SerialException(str(exc)) from None
         except UsbipError as exc:
             raise SerialException(f"cannot open usbip://{where}/{busid or url.device}: {exc}") from None

@@ -597,16 +597,46 @@ class SimServer:
         self._stopping = threading.Event()
         self.port = 0
         self._records: Dict[str, P.UsbDevice] = {}
-        devnums: Dict[int, int] = {}
+        self._devnums: Dict[int, int] = {}
         for dev in self.devices:
-            busnum = self._busnum(dev.busid or "1-1")
-            devnums[busnum] = devnums.get(busnum, 1) + 1
-            self._records[dev.busid or ""] = P.UsbDevice(
-                path=f"/sys/devices/platform/usbip-sim/usb{busnum}/{dev.busid}", busid=dev.busid or "",
-                busnum=busnum, devnum=devnums[busnum], speed=int(dev.speed), idVendor=dev.vid,
-                idProduct=dev.pid, bcdDevice=dev.bcd_device, bDeviceClass=dev.device_triple[0],
-                bDeviceSubClass=dev.device_triple[1], bDeviceProtocol=dev.device_triple[2],
-                bConfigurationValue=0, bNumConfigurations=1, bNumInterfaces=0)
+            self._records[dev.busid or ""] = self._new_record(dev)
+
+    def _new_record(self, dev: Device) -> P.UsbDevice:
+        """The device list record of a device plugged in now (a fresh devnum on its bus, as a
+        real bus numbers devices in the order they appear)."""
+        busnum = self._busnum(dev.busid or "1-1")
+        self._devnums[busnum] = self._devnums.get(busnum, 1) + 1
+        return P.UsbDevice(
+            path=f"/sys/devices/platform/usbip-sim/usb{busnum}/{dev.busid}", busid=dev.busid or "",
+            busnum=busnum, devnum=self._devnums[busnum], speed=int(dev.speed), idVendor=dev.vid,
+            idProduct=dev.pid, bcdDevice=dev.bcd_device, bDeviceClass=dev.device_triple[0],
+            bDeviceSubClass=dev.device_triple[1], bDeviceProtocol=dev.device_triple[2],
+            bConfigurationValue=0, bNumConfigurations=1, bNumInterfaces=0)
+
+    def unplug(self, busid: str) -> Device:
+        """The device leaves the bus (as a board resetting drops off USB): it is no longer
+        listed or importable, and a client that imported it loses its connection."""
+        with self._lock:
+            device = self.device(busid)
+            self.devices.remove(device)
+            self._records.pop(busid, None)
+            owner = self._owners.pop(busid, None)
+            self._released.notify_all()
+        if owner is not None:
+            try:
+                owner.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return device
+
+    def plug(self, device: Device) -> None:
+        """A device arrives on the bus (maybe the one unplugged, with another PID): exported
+        from now on under its busid (which must be free)."""
+        with self._lock:
+            if device.busid is None or any(d.busid == device.busid for d in self.devices):
+                raise ValueError(f"busid {device.busid!r} is missing or taken")
+            self.devices.append(device)
+            self._records[device.busid] = self._new_record(device)
 
     @staticmethod
     def _busnum(busid: str) -> int:
