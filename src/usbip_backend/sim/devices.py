@@ -6,6 +6,7 @@ All use VID 0x1209 (pid.codes) with test PIDs 0x0001..0x0004.
 from __future__ import annotations
 
 import collections
+import importlib
 import struct
 from typing import Deque, Dict, List, Optional, Sequence
 
@@ -659,6 +660,7 @@ STOCK = {
     "cp210x": Cp210xDevice,
     "ch34x": Ch34xDevice,
     "ftdi": FtdiDevice,
+    "esp32s3": "esp:Esp32S3Device",
 }
 
 
@@ -676,6 +678,9 @@ def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> Lis
                 cls = STOCK[name]
             except KeyError:
                 raise ValueError(f"unknown stock device {name!r} (known: {', '.join(STOCK)})") from None
+            if isinstance(cls, str):  # defined in another module (which imports this one)
+                module, _, attr = cls.partition(":")
+                cls = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
             devices.append(cls(busid=f"{copy + 1}-{port}"))
     return devices
 

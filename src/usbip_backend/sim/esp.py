@@ -1,0 +1,251 @@
+"""A virtual ESP32-S3 on its USB-Serial-JTAG port (303a:1001): enough ROM bootloader for esptool.
+
+The serial side is a CDC-ACM function (:class:`~.devices.CdcAcmDevice`). The chip runs its
+"application" (which ignores what it is sent) until esptool's USB-JTAG reset sequence, seen as
+SET_CONTROL_LINE_STATE requests: DTR high with RTS low straps GPIO0 low ("download"), then RTS
+high with DTR low resets the chip, which starts in download mode if the strap was set and
+cleared by nothing but (DTR, RTS) = (0, 0) in between; otherwise it resets into the application
+(esptool's ``--after hard-reset``).
+
+In download mode it speaks the ROM loader's serial protocol (esptool's loader.py; SLIP-framed
+requests ``00 op len(LE16) checksum(LE32) data``, replies ``01 op len value data status(4)``):
+SYNC (answered eight times, as the ROM does), READ_REG / WRITE_REG (registers kept in a dict; the
+SPI controller runs RDID and RDSR when its USR bit is written), GET_SECURITY_INFO (chip id 9),
+SPI_ATTACH, SPI_SET_PARAMS, CHANGE_BAUDRATE, FLASH_BEGIN / DATA / END, FLASH_DEFL_BEGIN / DATA /
+END (zlib), SPI_FLASH_MD5 (32 hex digits, as the ROM answers) and READ_FLASH_SLOW (64-byte
+blocks). The flash is :attr:`flash` (4 MiB, erased to 0xFF), and survives resets and reconnects.
+The flasher stub is not emulated: run esptool with ``--no-stub``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from typing import Dict, List, Optional
+
+from .device import Setup
+from .devices import CdcAcmDevice
+
+SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
+SYNC, WRITE_REG, READ_REG, SPI_SET_PARAMS, SPI_ATTACH, CHANGE_BAUDRATE = 0x08, 0x09, 0x0A, 0x0B, 0x0D, 0x0F
+FLASH_BEGIN, FLASH_DATA, FLASH_END = 0x02, 0x03, 0x04
+FLASH_DEFL_BEGIN, FLASH_DEFL_DATA, FLASH_DEFL_END = 0x10, 0x11, 0x12
+SPI_FLASH_MD5, GET_SECURITY_INFO, READ_FLASH_SLOW = 0x13, 0x14, 0x0E
+CHECKSUM_MAGIC = 0xEF
+SPI_REG_BASE = 0x60002000
+SPI_CMD_REG, SPI_USR2_REG, SPI_W0_REG = SPI_REG_BASE, SPI_REG_BASE + 0x20, SPI_REG_BASE + 0x58
+SPI_CMD_USR = 1 << 18
+#: JEDEC id the virtual flash answers RDID with: Winbond (0xEF), 4 MiB (0x16)
+FLASH_ID = 0x1640EF
+ESP32S3_CHIP_ID = 9
+#: ROM error codes (esptool's loader.py: 0x05 invalid message, 0x07 invalid CRC...)
+ERR_INVALID = 0x05
+ERR_CRC = 0x07
+
+
+def slip(frame: bytes) -> bytes:
+    out = bytearray([SLIP_END])
+    for b in frame:
+        if b == SLIP_END:
+            out += bytes([SLIP_ESC, SLIP_ESC_END])
+        elif b == SLIP_ESC:
+            out += bytes([SLIP_ESC, SLIP_ESC_ESC])
+        else:
+            out.append(b)
+    out.append(SLIP_END)
+    return bytes(out)
+
+
+def checksum(data: bytes) -> int:
+    state = CHECKSUM_MAGIC
+    for b in data:
+        state ^= b
+    return state
+
+
+class Esp32S3Device(CdcAcmDevice):
+    """An ESP32-S3's USB-Serial-JTAG with a ROM bootloader esptool can talk to (``--no-stub``)."""
+
+    vid, pid = 0x303A, 0x1001
+    manufacturer = "Espressif"
+    product = "USB JTAG/serial debug unit"
+    FLASH_SIZE = 4 * 1024 * 1024
+    MAX_FRAME = 0x4000 + 64  # a FLASH_DATA block of 16 KiB and its header
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.flash = bytearray(b"\xff" * self.FLASH_SIZE)
+        self.mode = "app"
+        self.resets: List[str] = []  #: the mode of each reset, in order
+        self._strap = False
+        self._lines = (0, 0)
+        self._frame: Optional[bytearray] = None
+        self._esc = False
+        self.regs: Dict[int, int] = {}
+        self._write: Optional[Dict[str, int]] = None
+        self._inflate: Optional["zlib._Decompress"] = None
+
+    # -- reset circuit (USB-Serial-JTAG) -------------------------------------------------------------
+    def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        result = super().class_request_out(setup, data)
+        if setup.bRequest == self.SET_CONTROL_LINE_STATE:
+            self._lines_changed((setup.wValue & 1, setup.wValue >> 1 & 1))
+        return result
+
+    def _lines_changed(self, lines: tuple) -> None:
+        if lines == (1, 0):
+            self._strap = True  # GPIO0 held low
+        elif lines == (0, 0):
+            self._strap = False
+        elif lines == (0, 1) and self._lines != (0, 1):
+            self._reset("download" if self._strap else "app")
+            self._strap = False
+        self._lines = lines
+
+    def _reset(self, mode: str) -> None:
+        self.mode = mode
+        self.resets.append(mode)
+        self.buffer.clear()
+        self._frame = None
+        self._write = self._inflate = None
+        if mode == "download":
+            self.buffer += b"ESP-ROM:esp32s3-20210327\r\nwaiting for download\r\n"
+            self.notify(0x81)
+
+    # -- the serial side -------------------------------------------------------------------------------
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        if self.mode != "download":
+            return None  # the application does not read its console here
+        for b in data:
+            if b == SLIP_END:
+                if self._frame:
+                    self._command(bytes(self._frame))
+                self._frame = bytearray()
+                self._esc = False
+            elif self._frame is None:
+                continue  # noise between frames
+            elif self._esc:
+                self._frame.append(SLIP_END if b == SLIP_ESC_END else SLIP_ESC if b == SLIP_ESC_ESC else b)
+                self._esc = False
+            elif b == SLIP_ESC:
+                self._esc = True
+            elif len(self._frame) < self.MAX_FRAME:
+                self._frame.append(b)
+        return None
+
+    def _reply(self, op: int, value: int = 0, data: bytes = b"", error: int = 0) -> None:
+        body = data + bytes([1 if error else 0, error, 0, 0])
+        self.buffer += slip(struct.pack("<BBHI", 1, op, len(body), value) + body)
+        self.notify(0x81)
+
+    def _command(self, frame: bytes) -> None:
+        if len(frame) < 8 or frame[0] != 0:
+            return
+        _, op, size, chk = struct.unpack_from("<BBHI", frame)
+        data = frame[8:8 + size]
+        handler = getattr(self, f"_op_{op:02x}", None)
+        if handler is None:
+            self._reply(op, error=ERR_INVALID)
+            return
+        handler(op, data, chk)
+
+    def _op_08(self, op: int, data: bytes, chk: int) -> None:  # SYNC
+        for _ in range(8):
+            self._reply(op, value=0x20120707)
+
+    def _op_0a(self, op: int, data: bytes, chk: int) -> None:  # READ_REG
+        (addr,) = struct.unpack_from("<I", data)
+        self._reply(op, value=self.regs.get(addr, 0))
+
+    def _op_09(self, op: int, data: bytes, chk: int) -> None:  # WRITE_REG addr, value, mask, delay
+        addr, value, mask, _ = struct.unpack_from("<IIII", data)
+        old = self.regs.get(addr, 0)
+        self.regs[addr] = (old & ~mask) | (value & mask) if mask != 0xFFFFFFFF else value
+        if addr == SPI_CMD_REG and value & SPI_CMD_USR:
+            command = self.regs.get(SPI_USR2_REG, 0) & 0xFFFF
+            if command == 0x9F:  # RDID
+                self.regs[SPI_W0_REG] = FLASH_ID
+            elif command in (0x05, 0x35):  # RDSR, RDSR2: idle, unprotected
+                self.regs[SPI_W0_REG] = 0
+            self.regs[SPI_CMD_REG] = 0  # done at once
+        self._reply(op)
+
+    def _op_14(self, op: int, data: bytes, chk: int) -> None:  # GET_SECURITY_INFO
+        self._reply(op, data=struct.pack("<IB7sII", 0, 0, bytes(7), ESP32S3_CHIP_ID, 0))
+
+    def _ok(self, op: int, data: bytes, chk: int) -> None:
+        self._reply(op)
+
+    _op_0b = _op_0d = _op_0f = _ok  # SPI_SET_PARAMS, SPI_ATTACH, CHANGE_BAUDRATE
+
+    def _op_02(self, op: int, data: bytes, chk: int) -> None:  # FLASH_BEGIN
+        erase, _, _, offset = struct.unpack_from("<IIII", data)
+        if offset + erase > self.FLASH_SIZE:
+            self._reply(op, error=ERR_INVALID)
+            return
+        self.flash[offset:offset + erase] = b"\xff" * erase
+        self._write = {"offset": offset, "at": offset}
+        self._reply(op)
+
+    def _op_03(self, op: int, data: bytes, chk: int) -> None:  # FLASH_DATA
+        length = struct.unpack_from("<I", data)[0]
+        payload = data[16:16 + length]
+        if self._write is None or len(payload) != length or checksum(payload) != chk & 0xFF:
+            self._reply(op, error=ERR_CRC if self._write is not None else ERR_INVALID)
+            return
+        self._store(payload)
+        self._reply(op)
+
+    def _store(self, payload: bytes) -> None:
+        assert self._write is not None
+        at = self._write["at"]
+        payload = payload[:max(0, self.FLASH_SIZE - at)]
+        self.flash[at:at + len(payload)] = payload
+        self._write["at"] = at + len(payload)
+
+    def _op_04(self, op: int, data: bytes, chk: int) -> None:  # FLASH_END
+        self._write = None
+        self._reply(op)
+
+    def _op_10(self, op: int, data: bytes, chk: int) -> None:  # FLASH_DEFL_BEGIN
+        size, _, _, offset = struct.unpack_from("<IIII", data)
+        if offset + size > self.FLASH_SIZE:
+            self._reply(op, error=ERR_INVALID)
+            return
+        erase = (size + 0xFFF) // 0x1000 * 0x1000
+        self.flash[offset:offset + erase] = b"\xff" * min(erase, self.FLASH_SIZE - offset)
+        self._write = {"offset": offset, "at": offset}
+        self._inflate = zlib.decompressobj()
+        self._reply(op)
+
+    def _op_11(self, op: int, data: bytes, chk: int) -> None:  # FLASH_DEFL_DATA
+        length = struct.unpack_from("<I", data)[0]
+        payload = data[16:16 + length]
+        if self._write is None or self._inflate is None or len(payload) != length \
+                or checksum(payload) != chk & 0xFF:
+            self._reply(op, error=ERR_CRC if self._write is not None else ERR_INVALID)
+            return
+        try:
+            self._store(self._inflate.decompress(payload, self.FLASH_SIZE))
+        except zlib.error:
+            self._reply(op, error=ERR_INVALID)
+            return
+        self._reply(op)
+
+    def _op_12(self, op: int, data: bytes, chk: int) -> None:  # FLASH_DEFL_END
+        self._write = self._inflate = None
+        self._reply(op)
+
+    def _op_13(self, op: int, data: bytes, chk: int) -> None:  # SPI_FLASH_MD5
+        addr, size = struct.unpack_from("<II", data)
+        digest = hashlib.md5(bytes(self.flash[addr:addr + size])).hexdigest().encode()
+        self._reply(op, data=digest)
+
+    def _op_0e(self, op: int, data: bytes, chk: int) -> None:  # READ_FLASH_SLOW
+        addr, size = struct.unpack_from("<II", data)
+        block = bytes(self.flash[addr:addr + min(size, 64)])
+        self._reply(op, data=block.ljust(64, b"\xff"))
+
+
+__all__ = ["Esp32S3Device", "slip", "checksum", "FLASH_ID"]
