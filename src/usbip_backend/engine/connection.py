@@ -105,6 +105,10 @@ _READER_BACKOFF = 0.001
 #: How long the reader thread, idle while a caller holds the read token (a synchronous transfer
 #: that builds no URB), waits before it watches the socket for a hang-up again.
 _IDLE_RECHECK = 0.25
+#: Most one non-blocking send hands the kernel. On loopback with a fast reader a single
+#: sendmsg can go on copying tens of MiB while space keeps freeing up; an event loop calling it
+#: must get control back within a millisecond or so. The rest goes on when the socket is writable.
+_SEND_SLICE = 1 << 20
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
@@ -286,7 +290,7 @@ class _Sender:
                     if sent is not None:
                         sent()
                 continue
-            flat_views = [v for views, _ in batch for v in views]
+            flat_views = _head([v for views, _ in batch for v in views], _SEND_SLICE)
             try:
                 if len(flat_views) == 1:
                     n = sock.send(flat_views[0], socket.MSG_DONTWAIT)
@@ -308,6 +312,20 @@ class _Sender:
                 for later in reversed(batch[i + 1:]):
                     queue.appendleft(later)
                 return True
+
+
+def _head(views: List[Any], limit: int) -> List[Any]:
+    """The first ``limit`` bytes of ``views`` (the views themselves when they hold no more)."""
+    out: List[Any] = []
+    left = limit
+    for v in views:
+        size = _nbytes(v)
+        if size >= left:
+            out.append(v if size == left else memoryview(v)[:left])
+            return out
+        out.append(v)
+        left -= size
+    return out
 
 
 def _nbytes(buf: Any) -> int:
