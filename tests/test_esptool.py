@@ -72,3 +72,25 @@ def test_write_verify_and_read_flash(esp, tmp_path):
     back = tmp_path / "back.bin"
     run_esptool(srv, "read-flash", "0x10000", "8192", str(back))
     assert back.read_bytes() == image[:8192]
+
+
+@pytest.mark.timeout(600)
+def test_esptool_default_reset_behind_a_cp2102(tmp_path):
+    """A DevKit's UART port: the classic EN/IO0 circuit behind a CP2102, esptool's default reset
+    (its tight reset needs a file descriptor: fileno() raises ENOTTY and it falls back)."""
+    from usbip_backend.sim.esp import Esp32S3DevKit
+
+    kit = Esp32S3DevKit("1-3")
+    with SimServer([kit]) as srv:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["NO_COLOR"] = "1"
+        image = random.Random(5).randbytes(100_000)
+        app = tmp_path / "app.bin"
+        app.write_bytes(image)
+        done = subprocess.run([esptool_command(), "--port", f"usbip://127.0.0.1:{srv.port}/1-3", "--no-stub",
+                               "write-flash", "0x0", str(app)], capture_output=True, text=True, timeout=300, env=env)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        assert "Hash of data verified." in out
+        assert bytes(kit.flash[:len(image)]) == image
+        assert kit.resets[0] == "download" and kit.resets[-1] == "app"

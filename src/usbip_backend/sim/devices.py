@@ -661,6 +661,7 @@ STOCK = {
     "ch34x": Ch34xDevice,
     "ftdi": FtdiDevice,
     "esp32s3": "esp:Esp32S3Device",
+    "esp32s3-uart": "esp:Esp32S3DevKit",
 }
 
 

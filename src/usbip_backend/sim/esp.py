@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 import zlib
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .device import Setup
-from .devices import CdcAcmDevice
+from .devices import CdcAcmDevice, Cp210xDevice
 
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 SYNC, WRITE_REG, READ_REG, SPI_SET_PARAMS, SPI_ATTACH, CHANGE_BAUDRATE = 0x08, 0x09, 0x0A, 0x0B, 0x0D, 0x0F
@@ -64,59 +65,39 @@ def checksum(data: bytes) -> int:
     return state
 
 
-class Esp32S3Device(CdcAcmDevice):
-    """An ESP32-S3's USB-Serial-JTAG with a ROM bootloader esptool can talk to (``--no-stub``)."""
+class Esp32S3Rom:
+    """The chip: its 4 MiB flash, its mode, and the ROM loader's protocol on its UART.
 
-    vid, pid = 0x303A, 0x1001
-    manufacturer = "Espressif"
-    product = "USB JTAG/serial debug unit"
+    ``emit(bytes)`` is how it sends (the USB side of whatever bridge it sits behind).
+    """
+
     FLASH_SIZE = 4 * 1024 * 1024
     MAX_FRAME = 0x4000 + 64  # a FLASH_DATA block of 16 KiB and its header
 
-    def __init__(self, busid: Optional[str] = None) -> None:
-        super().__init__(busid)
+    def __init__(self, emit: Callable[[bytes], None]) -> None:
+        self.emit = emit
         self.flash = bytearray(b"\xff" * self.FLASH_SIZE)
         self.mode = "app"
         self.resets: List[str] = []  #: the mode of each reset, in order
-        self._strap = False
-        self._lines = (0, 0)
         self._frame: Optional[bytearray] = None
         self._esc = False
         self.regs: Dict[int, int] = {}
         self._write: Optional[Dict[str, int]] = None
-        self._inflate: Optional["zlib._Decompress"] = None
+        self._inflate: Any = None
 
-    # -- reset circuit (USB-Serial-JTAG) -------------------------------------------------------------
-    def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
-        result = super().class_request_out(setup, data)
-        if setup.bRequest == self.SET_CONTROL_LINE_STATE:
-            self._lines_changed((setup.wValue & 1, setup.wValue >> 1 & 1))
-        return result
-
-    def _lines_changed(self, lines: tuple) -> None:
-        if lines == (1, 0):
-            self._strap = True  # GPIO0 held low
-        elif lines == (0, 0):
-            self._strap = False
-        elif lines == (0, 1) and self._lines != (0, 1):
-            self._reset("download" if self._strap else "app")
-            self._strap = False
-        self._lines = lines
-
-    def _reset(self, mode: str) -> None:
+    def reset(self, mode: str) -> None:
+        """The chip resets and starts its bootloader ("download") or its application ("app")."""
         self.mode = mode
         self.resets.append(mode)
-        self.buffer.clear()
         self._frame = None
         self._write = self._inflate = None
         if mode == "download":
-            self.buffer += b"ESP-ROM:esp32s3-20210327\r\nwaiting for download\r\n"
-            self.notify(0x81)
+            self.emit(b"ESP-ROM:esp32s3-20210327\r\nwaiting for download\r\n")
 
-    # -- the serial side -------------------------------------------------------------------------------
-    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+    def feed(self, data: bytes) -> None:
+        """Bytes arriving on the chip's UART."""
         if self.mode != "download":
-            return None  # the application does not read its console here
+            return  # the application does not read its console here
         for b in data:
             if b == SLIP_END:
                 if self._frame:
@@ -132,12 +113,10 @@ class Esp32S3Device(CdcAcmDevice):
                 self._esc = True
             elif len(self._frame) < self.MAX_FRAME:
                 self._frame.append(b)
-        return None
 
     def _reply(self, op: int, value: int = 0, data: bytes = b"", error: int = 0) -> None:
         body = data + bytes([1 if error else 0, error, 0, 0])
-        self.buffer += slip(struct.pack("<BBHI", 1, op, len(body), value) + body)
-        self.notify(0x81)
+        self.emit(slip(struct.pack("<BBHI", 1, op, len(body), value) + body))
 
     def _command(self, frame: bytes) -> None:
         if len(frame) < 8 or frame[0] != 0:
@@ -248,4 +227,121 @@ class Esp32S3Device(CdcAcmDevice):
         self._reply(op, data=block.ljust(64, b"\xff"))
 
 
-__all__ = ["Esp32S3Device", "slip", "checksum", "FLASH_ID"]
+
+
+class Esp32S3Device(CdcAcmDevice):
+    """An ESP32-S3's USB-Serial-JTAG with a ROM bootloader esptool can talk to (``--no-stub``).
+
+    Its reset circuit: DTR high with RTS low straps GPIO0 low; RTS high with DTR low resets the
+    chip, into download mode if the strap was set (and not cleared by (0, 0) since).
+    """
+
+    vid, pid = 0x303A, 0x1001
+    manufacturer = "Espressif"
+    product = "USB JTAG/serial debug unit"
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.chip = Esp32S3Rom(self._emit)
+        self._strap = False
+        self._lines = (0, 0)
+
+    @property
+    def flash(self) -> bytearray:
+        return self.chip.flash
+
+    @property
+    def resets(self) -> List[str]:
+        return self.chip.resets
+
+    def _emit(self, data: bytes) -> None:
+        self.buffer += data
+        self.notify(0x81)
+
+    def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        result = super().class_request_out(setup, data)
+        if setup.bRequest == self.SET_CONTROL_LINE_STATE:
+            self._lines_changed((setup.wValue & 1, setup.wValue >> 1 & 1))
+        return result
+
+    def _lines_changed(self, lines: tuple) -> None:
+        if lines == (1, 0):
+            self._strap = True  # GPIO0 held low
+        elif lines == (0, 0):
+            self._strap = False
+        elif lines == (0, 1) and self._lines != (0, 1):
+            self.buffer.clear()
+            self.chip.reset("download" if self._strap else "app")
+            self._strap = False
+        self._lines = lines
+
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        self.chip.feed(bytes(data))
+        return None
+
+
+class Esp32S3DevKit(Cp210xDevice):
+    """An ESP32-S3 DevKit's UART port: the chip behind a CP2102 with the classic two-transistor
+    circuit. (DTR, RTS) = (0, 1) pulls EN low (the chip held in reset), (1, 0) pulls GPIO0 low,
+    (0, 0) and (1, 1) leave both high. EN rises slowly (its capacitor: :attr:`EN_RISE` seconds)
+    after the reset is let go, and the chip starts in download mode if GPIO0 is low by then.
+    esptool's classic reset relies on exactly that: (0, 1); (1, 1) then (1, 0) at once; (0, 0).
+    """
+
+    EN_RISE = 0.02
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.chip = Esp32S3Rom(self._emit)
+        self._released: Optional[float] = None  # when EN started rising
+
+    @property
+    def flash(self) -> bytearray:
+        return self.chip.flash
+
+    @property
+    def resets(self) -> List[str]:
+        self._settle()
+        return self.chip.resets
+
+    def _emit(self, data: bytes) -> None:
+        if self.enabled:
+            self.buffer += data
+            self.notify(0x81)
+
+    def _boot(self, mode: str) -> None:
+        self._released = None
+        self.buffer.clear()
+        self.chip.reset(mode)
+
+    def _settle(self) -> None:
+        """EN has risen if its time is up: the chip started (GPIO0 was high: the application)."""
+        if self._released is not None and time.monotonic() - self._released > self.EN_RISE:
+            self._boot("app")
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        before = (self.dtr, self.rts)
+        result = super().vendor_request_out(setup, data)
+        after = (self.dtr, self.rts)
+        if after == before:
+            return result
+        now = time.monotonic()
+        if self._released is not None and now - self._released > self.EN_RISE:
+            self._boot("app")  # EN rose with GPIO0 high before this change
+        if after == (False, True):
+            self._released = None  # held in reset again
+        elif before == (False, True):
+            self._released = now  # the reset let go: EN starts rising
+        if self._released is not None and after == (True, False):
+            self._boot("download")  # GPIO0 low while EN is still low: the ROM's download mode
+        return result
+
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        if not self.enabled:
+            return False
+        self._settle()
+        self.chip.feed(bytes(data))
+        return None
+
+
+__all__ = ["Esp32S3Device", "Esp32S3DevKit", "Esp32S3Rom", "slip", "checksum", "FLASH_ID"]
