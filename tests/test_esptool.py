@@ -75,12 +75,15 @@ def test_write_verify_and_read_flash(esp, tmp_path):
 
 
 @pytest.mark.timeout(600)
-def test_esptool_default_reset_behind_a_cp2102(tmp_path):
-    """A DevKit's UART port: the classic EN/IO0 circuit behind a CP2102, esptool's default reset
-    (its tight reset needs a file descriptor: fileno() raises ENOTTY and it falls back)."""
-    from usbip_backend.sim.esp import Esp32S3DevKit
+@pytest.mark.parametrize("kind", ["Esp32S3DevKit", "Esp32S3DevKitCh340", "Esp32S3DevKitFtdi"],
+                         ids=["cp210x", "ch34x", "ftdi"])
+def test_esptool_default_reset_behind_each_bridge(tmp_path, kind):
+    """A DevKit's UART port: the classic EN/IO0 circuit behind a CP2102, a CH340 or an FT232R,
+    esptool's default reset (its tight reset needs a file descriptor: fileno() raises ENOTTY and
+    it falls back), write-flash with its MD5 verify through each driver."""
+    from usbip_backend.sim import esp as sim_esp
 
-    kit = Esp32S3DevKit("1-3")
+    kit = getattr(sim_esp, kind)("1-3")
     with SimServer([kit]) as srv:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["NO_COLOR"] = "1"

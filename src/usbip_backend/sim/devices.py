@@ -662,6 +662,8 @@ STOCK = {
     "ftdi": FtdiDevice,
     "esp32s3": "esp:Esp32S3Device",
     "esp32s3-uart": "esp:Esp32S3DevKit",
+    "esp32s3-ch340": "esp:Esp32S3DevKitCh340",
+    "esp32s3-ftdi": "esp:Esp32S3DevKitFtdi",
 }
 
 

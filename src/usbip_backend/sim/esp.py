@@ -26,7 +26,7 @@ import zlib
 from typing import Any, Callable, Dict, List, Optional
 
 from .device import Setup
-from .devices import CdcAcmDevice, Cp210xDevice
+from .devices import CdcAcmDevice, Ch34xDevice, Cp210xDevice, FtdiDevice
 
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 SYNC, WRITE_REG, READ_REG, SPI_SET_PARAMS, SPI_ATTACH, CHANGE_BAUDRATE = 0x08, 0x09, 0x0A, 0x0B, 0x0D, 0x0F
@@ -280,18 +280,21 @@ class Esp32S3Device(CdcAcmDevice):
         return None
 
 
-class Esp32S3DevKit(Cp210xDevice):
-    """An ESP32-S3 DevKit's UART port: the chip behind a CP2102 with the classic two-transistor
-    circuit. (DTR, RTS) = (0, 1) pulls EN low (the chip held in reset), (1, 0) pulls GPIO0 low,
-    (0, 0) and (1, 1) leave both high. EN rises slowly (its capacitor: :attr:`EN_RISE` seconds)
-    after the reset is let go, and the chip starts in download mode if GPIO0 is low by then.
-    esptool's classic reset relies on exactly that: (0, 1); (1, 1) then (1, 0) at once; (0, 0).
+class _ClassicCircuit:
+    """An ESP32-S3 DevKit's UART port: the chip behind a USB-UART bridge with the classic
+    two-transistor circuit. (DTR, RTS) = (0, 1) pulls EN low (the chip held in reset), (1, 0)
+    pulls GPIO0 low, (0, 0) and (1, 1) leave both high. EN rises slowly (its capacitor:
+    :attr:`EN_RISE` seconds) after the reset is let go, and the chip starts in download mode if
+    GPIO0 is low by then. esptool's classic reset relies on exactly that: (0, 1); (1, 1) then
+    (1, 0) at once; (0, 0). Mixed into a virtual bridge (its ``dtr``, ``rts``, ``buffer``).
     """
 
     EN_RISE = 0.02
+    dtr: bool
+    rts: bool
+    buffer: bytearray
 
-    def __init__(self, busid: Optional[str] = None) -> None:
-        super().__init__(busid)
+    def _chip_init(self) -> None:
         self.chip = Esp32S3Rom(self._emit)
         self._released: Optional[float] = None  # when EN started rising
 
@@ -305,9 +308,8 @@ class Esp32S3DevKit(Cp210xDevice):
         return self.chip.resets
 
     def _emit(self, data: bytes) -> None:
-        if self.enabled:
-            self.buffer += data
-            self.notify(0x81)
+        self.buffer += data
+        self.notify(self.UART_IN)  # type: ignore[attr-defined]
 
     def _boot(self, mode: str) -> None:
         self._released = None
@@ -319,12 +321,9 @@ class Esp32S3DevKit(Cp210xDevice):
         if self._released is not None and time.monotonic() - self._released > self.EN_RISE:
             self._boot("app")
 
-    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
-        before = (self.dtr, self.rts)
-        result = super().vendor_request_out(setup, data)
-        after = (self.dtr, self.rts)
+    def _lines(self, before: tuple, after: tuple) -> None:
         if after == before:
-            return result
+            return
         now = time.monotonic()
         if self._released is not None and now - self._released > self.EN_RISE:
             self._boot("app")  # EN rose with GPIO0 high before this change
@@ -334,14 +333,62 @@ class Esp32S3DevKit(Cp210xDevice):
             self._released = now  # the reset let go: EN starts rising
         if self._released is not None and after == (True, False):
             self._boot("download")  # GPIO0 low while EN is still low: the ROM's download mode
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        before = (self.dtr, self.rts)
+        result = super().vendor_request_out(setup, data)  # type: ignore[misc]
+        self._lines(before, (self.dtr, self.rts))
         return result
 
-    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
-        if not self.enabled:
-            return False
+    def _uart_out(self, data: bytearray) -> Optional[bool]:
         self._settle()
         self.chip.feed(bytes(data))
         return None
 
 
-__all__ = ["Esp32S3Device", "Esp32S3DevKit", "Esp32S3Rom", "slip", "checksum", "FLASH_ID"]
+class Esp32S3DevKit(_ClassicCircuit, Cp210xDevice):
+    """An ESP32-S3 behind a CP2102 (10c4:ea60) with the DevKit's EN/IO0 circuit."""
+
+    UART_IN = 0x81
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self._chip_init()
+
+    def _emit(self, data: bytes) -> None:
+        if self.enabled:
+            super()._emit(data)
+
+    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+        if not self.enabled:
+            return False
+        return self._uart_out(data)
+
+
+class Esp32S3DevKitCh340(_ClassicCircuit, Ch34xDevice):
+    """An ESP32-S3 behind a CH340 (1a86:7523) with the DevKit's EN/IO0 circuit."""
+
+    UART_IN = 0x82
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self._chip_init()
+
+    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+        return self._uart_out(data)
+
+
+class Esp32S3DevKitFtdi(_ClassicCircuit, FtdiDevice):
+    """An ESP32-S3 behind an FT232R (0403:6001) with the DevKit's EN/IO0 circuit."""
+
+    UART_IN = 0x81
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self._chip_init()
+
+    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+        return self._uart_out(data)
+
+
+__all__ = ["Esp32S3Device", "Esp32S3DevKit", "Esp32S3DevKitCh340", "Esp32S3DevKitFtdi", "Esp32S3Rom", "slip", "checksum", "FLASH_ID"]
