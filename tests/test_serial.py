@@ -362,3 +362,25 @@ def test_reopen_waits_for_a_device_that_reenumerates():
             back.join()
         with pytest.raises(serial.SerialException, match="no device 1209:7777"):
             serial.serial_for_url(url(srv, "1209:7777"))  # a first open does not wait
+
+
+def test_ft2232h_port_b_and_the_120_mhz_divisor():
+    """An ESP-Prog-style FT2232H: ?interface= picks the port, requests carry it in wIndex, and
+    the H chip's 120 MHz clock gives exact high rates."""
+    with SimServer(stock_devices(["ft2232h"])) as srv:
+        ft = srv.device("1-1")
+        with serial.serial_for_url(url(srv, "0403:6010", "?interface=1&baudrate=3000000"), timeout=2) as ser:
+            assert ft.baudrate(2) == 3_000_000 and ft.ports[2].divisor & 0x20000  # the 120 MHz clock
+            assert ft.ports[1].line_state_history == []  # port A untouched
+            assert (ft.ports[2].dtr, ft.ports[2].rts) == (True, True)
+            payload = bytes(range(256)) * 20
+            ser.write(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = ser.read(len(payload) - len(got))
+                assert chunk, "timed out"
+                got += chunk
+            assert bytes(got) == payload  # 512-byte packets, status bytes stripped
+            ser.baudrate = 115200
+            assert abs(ft.baudrate(2) - 115200) / 115200 < 0.01
+            assert ser.cts and ser.dsr

@@ -19,8 +19,8 @@ inverted), the inverted status bits read from register 0x0706, as ch341.c does.
 FTDI (FT232R and other single-port chips): RESET, SET_LATENCY_TIMER and SET_FLOW_CTRL at open,
 SET_BAUD_RATE with the fractional divisor, SET_DATA (bits, parity, stop bits, break),
 MODEM_CTRL, GET_MODEM_STATUS; the two status bytes that start every bulk IN packet are removed,
-as ftdi_sio.c does. Multi-port chips (FT2232H, FT4232H) and the H chips' 120 MHz divisor are
-not done yet.
+as ftdi_sio.c does; multi-port chips (FT2232H, FT4232H: one port per interface, ``?interface=N``
+picks it, the first by default) and the H chips' 120 MHz divisor included.
 """
 
 from __future__ import annotations
@@ -286,8 +286,9 @@ class Ch34x(Driver):
 
 
 class Ftdi(Driver):
-    """FTDI FT232R-style single-port bridges (ftdi_sio.c in Linux): vendor requests with the
-    port in wIndex, and two status bytes at the start of every bulk IN packet."""
+    """FTDI bridges (ftdi_sio.c in Linux): vendor requests with the port in wIndex (0 on
+    single-port chips, interface + 1 on FT2232/FT4232), the H chips' 120 MHz divisor, and two
+    status bytes at the start of every bulk IN packet."""
 
     kind = "FTDI"
     RESET, MODEM_CTRL, SET_FLOW_CTRL, SET_BAUD_RATE, SET_DATA, GET_MODEM_STATUS, SET_LATENCY_TIMER = (
@@ -300,8 +301,20 @@ class Ftdi(Driver):
         self.dev.control(0x40, request, value, index, None, timeout)
 
     @property
+    def multi_port(self) -> bool:
+        """FT2232/FT4232: one serial port per interface."""
+        cfg = self.dev.config_by_value(self.config)
+        return cfg is not None and len(cfg.interfaces) > 1
+
+    @property
+    def h_chip(self) -> bool:
+        """FT2232H, FT4232H, FT232H (bcdDevice 7.00, 8.00, 9.00): a 120 MHz baud clock."""
+        return self.dev.descriptor.bcdDevice in (0x0700, 0x0800, 0x0900)
+
+    @property
     def port(self) -> int:
-        return 0  # single-port chips; multi-port ones number their interfaces 1, 2, ...
+        """wIndex's port: 0 on single-port chips, the interface number + 1 on multi-port ones."""
+        return self.control_interface + 1 if self.multi_port else 0
 
     def start(self, timeout: Optional[float]) -> None:
         super().start(timeout)
@@ -323,12 +336,30 @@ class Ftdi(Driver):
             return 1  # 2 Mbaud
         return divisor
 
+    @classmethod
+    def h_divisor(cls, baudrate: int) -> int:
+        """The divisor of an H chip's 120 MHz clock (bit 17 selects it), as
+        ftdi_2232h_baud_base_to_divisor."""
+        divisor3 = (8 * 120_000_000 + 5 * baudrate) // (10 * baudrate)  # rounded to the closest
+        divisor = divisor3 >> 3 | cls._DIVFRAC[divisor3 & 7] << 14
+        if divisor == 1:
+            divisor = 0
+        elif divisor == 0x4001:
+            divisor = 1
+        return divisor | 0x20000
+
     def set_line_coding(self, coding: LineCoding, timeout: Optional[float]) -> None:
         if coding.bytesize not in (7, 8) or coding.stopbits not in (1, 1.5, 2) or coding.parity not in _PARITY:
             raise ValueError(f"FTDI cannot do {coding.bytesize} bits, parity {coding.parity}, "
                              f"stopbits {coding.stopbits}")
-        divisor = self.divisor(coding.baudrate)
-        self._out(self.SET_BAUD_RATE, divisor & 0xFFFF, divisor >> 16 | self.port, timeout)
+        if self.h_chip and 1200 <= coding.baudrate <= 12_000_000:
+            divisor = self.h_divisor(coding.baudrate)
+        else:
+            divisor = self.divisor(coding.baudrate)
+        index = divisor >> 16
+        if self.multi_port or self.h_chip:
+            index = index << 8 | self.port  # these chips take the port in wIndex's low byte
+        self._out(self.SET_BAUD_RATE, divisor & 0xFFFF, index, timeout)
         self._data = coding.bytesize | _PARITY[coding.parity] << 8 | _STOPBITS[coding.stopbits] << 11
         self._out(self.SET_DATA, self._data, self.port, timeout)
 
@@ -353,8 +384,8 @@ class Ftdi(Driver):
         return b"".join(bytes(data[i + 2:i + size]) for i in range(0, len(data), size))
 
 
-#: (VID, PID) of FTDI single-port bridges (FT232R, FT232BM, FT230X)
-FTDI_IDS = {(0x0403, 0x6001), (0x0403, 0x6015)}
+#: (VID, PID) of FTDI bridges: FT232R/BM, FT2232C/D/H, FT4232H, FT232H, FT-X
+FTDI_IDS = {(0x0403, 0x6001), (0x0403, 0x6010), (0x0403, 0x6011), (0x0403, 0x6014), (0x0403, 0x6015)}
 
 #: (VID, PID) of CH340/CH341 serial bridges (Linux's ch341.c id_table)
 CH34X_IDS = {(0x1A86, 0x5523), (0x1A86, 0x7522), (0x1A86, 0x7523), (0x2184, 0x0057), (0x4348, 0x5523),

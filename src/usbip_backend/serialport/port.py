@@ -98,6 +98,7 @@ class Serial(SerialBase):
         self._cancel_write = False
         self._writes: List[Urb] = []
         self._line: Optional[LineCoding] = None
+        self._want = 1  # bytes the waiting read() needs before it is worth waking
         self._last: Optional[Tuple[str, int, str, int]] = None  # (host, port, busid, VID) last opened
         self.logger: Optional[logging.Logger] = None
         super().__init__(*args, **kwargs)
@@ -230,7 +231,8 @@ class Serial(SerialBase):
             if urb.status == 0:
                 if urb.actual_length and driver is not None:
                     self._rx += driver.strip(memoryview(buf)[:urb.actual_length])
-                    self._cond.notify_all()
+                    if len(self._rx) >= self._want:
+                        self._cond.notify_all()  # (a reader waiting for more sleeps on)
             elif not self._closing:
                 self._failure = urb.exception()
                 self._cond.notify_all()
@@ -388,12 +390,16 @@ class Serial(SerialBase):
         timeout = Timeout(self._timeout)
         with self._cond:
             self._cancel_read = False
-            while len(self._rx) < size:
-                if self._failure is not None and not self._rx:
-                    self._raise_failure()
-                if self._cancel_read or timeout.expired() or self._failure is not None or not self.is_open:
-                    break
-                self._cond.wait(None if timeout.is_infinite else timeout.time_left())
+            try:
+                while len(self._rx) < size:
+                    if self._failure is not None and not self._rx:
+                        self._raise_failure()
+                    if self._cancel_read or timeout.expired() or self._failure is not None or not self.is_open:
+                        break
+                    self._want = size
+                    self._cond.wait(None if timeout.is_infinite else timeout.time_left())
+            finally:
+                self._want = 1
             data = bytes(self._rx[:size])
             del self._rx[:size]
             self._resume_reading()

@@ -505,6 +505,127 @@ class FtdiDevice(Device):
         return None
 
 
+class _FtdiPort:
+    """The line state of one FTDI port."""
+
+    def __init__(self) -> None:
+        self.divisor = 0x4138
+        self.data = 0x0008
+        self.latency = 16
+        self.dtr = self.rts = False
+        self.line_state_history: List[tuple] = []
+        self.buffer = bytearray()
+
+    def modem(self) -> int:
+        return 0x01 | (0x10 if self.rts else 0) | (0x20 | 0x80 if self.dtr else 0)
+
+
+class Ft2232hDevice(Device):
+    """An FTDI FT2232H (0403:6010, bcdDevice 7.00, high speed) with two echoing UARTs: port A
+    on interface 0 (bulk IN 0x81, OUT 0x02), port B on interface 1 (IN 0x83, OUT 0x04), as on
+    Espressif's ESP-Prog. Requests carry the port (1 or 2) in wIndex's low byte; SET_BAUD_RATE's
+    wIndex high byte holds the divisor's bits 16-17 (bit 17: the 120 MHz clock), decoded into
+    :meth:`baudrate`. IN packets (512 bytes) start with the two status bytes.
+    """
+
+    vid, pid = 0x0403, 0x6010
+    bcd_device = 0x0700
+    manufacturer = "FTDI"
+    product = "Dual RS232-HS"
+    interfaces = [
+        Interface(0, cls=0xFF, subclass=0xFF, protocol=0xFF, name="Dual RS232-HS",
+                  endpoints=[Bulk(0x81), Bulk(0x02)]),
+        Interface(1, cls=0xFF, subclass=0xFF, protocol=0xFF, name="Dual RS232-HS",
+                  endpoints=[Bulk(0x83), Bulk(0x04)]),
+    ]
+    _FRACTIONS = FtdiDevice._FRACTIONS
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.ports = {1: _FtdiPort(), 2: _FtdiPort()}
+
+    def on_reset(self) -> None:
+        for port in self.ports.values():
+            port.buffer.clear()
+            port.dtr = port.rts = False
+
+    def baudrate(self, port: int) -> int:
+        d = self.ports[port].divisor
+        base = 12_000_000 if d & 0x20000 else 3_000_000
+        d &= 0x1FFFF
+        if d == 0:
+            return base
+        if d == 1:
+            return base * 2 // 3
+        eighths = (d & 0x3FFF) * 8 + self._FRACTIONS[(d >> 14) & 7]
+        return round(base * 8 / eighths)
+
+    def _out(self, number: int, data: bytearray) -> Optional[bool]:
+        port = self.ports[number]
+        if len(port.buffer) + len(data) > self.MAX_BUFFER:
+            return False
+        port.buffer += data
+        self.notify(0x81 if number == 1 else 0x83)
+        return None
+
+    def _in(self, number: int, length: int) -> Optional[bytes]:
+        port = self.ports[number]
+        if not port.buffer or length < 3:
+            return None
+        out = bytearray()
+        status = bytes([port.modem(), 0x60])
+        while port.buffer and len(out) + 3 <= length:
+            room = min(510, length - len(out) - 2)
+            out += status + port.buffer[:room]
+            del port.buffer[:room]
+            if room < 510:
+                break
+        return bytes(out)
+
+    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+        return self._out(1, data)
+
+    def bulk_out_4(self, data: bytearray) -> Optional[bool]:
+        return self._out(2, data)
+
+    def bulk_in_1(self, length: int) -> Optional[bytes]:
+        return self._in(1, length)
+
+    def bulk_in_3(self, length: int) -> Optional[bytes]:
+        return self._in(2, length)
+
+    def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
+        port = self.ports.get(setup.wIndex & 0xFF)
+        if port is None:
+            return False
+        req = setup.bRequest
+        if req == FtdiDevice.RESET:
+            if setup.wValue in (0, 1):
+                port.buffer.clear()
+        elif req == FtdiDevice.MODEM_CTRL:
+            if setup.wValue & 0x0100:
+                port.dtr = bool(setup.wValue & 1)
+            if setup.wValue & 0x0200:
+                port.rts = bool(setup.wValue & 2)
+            port.line_state_history.append((int(port.dtr), int(port.rts)))
+        elif req == FtdiDevice.SET_BAUD_RATE:
+            port.divisor = setup.wValue | (setup.wIndex >> 8 & 0x03) << 16
+        elif req == FtdiDevice.SET_DATA:
+            port.data = setup.wValue
+        elif req == FtdiDevice.SET_LATENCY_TIMER:
+            port.latency = setup.wValue & 0xFF
+        elif req != FtdiDevice.SET_FLOW_CTRL:
+            return False
+        return None
+
+    def vendor_request_in(self, setup: Setup) -> Optional[bytes]:
+        port = self.ports.get(setup.wIndex & 0xFF)
+        if setup.bRequest == FtdiDevice.GET_MODEM_STATUS and port is not None:
+            return bytes([port.modem(), 0x60])[:setup.wLength]
+        return None
+
+
 #: The HID 1.11 boot keyboard report descriptor (appendix B.1 / E.6): 8-byte input report
 #: (modifiers, reserved, 6 key codes), 1-byte LED output report.
 KEYBOARD_REPORT_DESCRIPTOR = bytes([
@@ -660,6 +781,7 @@ STOCK = {
     "cp210x": Cp210xDevice,
     "ch34x": Ch34xDevice,
     "ftdi": FtdiDevice,
+    "ft2232h": Ft2232hDevice,
     "esp32s3": "esp:Esp32S3Device",
     "esp32s3-uart": "esp:Esp32S3DevKit",
     "esp32s3-ch340": "esp:Esp32S3DevKitCh340",
@@ -688,5 +810,5 @@ def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> Lis
     return devices
 
 
-__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "Ch34xDevice", "FtdiDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
+__all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "Ch34xDevice", "FtdiDevice", "Ft2232hDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
            "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]
