@@ -384,3 +384,19 @@ def test_ft2232h_port_b_and_the_120_mhz_divisor():
             ser.baudrate = 115200
             assert abs(ft.baudrate(2) - 115200) / 115200 < 0.01
             assert ser.cts and ser.dsr
+
+
+def test_a_server_that_refuses_big_urbs_gets_smaller_ones_and_nothing_is_lost():
+    """The ESP32 bridge answers URBs over 4 KiB with -EMSGSIZE: the port halves its 16 KiB URBs
+    (both directions) until they fit, and the echo comes back whole and in order."""
+    with SimServer(stock_devices(["acm"]), max_urb=4096) as srv:
+        with serial.serial_for_url(url(srv, "1-1"), timeout=2) as ser:
+            payload = bytes(range(256)) * 400
+            assert ser.write(payload) == len(payload)
+            got = bytearray()
+            while len(got) < len(payload):
+                chunk = ser.read(len(payload) - len(got))
+                assert chunk, "timed out"
+                got += chunk
+            assert bytes(got) == payload
+            assert ser._write_chunk == 4096 and ser._read_size == 4096

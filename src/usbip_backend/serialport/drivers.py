@@ -91,11 +91,6 @@ class Driver:
         self.notify_size = endpoint_max_packet(notify) if notify is not None else 0
         self.status = 0  # the last SERIAL_STATE bits
 
-    @property
-    def read_size(self) -> int:
-        """Bytes per bulk IN URB: whole packets, up to 4 KiB (what the ESP32 bridge takes)."""
-        return max(self.in_packet, 4096 // max(self.in_packet, 1) * self.in_packet)
-
     def describe(self) -> str:
         return f"{self.kind} on interface {self.control_interface} of {self.dev.name}"
 

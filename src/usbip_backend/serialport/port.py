@@ -32,7 +32,8 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Dict, List, Optional, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import serial
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException, SerialTimeoutException, Timeout
@@ -41,15 +42,18 @@ from .. import protocol as P
 from ..client import list_devices
 from ..device import OUT_WINDOW, Device, open_device, retry_busy_after_release
 from ..engine import Urb
-from ..errors import ImportRefusedError, UrbCancelledError, UsbipError, UsbipTimeoutError
+from ..errors import ImportRefusedError, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError
+from ..stream import EMSGSIZE, whole_packets
 from .drivers import Driver, LineCoding, NotSerialError, pick_driver
 from .url import SerialUrl, parse_url
 
 _BULK = P.TransferType.BULK
 _INTERRUPT = P.TransferType.INTERRUPT
 _log = logging.getLogger("usbip_backend.serial")
-#: Most bytes one OUT URB carries.
-WRITE_CHUNK = 4096
+#: Most bytes one URB carries (each direction) until a server refuses that size with -EMSGSIZE
+#: (the ESP32 bridge takes 4 KiB): then it is halved, in whole packets, with nothing lost.
+WRITE_CHUNK = 16384
+READ_CHUNK = 16384
 #: How long closing waits for each cancelled URB.
 CANCEL_WAIT = 1.0
 #: (host, port, busid) -> when this process last gave that import back (see REIMPORT_WINDOW):
@@ -99,6 +103,9 @@ class Serial(SerialBase):
         self._writes: List[Urb] = []
         self._line: Optional[LineCoding] = None
         self._want = 1  # bytes the waiting read() needs before it is worth waking
+        self._write_chunk = WRITE_CHUNK  # halved while the server answers -EMSGSIZE
+        self._read_size = READ_CHUNK
+        self._write_proven = False  # the server took a URB of _write_chunk bytes
         self._last: Optional[Tuple[str, int, str, int]] = None  # (host, port, busid, VID) last opened
         self.logger: Optional[logging.Logger] = None
         super().__init__(*args, **kwargs)
@@ -204,8 +211,9 @@ class Serial(SerialBase):
     def _start_reading(self) -> None:
         driver = self._driver
         assert driver is not None
+        self._read_size = whole_packets(READ_CHUNK, driver.in_packet)
         for _ in range(driver.read_urbs):
-            self._submit_read(bytearray(driver.read_size))
+            self._submit_read(bytearray(self._read_size))
         if driver.notify_ep is not None and driver.notify_size:
             self._submit_notify(bytearray(driver.notify_size))
 
@@ -228,7 +236,12 @@ class Serial(SerialBase):
                 self._reads.remove(urb)
             except ValueError:
                 pass
-            if urb.status == 0:
+            if urb.status == EMSGSIZE and not urb.actual_length and driver is not None \
+                    and len(buf) > driver.in_packet and not self._closing:
+                # The server refuses URBs this big: ask again with smaller ones, nothing lost.
+                self._read_size = min(self._read_size, whole_packets(len(buf) // 2, driver.in_packet))
+                buf = bytearray(self._read_size)
+            elif urb.status == 0:
                 if urb.actual_length and driver is not None:
                     self._rx += driver.strip(memoryview(buf)[:urb.actual_length])
                     if len(self._rx) >= self._want:
@@ -433,37 +446,55 @@ class Serial(SerialBase):
         self._cancel_write = False
         timeout = Timeout(self._write_timeout)
         view = memoryview(payload)
-        chunk = max(driver.out_packet, WRITE_CHUNK // max(driver.out_packet, 1) * driver.out_packet)
-        pieces = [view[i:i + chunk] for i in range(0, len(view), chunk)]
-        if len(payload) % driver.out_packet == 0:
-            pieces.append(view[:0])  # a zero-length packet ends a transfer of whole packets
+        total = len(payload)
+        zlp = total % driver.out_packet == 0  # a zero-length packet ends a write of whole packets
         written = 0
-        flight: List[Urb] = []
+        offset = 0
+        flight: Deque[Tuple[Urb, int]] = deque()  # (urb, its size)
         try:
-            while pieces or flight:
-                while pieces and len(flight) < OUT_WINDOW:
-                    urb = dev.conn.submit(_BULK, driver.ep_out, data=pieces.pop(0))
-                    flight.append(urb)
+            while offset < total or flight or zlp:
+                # One URB at a time until the server has taken one of the chunk's size: a
+                # refused size (-EMSGSIZE) is then learnt before anything is queued behind it.
+                limit = OUT_WINDOW if self._write_proven else 1
+                while (offset < total or (zlp and not flight)) and len(flight) < limit:
+                    size = min(self._write_chunk, total - offset)
+                    urb = dev.conn.submit(_BULK, driver.ep_out, data=view[offset:offset + size])
+                    if offset >= total:
+                        zlp = False
+                    offset += size
+                    flight.append((urb, size))
                     with self._cond:
                         self._writes.append(urb)
-                head = flight[0]
+                if not flight:
+                    break
+                head, size = flight[0]
                 left = None if timeout.is_infinite else timeout.time_left()
                 if (left is not None and left <= 0) or self._cancel_write:
                     break
                 try:
                     head.wait(left)  # at the deadline the engine unlinks it; what went is counted
                 except (UsbipTimeoutError, UrbCancelledError):
-                    flight.pop(0)
+                    flight.popleft()
                     written += head.actual_length
                     break
-                flight.pop(0)
+                except UrbError as exc:
+                    if exc.status == EMSGSIZE and not head.actual_length and len(flight) == 1 \
+                            and self._write_chunk > driver.out_packet:
+                        flight.popleft()
+                        offset -= size  # send it again in smaller pieces
+                        self._write_chunk = whole_packets(self._write_chunk // 2, driver.out_packet)
+                        continue
+                    raise
+                flight.popleft()
                 written += head.actual_length
+                if size == self._write_chunk:
+                    self._write_proven = True
         except UsbipError as exc:
             raise SerialException(f"{self._where()}: write failed: {exc}") from exc
         finally:
-            for urb in flight:
+            for urb, _ in flight:
                 urb.cancel()
-            for urb in flight:
+            for urb, _ in flight:
                 try:
                     urb.wait(CANCEL_WAIT)
                 except UsbipError:
@@ -472,8 +503,8 @@ class Serial(SerialBase):
                     written += urb.actual_length
             with self._cond:
                 self._writes = [u for u in self._writes if not u.done()]
-        if written < len(payload):
-            exc = SerialTimeoutException(f"Write timeout: {written} of {len(payload)} bytes written")
+        if written < total:
+            exc = SerialTimeoutException(f"Write timeout: {written} of {total} bytes written")
             exc.written = written  # type: ignore[attr-defined]
             raise exc
         return written
