@@ -133,7 +133,33 @@ class LoopbackDevice(Device):
         return None
 
 
-class CdcAcmDevice(Device):
+class _SerialEcho(Device):
+    """A USB serial device whose other side echoes: what the host writes on its bulk OUT comes
+    back on bulk IN :attr:`UART_IN`, up to :attr:`MAX_BUFFER` bytes held (beyond, OUT stalls)."""
+
+    UART_IN = 0x81
+    MAX_BUFFER = 1024 * 1024
+
+    def __init__(self, busid: Optional[str] = None) -> None:
+        super().__init__(busid)
+        self.buffer = bytearray()
+
+    def _echo_out(self, data: bytearray) -> Optional[bool]:
+        if len(self.buffer) + len(data) > self.MAX_BUFFER:
+            return False
+        self.buffer += data
+        self.notify(self.UART_IN)
+        return None
+
+    def _echo_in(self, length: int) -> Optional[bytes]:
+        if not self.buffer:
+            return None
+        out = bytes(self.buffer[:length])
+        del self.buffer[:length]
+        return out
+
+
+class CdcAcmDevice(_SerialEcho):
     """CDC-ACM serial port that echoes: bulk OUT 0x01 comes back on bulk IN 0x81.
 
     Comm interface 0 (IAD, header/call management/ACM/union functional descriptors, interrupt IN
@@ -152,7 +178,6 @@ class CdcAcmDevice(Device):
         Interface(1, cls=0x0A, name="CDC ACM data", endpoints=[Bulk(0x01), Bulk(0x81)]),
     ]
     SET_LINE_CODING, GET_LINE_CODING, SET_CONTROL_LINE_STATE, SEND_BREAK = 0x20, 0x21, 0x22, 0x23
-    MAX_BUFFER = 1024 * 1024
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -163,7 +188,6 @@ class CdcAcmDevice(Device):
         #: how many SET_LINE_CODING requests arrived
         self.line_coding_requests = 0
         self.breaks: List[int] = []  #: SEND_BREAK wValues, in order
-        self.buffer = bytearray()
         self.notifications: Deque[bytes] = collections.deque()
 
     def on_reset(self) -> None:
@@ -178,18 +202,10 @@ class CdcAcmDevice(Device):
             self.notify(0x81)
 
     def bulk_out_1(self, data: bytearray) -> Optional[bool]:
-        if len(self.buffer) + len(data) > self.MAX_BUFFER:
-            return False
-        self.buffer += data
-        self.notify(0x81)
-        return None
+        return self._echo_out(data)
 
     def bulk_in_1(self, length: int) -> Optional[bytes]:
-        if not self.buffer:
-            return None
-        out = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return out
+        return self._echo_in(length)
 
     def interrupt_in_3(self, length: int) -> Optional[bytes]:
         return self.notifications.popleft() if self.notifications else None
@@ -223,7 +239,7 @@ class CdcAcmDevice(Device):
         return struct.unpack_from("<I", self.line_coding)[0]
 
 
-class Cp210xDevice(Device):
+class Cp210xDevice(_SerialEcho):
     """A Silicon Labs CP2102 USB-UART bridge (10c4:ea60) that echoes, with its vendor protocol.
 
     Vendor requests to interface 0 (0x41 out, 0xC1 in), as Linux's cp210x.c sends them:
@@ -242,7 +258,6 @@ class Cp210xDevice(Device):
                             endpoints=[Bulk(0x81, 64), Bulk(0x01, 64)])]
     IFC_ENABLE, SET_LINE_CTL, GET_LINE_CTL, SET_BREAK = 0x00, 0x03, 0x04, 0x05
     SET_MHS, GET_MDMSTS, PURGE, SET_FLOW, GET_BAUDRATE, SET_BAUDRATE = 0x07, 0x08, 0x12, 0x13, 0x1D, 0x1E
-    MAX_BUFFER = 1024 * 1024
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -254,7 +269,6 @@ class Cp210xDevice(Device):
         self.line_state_history: List[tuple] = []
         self.line_coding_requests = 0
         self.breaks: List[int] = []
-        self.buffer = bytearray()
 
     def on_reset(self) -> None:
         self.enabled = False
@@ -262,18 +276,10 @@ class Cp210xDevice(Device):
         self.dtr = self.rts = False
 
     def bulk_out_1(self, data: bytearray) -> Optional[bool]:
-        if not self.enabled or len(self.buffer) + len(data) > self.MAX_BUFFER:
-            return False
-        self.buffer += data
-        self.notify(0x81)
-        return None
+        return self._echo_out(data) if self.enabled else False
 
     def bulk_in_1(self, length: int) -> Optional[bytes]:
-        if not self.buffer or not self.enabled:
-            return None
-        out = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return out
+        return self._echo_in(length) if self.enabled else None
 
     def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
         req, value = setup.bRequest, setup.wValue
@@ -314,7 +320,7 @@ class Cp210xDevice(Device):
         return None
 
 
-class Ch34xDevice(Device):
+class Ch34xDevice(_SerialEcho):
     """A WCH CH340 USB-UART bridge (1a86:7523) that echoes, with ch341.c's register protocol.
 
     READ_VERSION (0x5F), SERIAL_INIT (0xA1), WRITE_REG (0x9A: wValue names two registers, wIndex
@@ -332,7 +338,7 @@ class Ch34xDevice(Device):
                             endpoints=[Bulk(0x82, 32), Bulk(0x02, 32), Interrupt(0x81, 8)])]
     READ_VERSION, WRITE_REG, READ_REG, SERIAL_INIT, MODEM_CTRL = 0x5F, 0x9A, 0x95, 0xA1, 0xA4
     VERSION = 0x31
-    MAX_BUFFER = 1024 * 1024
+    UART_IN = 0x82
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -341,7 +347,6 @@ class Ch34xDevice(Device):
         self.dtr = self.rts = False
         self.line_state_history: List[tuple] = []
         self.line_coding_requests = 0
-        self.buffer = bytearray()
 
     def on_reset(self) -> None:
         self.buffer.clear()
@@ -361,18 +366,10 @@ class Ch34xDevice(Device):
         return self.regs.get(0x18, 0)
 
     def bulk_out_2(self, data: bytearray) -> Optional[bool]:
-        if len(self.buffer) + len(data) > self.MAX_BUFFER:
-            return False
-        self.buffer += data
-        self.notify(0x82)
-        return None
+        return self._echo_out(data)
 
     def bulk_in_2(self, length: int) -> Optional[bytes]:
-        if not self.buffer:
-            return None
-        out = bytes(self.buffer[:length])
-        del self.buffer[:length]
-        return out
+        return self._echo_in(length)
 
     def interrupt_in_1(self, length: int) -> Optional[bytes]:
         return None
@@ -407,7 +404,7 @@ class Ch34xDevice(Device):
         return None
 
 
-class FtdiDevice(Device):
+class FtdiDevice(_SerialEcho):
     """An FTDI FT232R USB-UART bridge (0403:6001) that echoes, with ftdi_sio.c's requests.
 
     RESET (0), MODEM_CTRL (1), SET_FLOW_CTRL (2), SET_BAUD_RATE (3, decoded into
@@ -425,7 +422,6 @@ class FtdiDevice(Device):
     RESET, MODEM_CTRL, SET_FLOW_CTRL, SET_BAUD_RATE, SET_DATA, GET_MODEM_STATUS = 0, 1, 2, 3, 4, 5
     SET_LATENCY_TIMER = 9
     _FRACTIONS = {0: 0, 3: 1, 2: 2, 4: 3, 1: 4, 5: 5, 6: 6, 7: 7}  # the chip's code -> eighths
-    MAX_BUFFER = 1024 * 1024
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -435,7 +431,6 @@ class FtdiDevice(Device):
         self.dtr = self.rts = False
         self.line_state_history: List[tuple] = []
         self.line_coding_requests = 0
-        self.buffer = bytearray()
 
     def on_reset(self) -> None:
         self.buffer.clear()
@@ -455,11 +450,7 @@ class FtdiDevice(Device):
         return 0x01 | (0x10 if self.rts else 0) | (0x20 | 0x80 if self.dtr else 0)
 
     def bulk_out_2(self, data: bytearray) -> Optional[bool]:
-        if len(self.buffer) + len(data) > self.MAX_BUFFER:
-            return False
-        self.buffer += data
-        self.notify(0x81)
-        return None
+        return self._echo_out(data)
 
     def bulk_in_1(self, length: int) -> Optional[bytes]:
         if not self.buffer or length < 3:

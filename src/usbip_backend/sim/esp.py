@@ -256,7 +256,7 @@ class Esp32S3Device(CdcAcmDevice):
 
     def _emit(self, data: bytes) -> None:
         self.buffer += data
-        self.notify(0x81)
+        self.notify(self.UART_IN)
 
     def class_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
         result = super().class_request_out(setup, data)
@@ -309,7 +309,7 @@ class _ClassicCircuit:
 
     def _emit(self, data: bytes) -> None:
         self.buffer += data
-        self.notify(self.UART_IN)  # type: ignore[attr-defined]
+        self.notify(self.UART_IN)  # type: ignore[attr-defined]  (the bridge's IN endpoint)
 
     def _boot(self, mode: str) -> None:
         self._released = None
@@ -349,8 +349,6 @@ class _ClassicCircuit:
 class Esp32S3DevKit(_ClassicCircuit, Cp210xDevice):
     """An ESP32-S3 behind a CP2102 (10c4:ea60) with the DevKit's EN/IO0 circuit."""
 
-    UART_IN = 0x81
-
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
         self._chip_init()
@@ -368,8 +366,6 @@ class Esp32S3DevKit(_ClassicCircuit, Cp210xDevice):
 class Esp32S3DevKitCh340(_ClassicCircuit, Ch34xDevice):
     """An ESP32-S3 behind a CH340 (1a86:7523) with the DevKit's EN/IO0 circuit."""
 
-    UART_IN = 0x82
-
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
         self._chip_init()
@@ -380,8 +376,6 @@ class Esp32S3DevKitCh340(_ClassicCircuit, Ch34xDevice):
 
 class Esp32S3DevKitFtdi(_ClassicCircuit, FtdiDevice):
     """An ESP32-S3 behind an FT232R (0403:6001) with the DevKit's EN/IO0 circuit."""
-
-    UART_IN = 0x81
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
