@@ -35,6 +35,16 @@ def url(srv, target="1-2", query=""):
     return f"usbip://127.0.0.1:{srv.port}/{target}{query}"
 
 
+def read_exactly(ser, count):
+    """``count`` bytes from the port, read as they come (each read bounded by its timeout)."""
+    got = bytearray()
+    while len(got) < count:
+        chunk = ser.read(count - len(got))
+        assert chunk, f"timed out after {len(got)} of {count} bytes"
+        got += chunk
+    return bytes(got)
+
+
 def wait_for(condition, timeout=10.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -77,12 +87,7 @@ def test_echo_through_serial_for_url(server):
         assert ser.read(11) == b"hello world"
         payload = bytes(range(256)) * 400  # 100 KiB: many URBs each way, order kept
         assert ser.write(payload) == len(payload)
-        got = bytearray()
-        while len(got) < len(payload):
-            chunk = ser.read(len(payload) - len(got))
-            assert chunk, "timed out"
-            got += chunk
-        assert bytes(got) == payload
+        assert read_exactly(ser, len(payload)) == payload
 
 
 def test_by_vid_pid_and_reopen_of_the_same_instance(server):
@@ -221,12 +226,7 @@ def test_cp210x_echo_lines_and_line_coding(cp_server):
         assert (cp.dtr, cp.rts) == (True, True)
         payload = bytes(range(256)) * 64
         ser.write(payload)
-        got = bytearray()
-        while len(got) < len(payload):
-            chunk = ser.read(len(payload) - len(got))
-            assert chunk, "timed out"
-            got += chunk
-        assert bytes(got) == payload
+        assert read_exactly(ser, len(payload)) == payload
         start = len(cp.line_state_history)
         ser.dtr = False  # the classic EN/IO0 reset: (0, 1), (1, 0), (0, 0)
         ser.rts = True
@@ -257,12 +257,7 @@ def test_ch34x_echo_baud_registers_lines_and_break():
             assert (ch.dtr, ch.rts) == (True, True)  # sent inverted, decoded by the device
             payload = bytes(range(256)) * 16
             ser.write(payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                chunk = ser.read(len(payload) - len(got))
-                assert chunk, "timed out"
-                got += chunk
-            assert bytes(got) == payload
+            assert read_exactly(ser, len(payload)) == payload
             for baud in (9600, 460800, 921600, 2000000):
                 ser.baudrate = baud
                 assert abs(ch.baudrate - baud) / baud < 0.003
@@ -289,12 +284,7 @@ def test_ftdi_echo_strips_status_bytes_and_sets_divisors():
             assert (ft.dtr, ft.rts) == (True, True)
             payload = bytes(range(256)) * 20  # many 64-byte packets, each with 2 status bytes
             ser.write(payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                chunk = ser.read(len(payload) - len(got))
-                assert chunk, "timed out"
-                got += chunk
-            assert bytes(got) == payload
+            assert read_exactly(ser, len(payload)) == payload
             for baud in (9600, 921600, 2000000, 3000000):
                 ser.baudrate = baud
                 assert abs(ft.baudrate - baud) / baud < 0.03
@@ -375,12 +365,7 @@ def test_ft2232h_port_b_and_the_120_mhz_divisor():
             assert (ft.ports[2].dtr, ft.ports[2].rts) == (True, True)
             payload = bytes(range(256)) * 20
             ser.write(payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                chunk = ser.read(len(payload) - len(got))
-                assert chunk, "timed out"
-                got += chunk
-            assert bytes(got) == payload  # 512-byte packets, status bytes stripped
+            assert read_exactly(ser, len(payload)) == payload  # 512-byte packets, status bytes stripped
             ser.baudrate = 115200
             assert abs(ft.baudrate(2) - 115200) / 115200 < 0.01
             assert ser.cts and ser.dsr
@@ -393,10 +378,5 @@ def test_a_server_that_refuses_big_urbs_gets_smaller_ones_and_nothing_is_lost():
         with serial.serial_for_url(url(srv, "1-1"), timeout=2) as ser:
             payload = bytes(range(256)) * 400
             assert ser.write(payload) == len(payload)
-            got = bytearray()
-            while len(got) < len(payload):
-                chunk = ser.read(len(payload) - len(got))
-                assert chunk, "timed out"
-                got += chunk
-            assert bytes(got) == payload
+            assert read_exactly(ser, len(payload)) == payload
             assert ser._write_chunk == 4096 and ser._read_size == 4096

@@ -47,7 +47,6 @@ device imported, which is exclusive (one client at a time). So a :class:`DeviceD
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 from collections import deque
@@ -69,7 +68,7 @@ from .engine import Connection, Urb, flat
 from .errors import ConnectionLostError, NotFoundError, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError
 from .stream import (
     CANCEL_WAIT, DEFAULT_BUDGET, DEFAULT_PROGRESS_EVERY, DEFAULT_SLOW, Pipe, Progress,
-    ProgressCallback, Source, StreamError, _InPlan, _OutPlan,
+    ProgressCallback, Source, StreamError, _InPlan, _OutPlan, opened,
 )
 
 _CONTROL = P.TransferType.CONTROL
@@ -885,12 +884,7 @@ class InEndpoint(Endpoint):
     async def read_into_file(self, file: Any, total: Optional[int] = None, **kwargs: Any) -> Progress:
         """Stream into a binary file (or a path; ``offset=`` appends after that many bytes).
         File writes happen on the loop's thread: use a fast local file."""
-        from .stream import _open_for_append
-
-        offset = kwargs.get("offset", 0)
-        own = isinstance(file, (str, os.PathLike))
-        f: Any = _open_for_append(file, offset) if own else file
-        try:
+        with opened(file, kwargs.get("offset", 0), writing=True) as f:
             stream = self.stream(total, **kwargs)
             try:
                 async for view in stream:
@@ -899,9 +893,6 @@ class InEndpoint(Endpoint):
                 f.write(exc.data)
                 raise
             return stream.progress()
-        finally:
-            if own:
-                f.close()
 
 
 class AsyncInStream:
@@ -930,11 +921,7 @@ class AsyncInStream:
         plan.give_back()
         try:
             while True:
-                try:
-                    plan.fill()
-                except StreamError as exc:
-                    _stream_cause(exc)
-                    raise
+                _fill(plan)
                 if plan.done:
                     await self.aclose()
                     raise StopAsyncIteration
@@ -977,9 +964,14 @@ class AsyncInStream:
         await self.aclose()
 
 
-def _stream_cause(exc: StreamError) -> None:
-    if exc.cause is not None:
-        exc.cause = _translate(exc.cause)
+def _fill(plan: Union[_InPlan, _OutPlan]) -> None:
+    """Top the plan's window up; a failure's cause is given as this module's errors."""
+    try:
+        plan.fill()
+    except StreamError as exc:
+        if exc.cause is not None:
+            exc.cause = _translate(exc.cause)
+        raise
 
 
 async def _all_ended(urbs: Sequence[Urb]) -> None:
@@ -1033,11 +1025,7 @@ class OutEndpoint(Endpoint):
                         slow, progress_every, False, total)
         try:
             while True:
-                try:
-                    plan.fill()
-                except StreamError as exc:
-                    _stream_cause(exc)
-                    raise
+                _fill(plan)
                 if plan.done:
                     return plan.meter.report(plan.window, plan.chunk)
                 await _ended(plan.flight[0][0])
@@ -1054,13 +1042,8 @@ class OutEndpoint(Endpoint):
 
     async def write_from_file(self, file: Any, **kwargs: Any) -> Progress:
         """Stream a binary file (or a path) out."""
-        own = isinstance(file, (str, os.PathLike))
-        f: Any = open(file, "rb") if own else file
-        try:
+        with opened(file, writing=False) as f:
             return await self.stream(f, **kwargs)
-        finally:
-            if own:
-                f.close()
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ the asyncio ones in :mod:`usbip_backend.aio`; only the waiting differs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -738,13 +739,29 @@ def _wait_quietly(urb: Urb, timeout: Optional[float]) -> None:
         pass  # the plan reads the status
 
 
-def _open_for_append(path: Union[str, "os.PathLike[str]"], offset: int) -> BinaryIO:
-    if offset:
-        f = open(path, "r+b")
+@contextlib.contextmanager
+def opened(file: Any, offset: int = 0, *, writing: bool) -> Iterator[Any]:
+    """The file a stream reads from or writes into: a file object as given (flushed at the end
+    when written), or a path opened here and closed at the end: for reading, or for writing
+    after its first ``offset`` bytes (what follows them is cut off: a resume appends)."""
+    if not isinstance(file, (str, os.PathLike)):
+        try:
+            yield file
+        finally:
+            if writing:
+                file.flush()
+        return
+    f: BinaryIO
+    if not writing:
+        f = open(file, "rb")
+    elif offset:
+        f = open(file, "r+b")
         f.seek(offset)
         f.truncate()
-        return f
-    return open(path, "wb")
+    else:
+        f = open(file, "wb")
+    with f:
+        yield f
 
 
 def read_into_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str]", BinaryIO],
@@ -756,10 +773,7 @@ def read_into_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str
         StreamError: as :func:`stream_in`; bytes received before its ``offset`` are written
             first, so the file holds exactly ``offset`` bytes and a resume appends to it.
     """
-    offset = kwargs.get("offset", 0)
-    f: Any = _open_for_append(file, offset) if isinstance(file, (str, os.PathLike)) else file
-    own = f is not file
-    try:
+    with opened(file, kwargs.get("offset", 0), writing=True) as f:
         stream = stream_in(device, endpoint, total, **kwargs)
         try:
             for view in stream:
@@ -768,23 +782,13 @@ def read_into_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str
             f.write(exc.data)
             raise
         return stream.progress()
-    finally:
-        if own:
-            f.close()
-        else:
-            f.flush()
 
 
 def write_from_file(device: Any, endpoint: int, file: Union[str, "os.PathLike[str]", BinaryIO],
                     **kwargs: Any) -> Progress:
     """:func:`stream_out` from a file (a path, or a binary file open for reading)."""
-    f: Any = open(file, "rb") if isinstance(file, (str, os.PathLike)) else file
-    own = f is not file
-    try:
+    with opened(file, writing=False) as f:
         return stream_out(device, endpoint, f, **kwargs)
-    finally:
-        if own:
-            f.close()
 
 
 __all__ = [
