@@ -253,26 +253,39 @@ def _check_args(chunk: int, window: int, budget: int, offset: int, total: Option
         raise ValueError(f"total {total} is before the offset {offset}")
 
 
-class _InPlan:
-    """An IN stream's state: slots, URBs in flight, what each completion means."""
+class _Plan:
+    """What both directions' plans keep: the pipe, the chunk (whole packets), the window (also
+    bounded by the byte budget), the timers' settings, the progress meter, and ``slots`` slot
+    buffers of the first chunk's size (the chunk may shrink, the slots stay put)."""
 
-    def __init__(self, pipe: Pipe, total: Optional[int], chunk: int, window: int, until_short: bool,
+    def __init__(self, pipe: Pipe, total: Optional[int], chunk: int, window: int,
                  progress: Optional[ProgressCallback], offset: int, timeout: Optional[float],
-                 adaptive: bool, budget: int, slow: float, progress_every: float, block: bool) -> None:
+                 adaptive: bool, budget: int, slow: float, progress_every: float, block: bool,
+                 slots: bool) -> None:
         _check_args(chunk, window, budget, offset, total)
         self.pipe = pipe
         self.chunk = whole_packets(chunk, pipe.max_packet)
         limit = max(1, min(window, budget // self.chunk))
         self.window = Window(limit, 1, adaptive)
-        self.until_short = until_short
         self.timeout = timeout
         self.slow = slow
         self.block = block
         self.meter = _Meter(offset, total, progress, progress_every)
+        self.stride = self.chunk
+        self.buffer = memoryview(bytearray(limit * self.stride if slots else 0))
+        self.free: List[int] = list(range(limit - 1, -1, -1)) if slots else []
+
+
+class _InPlan(_Plan):
+    """An IN stream's state: slots, URBs in flight, what each completion means."""
+
+    def __init__(self, pipe: Pipe, total: Optional[int], chunk: int, window: int, until_short: bool,
+                 progress: Optional[ProgressCallback], offset: int, timeout: Optional[float],
+                 adaptive: bool, budget: int, slow: float, progress_every: float, block: bool) -> None:
+        super().__init__(pipe, total, chunk, window, progress, offset, timeout, adaptive, budget, slow,
+                         progress_every, block, True)
+        self.until_short = until_short
         self.remaining = None if total is None else total - offset  # not yet asked for
-        self.stride = self.chunk  # slot size: the chunk may shrink, the slots stay put
-        self.buffer = memoryview(bytearray(limit * self.stride))
-        self.free: List[int] = list(range(limit - 1, -1, -1))
         self.lent: Optional[int] = None  # the slot the caller holds a view of
         self.flight: Deque[Tuple[Urb, int, int]] = deque()  # (urb, slot, size)
         self.proven = 0  # the largest URB the server has accepted
@@ -580,7 +593,7 @@ class _Feed:
         return slot[:got] if got else None
 
 
-class _OutPlan:
+class _OutPlan(_Plan):
     """An OUT stream's state (see :func:`stream_out`)."""
 
     def __init__(self, pipe: Pipe, source: Source, chunk: int, window: int,
@@ -588,20 +601,10 @@ class _OutPlan:
                  adaptive: bool, budget: int, slow: float, progress_every: float, block: bool,
                  total: Optional[int]) -> None:
         self.feed = _Feed(source, offset)
-        total = total if total is not None else self.feed.total
-        _check_args(chunk, window, budget, offset, total)
-        self.pipe = pipe
-        self.chunk = whole_packets(chunk, pipe.max_packet)
-        limit = max(1, min(window, budget // self.chunk))
-        self.window = Window(limit, 1, adaptive)
-        self.timeout = timeout
-        self.slow = slow
-        self.block = block
-        self.meter = _Meter(offset, total, progress, progress_every)
-        copies = self.feed.view is None
-        self.stride = self.chunk  # slot size: the chunk may shrink, the slots stay put
-        self.buffer = memoryview(bytearray(limit * self.stride if copies else 0))
-        self.free: List[int] = list(range(limit - 1, -1, -1)) if copies else []
+        # A buffer is sent from where it is; files and iterables are copied into slots.
+        super().__init__(pipe, total if total is not None else self.feed.total, chunk, window, progress,
+                         offset, timeout, adaptive, budget, slow, progress_every, block,
+                         self.feed.view is None)
         self.flight: Deque[Tuple[Urb, int, memoryview]] = deque()  # (urb, slot or -1, piece)
         self.exhausted = False
 
