@@ -4,7 +4,7 @@ An ``asyncio.Protocol`` per imported device parses RET_SUBMITs in ``data_receive
 one future per seqnum; no reader thread, no engine (no timers, unlinks, hooks or error paths).
 ``usbip_backend.aio`` instead lets the engine's reader thread read and wakes the loop through done
 callbacks; the benchmark puts the two side by side to show what that choice costs. Like
-rawclient.py this restates the wire layout and imports nothing from ``usbip_backend``.
+rawclient.py it imports nothing from ``usbip_backend`` (it takes the wire layout from rawclient.py).
 """
 
 from __future__ import annotations
@@ -13,14 +13,10 @@ import asyncio
 import struct
 from typing import Dict, List, Optional
 
-_OP = struct.Struct(">HHI")
-_OP_REQ_IMPORT = 0x8003
-_DEVICE_RECORD = 312
-_CMD = struct.Struct(">IIIII" "Iiiii8s")
-_RET = struct.Struct(">IIIII" "iiiii8x")
-_CMD_SUBMIT = 1
-_DIR_IN_FLAG = 0x200
-GET_DEVICE_DESCRIPTOR = bytes([0x80, 0x06, 0x00, 0x01, 0x00, 0x00, 18, 0x00])
+# The floor's own restatement of the wire layout (rawclient.py), shared by both floors.
+from rawclient import (  # noqa: F401
+    _CMD, _CMD_SUBMIT, _DEVICE_RECORD, _DIR_IN_FLAG, _OP, _OP_REQ_IMPORT, _RET, GET_DEVICE_DESCRIPTOR,
+)
 
 
 class RawAioDevice(asyncio.Protocol):
