@@ -66,8 +66,10 @@ def test_help_lists_every_command(capsys):
 @pytest.mark.parametrize("argv, message", [
     ([], "a command is needed"),
     (["frobnicate"], "invalid choice"),
-    (["probe", "--vid", "303a"], "invalid number '303a' (write hex as 0x303a)"),
-    (["probe", "--vid", "0x10000"], "out of range"),
+    (["probe", "--vid", "303g"], "invalid USB ID '303g'"),
+    (["probe", "--vid", "0x10000"], "invalid USB ID"),
+    (["probe", "--id", "1209"], "write VID:PID in hex"),
+    (["probe", "--id", "1209:0001", "--vid", "1209"], "--id VID:PID gives both IDs"),
     (["read", "--ep", "0x80", "--length", "8"], "invalid endpoint address"),
     (["read", "--ep", "0x81"], "--length"),
     (["control", "--direction", "in", "--bm-request-type", "0x80", "--b-request", "6",
@@ -94,6 +96,28 @@ def test_semantic_usage_errors_exit_2(capsys, sim_server):
     assert code == 2 and "0x81 is an IN endpoint" in err
     code, _, err = run(capsys, *h, "probe", "--vid", "0x1209")  # four devices match
     assert code == 2 and "choose one with --busid" in err and "1-1 1209:0001" in err
+
+
+def test_ids_are_hex_as_lsusb_writes_them():
+    assert cli.usb_id("1209") == 0x1209 and cli.usb_id("0x1209") == 0x1209 and cli.usb_id("303A") == 0x303A
+    assert cli.id_pair("1209:0001") == (0x1209, 0x0001)
+
+
+def test_vid_without_0x_finds_the_device_lsusb_names(capsys, sim_server):
+    h = host_args(sim_server)
+    code, out, err = run(capsys, *h, "probe", "--vid", "1209", "--pid", "0001", "--busid", "1-1")
+    assert code == 0, err
+    assert "Device 1209:0001 at busid 1-1" in out
+    code, out, err = run(capsys, *h, "probe", "--id", "1209:0001", "--busid", "1-1")
+    assert code == 0, err
+    assert "Device 1209:0001 at busid 1-1" in out
+
+
+def test_version(capsys):
+    from usbip_backend import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"usbip-pyusb-test {__version__}"
 
 
 def test_numbers_accept_hex_and_decimal():
