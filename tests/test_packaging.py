@@ -47,7 +47,7 @@ def test_author_urls_and_console_scripts(wheel):
     assert any(line.startswith("Author-email: ") for line in meta.splitlines())
     assert sum(line.startswith("Project-URL: ") for line in meta.splitlines()) >= 2
     scripts = _dist_info(path, "entry_points.txt")
-    assert "usbip-pyusb-test = usbip_backend.cli:main" in scripts
+    assert "usbip-pyusb-test = usbip_backend.cli:console" in scripts
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
     assert "usbip_backend/py.typed" in names and "usbip_backend/cli/__init__.py" in names

@@ -21,10 +21,10 @@ from .args import (
 from .context import DEFAULT_PORT, DEFAULT_SYSLOG_PORT, JSON_SCHEMA, PROG, Context
 from .explain import explain
 from .parser import build_parser
-from .run import main
+from .run import console, main
 
 __all__ = [
-    "main", "build_parser", "explain", "Context", "CliError", "PROG", "JSON_SCHEMA", "DEFAULT_PORT",
+    "main", "console", "build_parser", "explain", "Context", "CliError", "PROG", "JSON_SCHEMA", "DEFAULT_PORT",
     "DEFAULT_SYSLOG_PORT", "MAX_LENGTH", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "number", "u8", "u16",
     "usb_id", "id_pair", "port_number", "length_arg", "size_arg", "endpoint_arg", "hex_data", "seconds",
     "milliseconds",
