@@ -23,8 +23,11 @@ def _setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if verbosity < 2:  # zeroconf's own debug output is noisy; -vv shows it
         logging.getLogger("zeroconf").setLevel(max(level, logging.INFO))
-    if verbosity == 0:  # the CLI reports a skipped (busy, broken) device itself, in one line
-        logging.getLogger("usbip_backend.backend").setLevel(logging.ERROR)
+    if verbosity == 0:
+        # The CLI words a skipped (busy, broken) device and a lost connection itself, in one
+        # line; the library's warnings about them would say it a second time. -v shows them.
+        for name in ("usbip_backend.backend", "usbip_backend.engine"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,0 +1,51 @@
+"""Failures print one line, as README promises: no library warning repeating the error, no
+message that says the same thing twice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, start_sim_process, stop_sim_process
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.path.join(ROOT, "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _problem_lines(err: str) -> list:
+    return [line for line in err.splitlines() if "error" in line.lower() or "warning" in line.lower()
+            or "Traceback" in line]
+
+
+@pytest.mark.timeout(60)
+def test_server_dying_mid_read_is_one_line(tmp_path):
+    sim, port = start_sim_process()
+    out_file = str(tmp_path / "data.bin")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "usbip_backend.cli", "--host", "127.0.0.1", "--port", str(port), "read",
+         "--busid", "1-1", "--ep", "0x82", "--length", "64G", "--out", out_file],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 30
+        while not (os.path.exists(out_file) and os.path.getsize(out_file) > 0):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no data streamed"
+            time.sleep(0.01)
+        sim.kill()  # mid-stream, URBs in flight
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        stop_sim_process(sim)
+    assert proc.returncode == 1
+    problems = _problem_lines(err)
+    assert len(problems) == 1, err
+    assert problems[0].startswith("usbip-pyusb-test: error: ") and "--offset" in problems[0]
