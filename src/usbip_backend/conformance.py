@@ -353,10 +353,12 @@ def run_checks(host: str, port: int, *, busids: Optional[Sequence[str]] = None, 
     ends a device's checks early into its FAIL line (default: the exception's type and text).
     """
     from .client import list_devices
+    from .device import natural_busid_key
 
     run = CheckRun(out or sys.stdout, verbose)
     server = f"{host}:{port}"
-    devices = run.check(server, "list", lambda: list_devices(host, port, timeout=timeout))
+    devices = run.check(server, "list", lambda: sorted(list_devices(host, port, timeout=timeout),
+                                                       key=lambda d: natural_busid_key(d.busid)))
     if devices is None:
         return run
     if devices is True or not devices:  # True: an empty list counted as a pass

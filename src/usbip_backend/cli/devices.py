@@ -55,10 +55,12 @@ def short_device(dev: P.UsbDevice) -> str:
 
 
 def list_exported(ctx: Context) -> List[P.UsbDevice]:
+    """The server's device list in busid order (usbipd and others list newest first)."""
     from ..client import list_devices
+    from ..device import natural_busid_key
 
     host, port = ctx.server()
-    return list_devices(host, port, timeout=ctx.args.timeout)
+    return sorted(list_devices(host, port, timeout=ctx.args.timeout), key=lambda d: natural_busid_key(d.busid))
 
 
 def _what_is_there(devices: Sequence[P.UsbDevice]) -> str:
