@@ -7,12 +7,21 @@ been imported, by a finder that waits for that import. Only ``sys`` is imported 
 in every interpreter of the environment.
 """
 
+from __future__ import annotations
+
 import sys
+
+# typing is not imported at run time (see above); mypy reads a name TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Optional, Sequence
 
 PACKAGE = "usbip_backend"
 
 
-def add_handler_package(serial_module):
+def add_handler_package(serial_module: ModuleType) -> None:
     packages = getattr(serial_module, "protocol_handler_packages", None)
     if isinstance(packages, list) and PACKAGE not in packages:
         packages.append(PACKAGE)
@@ -21,14 +30,15 @@ def add_handler_package(serial_module):
 class SerialImportHook:
     """A meta path finder that lets pyserial load, then registers our handler package."""
 
-    def find_spec(self, name, path=None, target=None):
+    def find_spec(self, name: str, path: Optional[Sequence[str]] = None,
+                  target: Optional[ModuleType] = None) -> Optional[ModuleSpec]:
         if name != "serial":
             return None
         try:
             sys.meta_path.remove(self)
         except ValueError:
             pass
-        spec = None
+        spec: Optional[ModuleSpec] = None
         for finder in sys.meta_path:  # the finders after us find pyserial itself
             find = getattr(finder, "find_spec", None)
             if find is not None:
@@ -40,7 +50,7 @@ class SerialImportHook:
             return spec
         exec_module = loader.exec_module
 
-        def exec_and_register(module):
+        def exec_and_register(module: ModuleType) -> None:
             exec_module(module)
             add_handler_package(module)
 
@@ -48,7 +58,7 @@ class SerialImportHook:
         return spec
 
 
-def register():
+def register() -> None:
     module = sys.modules.get("serial")
     if module is not None:
         add_handler_package(module)

@@ -524,6 +524,27 @@ def test_command_line_prints_listening_and_exits_on_sigterm():
             proc.communicate(timeout=10)
 
 
+def test_command_line_mdns_on_something_not_an_address_fails_before_listening(capsys):
+    from usbip_backend.sim import main
+
+    assert main(["--port", "0", "--mdns", "--mdns-interface", "eth0"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # no LISTENING line: nothing is served
+    assert err == "error: mDNS interface 'eth0' is not an IP address\n"
+
+
+def test_command_line_mdns_options_parse():
+    from usbip_backend.discovery import SERVICE_TYPE
+    from usbip_backend.sim.__main__ import build_parser
+
+    args = build_parser().parse_args([])
+    assert (args.mdns, args.mdns_interface, args.mdns_name, args.mdns_type) == (False, None, None, SERVICE_TYPE)
+    args = build_parser().parse_args(["--mdns", "--mdns-interface", "127.0.0.1", "--mdns-interface", "::1",
+                                      "--mdns-name", "bench", "--mdns-type", "_x._tcp.local."])
+    assert (args.mdns, args.mdns_interface, args.mdns_name, args.mdns_type) == \
+           (True, ["127.0.0.1", "::1"], "bench", "_x._tcp.local.")
+
+
 class IsoNoHandler(Device):
     pid = 0x0011
     interfaces = [Interface(0, endpoints=[Iso(0x81, 256, 1)])]

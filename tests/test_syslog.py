@@ -326,6 +326,138 @@ def test_stop_while_connecting_or_backing_off_is_quick():
     assert not rx._thread.is_alive()
 
 
+class _Console(io.StringIO):
+    """A console stream whose lines a test can wait for (written by the receiver's thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cond = threading.Condition()
+
+    def write(self, s: str) -> int:
+        with self.cond:
+            n = super().write(s)
+            self.cond.notify_all()
+            return n
+
+    def lines(self) -> "list[str]":
+        with self.cond:
+            return self.getvalue().splitlines()
+
+    def wait_for_line(self, text: str, timeout: float = 10.0) -> str:
+        with self.cond:
+            found = self.cond.wait_for(lambda: [ln for ln in self.getvalue().splitlines() if text in ln], timeout)
+        assert found, f"no console line containing {text!r} within {timeout} s: {self.lines()}"
+        return found[0]
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 with nothing listening, outside the ephemeral range: a connection
+    attempt to a port inside it can (rarely) connect to itself, TCP simultaneous open."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for port in range(max(1025, low - 2000), low):
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def test_default_backoff_is_half_a_second_doubling_to_eight():
+    rx = SyslogReceiver("127.0.0.1")
+    assert (rx.backoff_initial, rx.backoff_max) == (0.5, 8.0)
+
+
+@pytest.mark.timeout(30)
+def test_nothing_listening_is_said_once_then_the_late_listener_is_captured(syslog_events):
+    port = _closed_port()
+    console = _Console()
+    got: "queue.Queue[SyslogMessage]" = queue.Queue()
+    rx = SyslogReceiver("127.0.0.1", port, on_message=got.put, console=console,
+                        backoff_initial=0.02, backoff_max=0.1)
+    server = None
+    try:
+        rx.start()
+        notice = console.wait_for_line("no device log")
+        assert notice == (f"syslog: no device log is being captured: cannot connect to 127.0.0.1:{port}: "
+                          "connection refused (ECONNREFUSED); retrying (every 0.02 s, backing off to 0.1 s) "
+                          "until stopped")
+        for _ in range(3):  # several more refused attempts, and still the one line
+            syslog_events.wait_for("failed again")
+        assert rx.connect_failures >= 4 and not rx.connected
+        assert console.lines() == [notice]
+
+        server = socket.create_server(("127.0.0.1", port))  # the device's log port comes up
+        with _accept(server) as conn:
+            assert rx.wait_connected(timeout=10)
+            conn.sendall(b"<14>1 - esp32 app - - - booted\n")
+            assert got.get(timeout=10).msg == "booted"
+            lines = console.lines()
+            failures = rx.connect_failures
+            assert lines == [notice,
+                             f"syslog: connected to 127.0.0.1:{port} after {failures} failed attempts; "
+                             "capturing the device log",
+                             "INFO esp32 app: booted"]
+            rx.stop()
+    finally:
+        rx.stop()
+        if server is not None:
+            server.close()
+    assert rx.connections == 1
+    assert console.lines()[3:] == []  # nothing said after stop
+    # with a console, the notices are logged below WARNING: a log handler on the same terminal
+    # must not show them a second time
+    records = []
+    while not syslog_events.records.empty():
+        records.append(syslog_events.records.get())
+    assert not [r for r in records if r.levelno >= logging.WARNING and "device log" in r.getMessage()]
+
+
+@pytest.mark.timeout(30)
+def test_nothing_listening_without_console_is_logged_once_as_a_warning(syslog_events):
+    port = _closed_port()
+    rx = SyslogReceiver("127.0.0.1", port, console=False, backoff_initial=0.02, backoff_max=0.05)
+    try:
+        rx.start()
+        first = syslog_events.wait_for("no device log is being captured")
+        assert first.levelno == logging.WARNING and f"127.0.0.1:{port}" in first.getMessage()
+        for _ in range(3):
+            syslog_events.wait_for("failed again")
+    finally:
+        rx.stop()
+    records = []
+    while not syslog_events.records.empty():
+        records.append(syslog_events.records.get())
+    assert not [r for r in records if "no device log" in r.getMessage()]  # the one above only
+
+
+@pytest.mark.timeout(30)
+def test_stop_during_backoff_returns_promptly():
+    port = _closed_port()
+    console = _Console()
+    # a back-off far longer than the bound below: stop() must not wait it out
+    rx = SyslogReceiver("127.0.0.1", port, console=console, backoff_initial=60.0, backoff_max=60.0)
+    rx.start()
+    try:
+        console.wait_for_line("no device log")  # said just before the back-off wait
+        started = time.monotonic()
+        rx.stop()
+        elapsed = time.monotonic() - started
+    finally:
+        rx.stop()
+    assert elapsed < 5.0
+    assert rx._thread is not None and not rx._thread.is_alive()
+    assert len(console.lines()) == 1  # no word of retrying once stopped
+
+
 @pytest.mark.timeout(30)
 def test_listen_mode_with_real_senders_and_garbage(syslog_events):
     got: "queue.Queue[SyslogMessage]" = queue.Queue()

@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import IO, Any, Callable, List, Optional, Tuple, Union
+from typing import IO, Callable, List, Optional, Protocol, Tuple, TypedDict, Union
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,14 @@ def _strip_msg(text: str) -> str:
     return text.rstrip("\r\n\0")
 
 
+class _CommonFields(TypedDict, total=False):
+    """The :class:`SyslogMessage` fields every parse branch sets the same way."""
+
+    raw: bytes
+    truncated: bool
+    timestamp_text: Optional[str]
+
+
 def parse_message(raw: Union[bytes, bytearray, memoryview, str], *, truncated: bool = False,
                   now: Optional[datetime] = None) -> SyslogMessage:
     """Parse one syslog message (RFC 5424, RFC 3164, or a bare line). Never raises on any content.
@@ -258,7 +266,7 @@ def parse_message(raw: Union[bytes, bytearray, memoryview, str], *, truncated: b
     data = raw.encode("utf-8", errors="surrogatepass") if isinstance(raw, str) else bytes(raw)
     # Text is parsed exactly as its bytes would be (lone surrogates become U+FFFD).
     text = data.decode("utf-8", errors="replace")
-    base: dict = dict(raw=data, truncated=truncated)
+    base: _CommonFields = {"raw": data, "truncated": truncated}
     m = _PRI_RE.match(text)
     pri = int(m.group(1)) if m else -1
     if not m or pri > 191:
@@ -518,6 +526,13 @@ class FrameDecoder:
 Address = Tuple[str, int]
 
 
+class SyslogSink(Protocol):
+    """Where received messages are recorded: :class:`~usbip_backend.pcap.PcapWriter` is one."""
+
+    def write_syslog(self, message: bytes, timestamp: Optional[float] = None,
+                     src: Optional[Address] = None, dst: Optional[Address] = None) -> None: ...
+
+
 class SyslogReceiver:
     """Receive syslog over TCP: print each message and record it into a pcap writer.
 
@@ -528,7 +543,9 @@ class SyslogReceiver:
         listen: accept senders instead of connecting out.
         on_message: called with each :class:`SyslogMessage` (from a receiver thread).
         console: True prints one line per message to stderr; a text stream prints there;
-            False/None prints nothing.
+            False/None prints nothing. Client mode also tells the console, once per outage,
+            that no device log is being captured (and why), and once when a connection
+            succeeds after that; with no console these notices are logged instead.
         max_frame: bound on one message; longer frames are cut and reported.
         backoff_initial, backoff_max: reconnect delays in client mode, doubling up to the
             bound. They apply whether the port refuses or accepts and then closes at once.
@@ -547,14 +564,14 @@ class SyslogReceiver:
         self,
         host: str,
         port: int = DEFAULT_PORT,
-        pcap: Any = None,
+        pcap: Optional[SyslogSink] = None,
         *,
         listen: bool = False,
         on_message: Optional[Callable[[SyslogMessage], None]] = None,
         console: Union[bool, IO[str], None] = True,
         max_frame: int = DEFAULT_MAX_FRAME,
-        backoff_initial: float = 0.1,
-        backoff_max: float = 5.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 8.0,
         backoff_reset_after: float = 5.0,
         connect_timeout: float = 5.0,
         partial_timeout: Optional[float] = 1.0,
@@ -585,8 +602,14 @@ class SyslogReceiver:
         self._print_failures = 0
         self._lock = threading.Lock()
         self._print_lock = threading.Lock()
+        #: client mode: connection attempts that failed (refused, unreachable, timed out)
+        self.connect_failures = 0
         self._stopping = False
+        self._stop_event = threading.Event()
         self._started = False
+        self._connected = False
+        self._state_changed = threading.Condition(self._lock)
+        self._outage_told = False  # the "no device log" notice went out for the current outage
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
         self._listener: Optional[socket.socket] = None
@@ -625,6 +648,7 @@ class SyslogReceiver:
             if not self._started or self._stopping:
                 return
             self._stopping = True
+        self._stop_event.set()  # ends a back-off wait at once
         try:
             if self._wake_w is not None:
                 self._wake_w.send(b"x")  # wakes every select() of ours (level-triggered, never read)
@@ -675,29 +699,46 @@ class SyslogReceiver:
                 if self._stopping:
                     break
                 failures += 1
-                if failures == 1:
-                    log.warning("cannot connect to syslog at %s:%d (%s); retrying with back-off up to %.1f s",
-                                self.host, self.port, error, self.backoff_max)
+                with self._lock:
+                    self.connect_failures += 1
+                if not self._outage_told:
+                    # Said once per outage, however many attempts fail; the capture is what the
+                    # person misses, so the notice leads with that.
+                    self._outage_told = True
+                    self._notice(
+                        f"syslog: no device log is being captured: cannot connect to {self._where()}: "
+                        f"{error}; retrying (every {self.backoff_initial:g} s, backing off to "
+                        f"{self.backoff_max:g} s) until stopped", logging.WARNING)
                 else:
-                    log.debug("syslog connect to %s:%d failed again (%s); next try in %.2f s",
-                              self.host, self.port, error, delay)
+                    log.debug("syslog connect to %s failed again (%s); next try in %.2f s",
+                              self._where(), error, delay)
                 if self._wait(delay):
                     break
                 delay = min(delay * 2, self.backoff_max)
                 continue
-            failures = 0
             with self._lock:
                 self.connections += 1
                 received_before = self.messages_received
-            log.log(logging.DEBUG if short_lived else logging.INFO,
-                    "connected to syslog at %s:%d", self.host, self.port)
+                self._connected = True
+                self._state_changed.notify_all()
+            if self._outage_told:
+                self._outage_told = False
+                attempts = f"{failures} failed attempt" + ("" if failures == 1 else "s")
+                self._notice(f"syslog: connected to {self._where()} after {attempts}; capturing the device log",
+                             logging.INFO)
+            else:
+                log.log(logging.DEBUG if short_lived else logging.INFO, "connected to syslog at %s", self._where())
+            failures = 0
             started = time.monotonic()
             try:
                 self._serve(sock)
             except Exception:
-                log.exception("syslog connection to %s:%d failed", self.host, self.port)
+                log.exception("syslog connection to %s failed", self._where())
             finally:
                 sock.close()
+                with self._lock:
+                    self._connected = False
+                    self._state_changed.notify_all()
             if self._stopping:
                 break
             lasted = time.monotonic() - started
@@ -706,25 +747,58 @@ class SyslogReceiver:
             if delivered or lasted >= self.backoff_reset_after:
                 short_lived = 0
                 delay = self.backoff_initial
-                log.info("syslog connection to %s:%d closed after %.1f s (device restarting?); "
-                         "reconnecting in %.2f s", self.host, self.port, lasted, delay)
+                log.info("syslog connection to %s closed after %.1f s (device restarting?); "
+                         "reconnecting in %.2f s", self._where(), lasted, delay)
             else:
                 short_lived += 1
                 log.log(logging.WARNING if short_lived == 1 else logging.DEBUG,
-                        "syslog at %s:%d closed at once (after %.2f s, no message); reconnecting in %.2f s, "
-                        "backing off up to %.1f s", self.host, self.port, lasted, delay, self.backoff_max)
+                        "syslog at %s closed at once (after %.2f s, no message); reconnecting in %.2f s, "
+                        "backing off up to %.1f s", self._where(), lasted, delay, self.backoff_max)
             if self._wait(delay):
                 break
             delay = min(delay * 2, self.backoff_max)
 
+    def _where(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def _wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds`` unless stop() is called; True when stopping."""
-        assert self._wake_r is not None
-        readable, _, _ = select.select([self._wake_r], [], [], seconds)
-        return bool(readable) or self._stopping
+        """Wait up to ``seconds`` unless stop() is called; True when stopping."""
+        return self._stop_event.wait(seconds) or self._stopping
+
+    @property
+    def connected(self) -> bool:
+        """Client mode: True while a connection to the device's log port is up."""
+        with self._lock:
+            return self._connected
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Client mode: wait until a connection to the log port is up; True if it is."""
+        with self._lock:
+            return self._state_changed.wait_for(lambda: self._connected, timeout)
+
+    def _notice(self, text: str, level: int) -> None:
+        """Tell the person once: on the console when there is one (logged at INFO then, so a
+        console and a log handler on the same terminal do not show it twice), else logged at
+        ``level``."""
+        stream = self._console_stream()
+        if stream is None:
+            log.log(level, "%s", text)
+            return
+        log.info("%s", text)
+        try:
+            with self._print_lock:
+                stream.write(text + "\n")
+                stream.flush()
+        except Exception:  # a broken console must not end the receiver; the log has the text
+            log.debug("printing a syslog notice failed", exc_info=True)
+
+    def _console_stream(self) -> Optional[IO[str]]:
+        if not self.console:
+            return None
+        return sys.stderr if self.console is True else self.console
 
     def _connect(self) -> Tuple[Optional[socket.socket], str]:
-        """One non-blocking connection attempt that stop() can interrupt."""
+        """One non-blocking connection attempt that stop() can interrupt; (None, why) if it failed."""
         assert self._wake_r is not None
         try:
             infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
@@ -737,7 +811,7 @@ class SyslogReceiver:
             err = sock.connect_ex(addr)
             if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY):
                 sock.close()
-                return None, errno.errorcode.get(err, str(err))
+                return None, _errno_text(err)
             if err:
                 _, writable, _ = select.select([self._wake_r], [sock], [], self.connect_timeout)
                 if self._stopping:
@@ -749,12 +823,12 @@ class SyslogReceiver:
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     sock.close()
-                    return None, f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
+                    return None, _errno_text(err)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             return sock, ""
         except OSError as exc:
             sock.close()
-            return None, str(exc)
+            return None, _errno_text(exc.errno) if exc.errno else str(exc)
 
     # -- listen mode -----------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -901,14 +975,14 @@ class SyslogReceiver:
                 log.exception("syslog on_message callback failed")
 
     def _print(self, msg: SyslogMessage, peer: Optional[Address]) -> None:
-        if not self.console:
+        stream = self._console_stream()
+        if stream is None:
             return
-        stream = sys.stderr if self.console is True else self.console
         try:
             line = msg.format_line(_peer_text(peer) if self.listen else None)
             with self._print_lock:
-                stream.write(line + "\n")  # type: ignore[union-attr]
-                stream.flush()  # type: ignore[union-attr]
+                stream.write(line + "\n")
+                stream.flush()
         except (OSError, ValueError):
             pass  # console closed (or cannot encode): the capture and callback still get it
         except Exception:
@@ -920,11 +994,22 @@ class SyslogReceiver:
                     exc_info=first)
 
 
+def _errno_text(err: int) -> str:
+    """``connection refused (ECONNREFUSED)``: the words for the person, the name for a search."""
+    words = os.strerror(err)
+    words = words[:1].lower() + words[1:]
+    name = errno.errorcode.get(err)
+    return f"{words} ({name})" if name else words
+
+
 def _peername(sock: socket.socket) -> Optional[Address]:
     try:
-        return sock.getpeername()[:2]
+        name = sock.getpeername()
     except OSError:
         return None
+    host: str = name[0]  # IPv4 (host, port) or IPv6 (host, port, flowinfo, scope_id)
+    port: int = name[1]
+    return (host, port)
 
 
 def _peer_text(peer: Optional[Address]) -> str:

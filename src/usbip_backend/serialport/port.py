@@ -77,8 +77,10 @@ def _weak(port: "Serial", method: str, buf: bytearray) -> Any:
     return done
 
 
-class Serial(SerialBase):
+class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type information: SerialBase is Any
     """A serial port on a USB/IP server (see the module docstring)."""
+
+    is_open: bool  # set by SerialBase.__init__ and by open()/close()
 
     BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800,
                  921600, 1000000, 1500000, 2000000, 3000000)
@@ -504,9 +506,9 @@ class Serial(SerialBase):
             with self._cond:
                 self._writes = [u for u in self._writes if not u.done()]
         if written < total:
-            exc = SerialTimeoutException(f"Write timeout: {written} of {total} bytes written")
-            exc.written = written  # type: ignore[attr-defined]
-            raise exc
+            timed_out = SerialTimeoutException(f"Write timeout: {written} of {total} bytes written")
+            timed_out.written = written
+            raise timed_out
         return written
 
     def flush(self) -> None:

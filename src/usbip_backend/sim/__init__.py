@@ -8,6 +8,13 @@ Start it from Python::
 
 or from the shell: ``python -m usbip_backend.sim --port 3240`` (prints ``LISTENING host port``).
 
+``SimServer(mdns=True)`` (shell: ``--mdns``) also advertises it over mDNS as the ESP32 bridge
+does, on 127.0.0.1 only unless told otherwise, so discovery can be tried without hardware::
+
+    from usbip_backend.discovery import discover
+    with SimServer(mdns=True) as server:
+        print(discover(interfaces=["127.0.0.1"]))   # [ServerInfo(name='usbip-sim-…', port=…)]
+
 Write a device in a few lines: declare interfaces/endpoints, define the handlers you support (an
 absent handler means a stall, see :mod:`usbip_backend.sim.device`)::
 
@@ -37,15 +44,18 @@ absent handler means a stall, see :mod:`usbip_backend.sim.device`)::
 
 from __future__ import annotations
 
+from typing import List, Optional
+
 from .device import (
     Bulk, Device, Endpoint, Function, Interface, Interrupt, Iso, Setup, Stall, cdc_acm,
     cdc_call_management, cdc_header, cdc_union, string_descriptor,
 )
 from .devices import CdcAcmDevice, HidKeyboard, IsoDevice, LoopbackDevice, stock_devices
+from .mdns import MdnsAdvertiser, MdnsError, txt_record
 from .server import MAX_TRANSFER, SimServer
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry point (``python -m usbip_backend.sim``)."""
     from .__main__ import main as _main
     return _main(argv)
@@ -55,5 +65,5 @@ __all__ = [
     "SimServer", "Device", "Interface", "Function", "Endpoint", "Bulk", "Interrupt", "Iso", "Setup",
     "Stall", "cdc_header", "cdc_call_management", "cdc_acm", "cdc_union", "string_descriptor",
     "LoopbackDevice", "CdcAcmDevice", "HidKeyboard", "IsoDevice", "stock_devices", "MAX_TRANSFER",
-    "main",
+    "MdnsAdvertiser", "MdnsError", "txt_record", "main",
 ]

@@ -7,10 +7,16 @@ import logging
 import signal
 import sys
 import threading
-from typing import List, Optional
+from types import FrameType
+from typing import Any, Callable, Dict, List, Optional, Union
 
+from ..discovery import SERVICE_TYPE
 from .devices import DEFAULT_DEVICES, STOCK, stock_devices
+from .mdns import DEFAULT_INTERFACES, MdnsError
 from .server import UNLINK_BEHAVIOURS, SimServer
+
+#: What signal.signal() returns: the previous handler.
+_Handler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-urb", type=int, default=None, metavar="BYTES",
                    help="answer bulk/interrupt URBs longer than BYTES with -EMSGSIZE, as the ESP32 "
                         "bridge does beyond its buffer (4096 there); default: no limit")
+    p.add_argument("--mdns", action="store_true",
+                   help="advertise the server over mDNS (_usbip._tcp, TXT keys as the ESP32 bridge's), "
+                        "on 127.0.0.1 only unless --mdns-interface says otherwise; prints "
+                        "'MDNS <type> <name>' once registered")
+    p.add_argument("--mdns-interface", action="append", default=None, metavar="ADDR",
+                   help="local address to advertise on (repeatable; default 127.0.0.1)")
+    p.add_argument("--mdns-name", default=None, metavar="NAME",
+                   help="service instance name (default usbip-sim-<board_id>)")
+    p.add_argument("--mdns-type", default=SERVICE_TYPE, metavar="TYPE",
+                   help=f"service type (default {SERVICE_TYPE})")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     return p
 
@@ -47,25 +63,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    interfaces = args.mdns_interface or list(DEFAULT_INTERFACES)
     server = SimServer(devices, host=args.host, port=args.port, unlink=args.unlink,
-                       max_urb=args.max_urb)
+                       max_urb=args.max_urb, mdns=args.mdns, mdns_interfaces=interfaces,
+                       mdns_name=args.mdns_name, mdns_type=args.mdns_type)
     try:
         server.start()
+    except MdnsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     done = threading.Event()
 
-    def _stop(signum, frame):  # noqa: ARG001
+    def _stop(signum: int, frame: Optional[FrameType]) -> None:  # noqa: ARG001
         done.set()
 
-    old = {}
+    old: Dict[signal.Signals, _Handler] = {}
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         for sig in (signal.SIGTERM, signal.SIGINT):
             old[sig] = signal.signal(sig, _stop)
     try:
         print(f"LISTENING {args.host} {server.port}", flush=True)
+        if server.mdns is not None:
+            print(f"MDNS {server.mdns.service_type} {server.mdns.name}", flush=True)
+            if args.verbose:
+                txt = " ".join(f"{k}={v}" for k, v in server.mdns.properties.items())
+                print(f"  mDNS on {', '.join(interfaces)}: {server.mdns.host}:{server.port} {txt}",
+                      file=sys.stderr)
         if args.verbose:
             for dev in devices:
                 print(f"  {dev.busid:6} {dev.vid:04x}:{dev.pid:04x} {dev.product}", file=sys.stderr)

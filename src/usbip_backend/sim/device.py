@@ -30,7 +30,7 @@ import logging
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..protocol import SETUP_STRUCT, Speed, TransferType
 
@@ -245,7 +245,7 @@ class Device:
         self._conn: Optional["_Connection"] = None
         self.configuration = 0  # 0 = unconfigured, as a freshly bound stub device
         self.alt_settings: Dict[int, int] = {}
-        self.halted: set = set()
+        self.halted: Set[int] = set()  # endpoint addresses
         self._strings: List[str] = []
         self._string_index: Dict[str, int] = {}
         for text in (self.manufacturer, self.product, self.serial_number, self.configuration_name):
@@ -514,7 +514,8 @@ class Device:
         method = getattr(self, name, None) if name else None
         if method is None:
             return None
-        return method(setup)
+        answer: Optional[bytes] = method(setup)
+        return answer
 
     def _control_out(self, setup: Setup, data: bytes) -> bool:
         """Answer a control OUT request other than those the server intercepts: False = stall."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import collections
 import importlib
 import struct
-from typing import Deque, Dict, List, Optional, Sequence
+from typing import Deque, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from ..protocol import Speed
 
@@ -184,7 +184,7 @@ class CdcAcmDevice(_SerialEcho):
         self.line_coding = struct.pack("<IBBB", 115200, 0, 0, 8)
         self.control_line_state = 0
         #: every SET_CONTROL_LINE_STATE received, in order: (DTR, RTS) as 0/1
-        self.line_state_history: List[tuple] = []
+        self.line_state_history: List[Tuple[int, int]] = []
         #: how many SET_LINE_CODING requests arrived
         self.line_coding_requests = 0
         self.breaks: List[int] = []  #: SEND_BREAK wValues, in order
@@ -236,7 +236,8 @@ class CdcAcmDevice(_SerialEcho):
 
     @property
     def baudrate(self) -> int:
-        return struct.unpack_from("<I", self.line_coding)[0]
+        baud: int = struct.unpack_from("<I", self.line_coding)[0]
+        return baud
 
 
 class Cp210xDevice(_SerialEcho):
@@ -266,7 +267,7 @@ class Cp210xDevice(_SerialEcho):
         self.line_ctl = 0x0800  # 8N1
         self.dtr = self.rts = False
         #: every SET_MHS that changed a line, in order: (DTR, RTS) as 0/1 after it
-        self.line_state_history: List[tuple] = []
+        self.line_state_history: List[Tuple[int, int]] = []
         self.line_coding_requests = 0
         self.breaks: List[int] = []
 
@@ -345,7 +346,7 @@ class Ch34xDevice(_SerialEcho):
         self.regs: Dict[int, int] = {0x05: 0x01, 0x18: 0xC3}
         self.initialised = False
         self.dtr = self.rts = False
-        self.line_state_history: List[tuple] = []
+        self.line_state_history: List[Tuple[int, int]] = []
         self.line_coding_requests = 0
 
     def on_reset(self) -> None:
@@ -429,7 +430,7 @@ class FtdiDevice(_SerialEcho):
         self.data = 0x0008
         self.latency = 16
         self.dtr = self.rts = False
-        self.line_state_history: List[tuple] = []
+        self.line_state_history: List[Tuple[int, int]] = []
         self.line_coding_requests = 0
 
     def on_reset(self) -> None:
@@ -504,7 +505,7 @@ class _FtdiPort:
         self.data = 0x0008
         self.latency = 16
         self.dtr = self.rts = False
-        self.line_state_history: List[tuple] = []
+        self.line_state_history: List[Tuple[int, int]] = []
         self.buffer = bytearray()
 
     def modem(self) -> int:
@@ -633,7 +634,7 @@ KEYBOARD_REPORT_DESCRIPTOR = bytes([
     0xC0,                                            # End Collection
 ])
 
-_KEYCODES: Dict[str, tuple] = {}
+_KEYCODES: Dict[str, Tuple[int, int]] = {}
 for _i, _c in enumerate("abcdefghijklmnopqrstuvwxyz"):
     _KEYCODES[_c] = (0x04 + _i, 0)
     _KEYCODES[_c.upper()] = (0x04 + _i, 0x02)
@@ -764,7 +765,8 @@ class IsoDevice(Device):
         return out
 
 
-STOCK = {
+#: Stock device name -> class, or "module:Class" for a class in a module that imports this one.
+STOCK: Dict[str, Union[Type[Device], str]] = {
     "loopback": LoopbackDevice,
     "acm": CdcAcmDevice,
     "hid": HidKeyboard,
@@ -791,12 +793,14 @@ def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> Lis
     for copy in range(count):
         for port, name in enumerate(names, start=1):
             try:
-                cls = STOCK[name]
+                entry = STOCK[name]
             except KeyError:
                 raise ValueError(f"unknown stock device {name!r} (known: {', '.join(STOCK)})") from None
-            if isinstance(cls, str):  # defined in another module (which imports this one)
-                module, _, attr = cls.partition(":")
-                cls = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+            if isinstance(entry, str):  # defined in another module (which imports this one)
+                module, _, attr = entry.partition(":")
+                cls: Type[Device] = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
+            else:
+                cls = entry
             devices.append(cls(busid=f"{copy + 1}-{port}"))
     return devices
 

@@ -23,10 +23,24 @@ import hashlib
 import struct
 import time
 import zlib
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .device import Setup
 from .devices import CdcAcmDevice, Ch34xDevice, Cp210xDevice, FtdiDevice
+
+if TYPE_CHECKING:
+    from .devices import _SerialEcho
+
+    class _BridgeBase(_SerialEcho):
+        """What :class:`_ClassicCircuit` uses of the USB-UART bridge it is mixed into."""
+
+        dtr: bool
+        rts: bool
+
+        def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]: ...
+else:
+    # At run time the mixin stays a plain class: the bridge after it in the MRO supplies these.
+    _BridgeBase = object
 
 SLIP_END, SLIP_ESC, SLIP_ESC_END, SLIP_ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 SYNC, WRITE_REG, READ_REG, SPI_SET_PARAMS, SPI_ATTACH, CHANGE_BAUDRATE = 0x08, 0x09, 0x0A, 0x0B, 0x0D, 0x0F
@@ -264,7 +278,7 @@ class Esp32S3Device(CdcAcmDevice):
             self._lines_changed((setup.wValue & 1, setup.wValue >> 1 & 1))
         return result
 
-    def _lines_changed(self, lines: tuple) -> None:
+    def _lines_changed(self, lines: Tuple[int, int]) -> None:
         if lines == (1, 0):
             self._strap = True  # GPIO0 held low
         elif lines == (0, 0):
@@ -280,7 +294,7 @@ class Esp32S3Device(CdcAcmDevice):
         return None
 
 
-class _ClassicCircuit:
+class _ClassicCircuit(_BridgeBase):
     """An ESP32-S3 DevKit's UART port: the chip behind a USB-UART bridge with the classic
     two-transistor circuit. (DTR, RTS) = (0, 1) pulls EN low (the chip held in reset), (1, 0)
     pulls GPIO0 low, (0, 0) and (1, 1) leave both high. EN rises slowly (its capacitor:
@@ -290,9 +304,6 @@ class _ClassicCircuit:
     """
 
     EN_RISE = 0.02
-    dtr: bool
-    rts: bool
-    buffer: bytearray
 
     def _chip_init(self) -> None:
         self.chip = Esp32S3Rom(self._emit)
@@ -309,7 +320,7 @@ class _ClassicCircuit:
 
     def _emit(self, data: bytes) -> None:
         self.buffer += data
-        self.notify(self.UART_IN)  # type: ignore[attr-defined]  (the bridge's IN endpoint)
+        self.notify(self.UART_IN)
 
     def _boot(self, mode: str) -> None:
         self._released = None
@@ -321,7 +332,7 @@ class _ClassicCircuit:
         if self._released is not None and time.monotonic() - self._released > self.EN_RISE:
             self._boot("app")
 
-    def _lines(self, before: tuple, after: tuple) -> None:
+    def _lines(self, before: Tuple[bool, bool], after: Tuple[bool, bool]) -> None:
         if after == before:
             return
         now = time.monotonic()
@@ -336,7 +347,7 @@ class _ClassicCircuit:
 
     def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
         before = (self.dtr, self.rts)
-        result = super().vendor_request_out(setup, data)  # type: ignore[misc]
+        result = super().vendor_request_out(setup, data)
         self._lines(before, (self.dtr, self.rts))
         return result
 

@@ -12,12 +12,15 @@ see :data:`UNLINK_BEHAVIOURS`) because real servers disagree and clients must co
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import socket
 import threading
-from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .. import protocol as P
+from ..discovery import SERVICE_TYPE
+from ..errors import ProtocolError
 from ..protocol import (
     CMD_SUBMIT_STRUCT, ISO_PACKET_STRUCT, OP_COMMON_STRUCT, RET_SUBMIT_STRUCT, RET_UNLINK_STRUCT,
     USBIP_CMD_SUBMIT, USBIP_CMD_UNLINK, USBIP_RET_SUBMIT, USBIP_RET_UNLINK, TransferType,
@@ -26,6 +29,9 @@ from .device import (
     HUB_PORT_RESET, FEATURE_ENDPOINT_HALT, REQ_CLEAR_FEATURE, REQ_SET_CONFIGURATION, REQ_SET_FEATURE,
     REQ_SET_INTERFACE, Device, Setup, Stall,
 )
+
+if TYPE_CHECKING:
+    from .mdns import MdnsAdvertiser
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,11 @@ EMSGSIZE = -90
 
 _EMPTY = b""
 
+#: An ISO packet's place in the transfer buffer: (offset, length).
+_IsoSlot = Tuple[int, int]
+#: An endpoint handler of a device (``bulk_in_1`` and the like), as ``Device.endpoints`` gives it.
+_Handler = Callable[..., Any]
+
 #: The CMD_UNLINK behaviours :class:`SimServer` can imitate (its ``unlink`` argument).
 #: "kernel" is the Linux stub (usbip-host): a pending URB is cancelled with RET_UNLINK
 #: -ECONNRESET (-104) and never gets a RET_SUBMIT, while an already completed or unknown URB gets
@@ -52,6 +63,14 @@ _EMPTY = b""
 #: promises that a RET_SUBMIT follows. "ignore" is a server that never answers CMD_UNLINK: no
 #: RET_UNLINK is sent and the URB stays pending, completing normally if the device later has data.
 UNLINK_BEHAVIOURS = ("kernel", "status0", "ignore")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 class _DropConnection(Exception):
@@ -64,7 +83,7 @@ class _Urb:
     __slots__ = ("seqnum", "address", "kind", "length", "flags", "iso", "handler")
 
     def __init__(self, seqnum: int, address: int, kind: int, length: int, flags: int,
-                 iso: Optional[List[tuple]], handler: Any) -> None:
+                 iso: Optional[List[_IsoSlot]], handler: Optional[_Handler]) -> None:
         self.seqnum = seqnum
         self.address = address
         self.kind = kind
@@ -122,7 +141,7 @@ class _Connection:
         self._send(RET_SUBMIT_STRUCT.pack(USBIP_RET_SUBMIT, seqnum, 0, 0, 0, status, actual,
                                           start_frame, npk, errors), data)
 
-    def _fail(self, seqnum: int, status: int, iso: Optional[List[tuple]]) -> None:
+    def _fail(self, seqnum: int, status: int, iso: Optional[List[_IsoSlot]]) -> None:
         """An error RET_SUBMIT; ISO URBs still carry one descriptor per packet."""
         if iso is None:
             self._ret_submit(seqnum, status, 0)
@@ -169,7 +188,7 @@ class _Connection:
             return
         try:
             busid = P.unpack_req_import(bytes(raw))
-        except P.ProtocolError:
+        except ProtocolError:
             return
         status, device = self.server._claim(busid, self)
         if status != P.Status.ST_OK or device is None:
@@ -297,9 +316,9 @@ class _Connection:
                 self.pending[seqnum] = urb
                 self.queues[address].append(urb)
 
-    def _read_iso(self, npk: int, length: int) -> List[tuple]:
+    def _read_iso(self, npk: int, length: int) -> List[_IsoSlot]:
         raw = self._read_data(npk * P.ISO_PACKET_SIZE)
-        packets = []
+        packets: List[_IsoSlot] = []
         for i in range(npk):
             offset, plen, _actual, _status = ISO_PACKET_STRUCT.unpack_from(raw, i * P.ISO_PACKET_SIZE)
             if offset + plen > length:
@@ -329,8 +348,8 @@ class _Connection:
             self.queues[-1].append(urb)
 
     # -- OUT ---------------------------------------------------------------------------------------
-    def _out(self, seqnum: int, address: int, kind: int, handler: Any, data: bytearray,
-             iso: Optional[List[tuple]]) -> None:
+    def _out(self, seqnum: int, address: int, kind: int, handler: Optional[_Handler], data: bytearray,
+             iso: Optional[List[_IsoSlot]]) -> None:
         device = self.device
         assert device is not None
         if address in device.halted or handler is None:
@@ -351,7 +370,7 @@ class _Connection:
         status = self._call(handler, address, data)
         self._ret_submit(seqnum, status, len(data) if status == 0 else 0)
 
-    def _call(self, handler: Any, address: int, arg: Any) -> int:
+    def _call(self, handler: _Handler, address: int, arg: Any) -> int:
         """Run an OUT handler; return the URB status."""
         device = self.device
         assert device is not None
@@ -564,11 +583,22 @@ class SimServer:
         max_urb: bulk and interrupt URBs longer than this many bytes are answered -EMSGSIZE
             (-90) with no data moved, as the ESP32 USB/IP bridge answers URBs beyond its buffer
             (4096 bytes by default there); None (default) takes any length up to MAX_TRANSFER.
+        mdns: advertise the server over mDNS as the ESP32 bridge does (``_usbip._tcp``, TXT
+            keys transport, state, count, busid, vid, pid, target, board_id; see
+            :mod:`usbip_backend.sim.mdns`). :meth:`start` then returns once the service is
+            registered (about 1.7 s), raising :class:`~usbip_backend.sim.mdns.MdnsError` if it
+            cannot be; :meth:`stop` withdraws it. The advertiser is :attr:`mdns`.
+        mdns_interfaces: the local addresses zeroconf uses; only 127.0.0.1 by default, so the
+            advertisement never leaves the machine.
+        mdns_name: the service instance name (default ``usbip-sim-<board_id>``).
+        mdns_type: the service type (default ``_usbip._tcp.local.``).
     """
 
     def __init__(self, devices: Optional[Iterable[Device]] = None, host: str = "127.0.0.1",
                  port: int = 0, reset_keeps_configuration: bool = True, unlink: str = "kernel",
-                 max_urb: Optional[int] = None) -> None:
+                 max_urb: Optional[int] = None, *, mdns: bool = False,
+                 mdns_interfaces: Sequence[str] = ("127.0.0.1",), mdns_name: Optional[str] = None,
+                 mdns_type: str = SERVICE_TYPE) -> None:
         if unlink not in UNLINK_BEHAVIOURS:
             raise ValueError(f"unlink must be one of {', '.join(map(repr, UNLINK_BEHAVIOURS))}, "
                              f"not {unlink!r}")
@@ -576,7 +606,7 @@ class SimServer:
             from .devices import stock_devices
             devices = stock_devices()
         self.devices: List[Device] = list(devices)
-        seen = set()
+        seen: Set[str] = set()
         for i, dev in enumerate(self.devices):
             if dev.busid is None:
                 dev.busid = f"1-{i + 1}"
@@ -591,11 +621,17 @@ class SimServer:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._owners: Dict[str, _Connection] = {}
-        self._conns: set = set()
+        self._conns: Set[_Connection] = set()
         self._listener: Optional[socket.socket] = None
         self._accept_thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
         self.port = 0
+        self._mdns_wanted = mdns
+        self.mdns_interfaces: List[str] = list(mdns_interfaces)
+        self.mdns_name = mdns_name
+        self.mdns_type = mdns_type
+        #: The running mDNS advertisement (``mdns=True``, between start and stop), else None.
+        self.mdns: Optional["MdnsAdvertiser"] = None
         self._records: Dict[str, P.UsbDevice] = {}
         self._devnums: Dict[int, int] = {}
         for dev in self.devices:
@@ -622,6 +658,7 @@ class SimServer:
             self._records.pop(busid, None)
             owner = self._owners.pop(busid, None)
             self._released.notify_all()
+        self._state_changed()
         if owner is not None:
             try:
                 owner.sock.shutdown(socket.SHUT_RDWR)
@@ -637,6 +674,7 @@ class SimServer:
                 raise ValueError(f"busid {device.busid!r} is missing or taken")
             self.devices.append(device)
             self._records[device.busid] = self._new_record(device)
+        self._state_changed()
 
     @staticmethod
     def _busnum(busid: str) -> int:
@@ -670,7 +708,7 @@ class SimServer:
             free = [d for d in reversed(self.devices) if d.busid not in self._owners]
         return [self.record(d) for d in free]
 
-    def _claim(self, busid: str, conn: _Connection):
+    def _claim(self, busid: str, conn: _Connection) -> Tuple[P.Status, Optional[Device]]:
         with self._lock:
             try:
                 device = self.device(busid)
@@ -682,12 +720,27 @@ class SimServer:
         with device.lock:
             device._conn = conn
         conn.device = device
+        self._state_changed()
         return P.Status.ST_OK, device
 
     def _release(self, device: Device) -> None:
         with self._lock:
             self._owners.pop(device.busid or "", None)
             self._released.notify_all()
+        self._state_changed()
+
+    def mdns_properties(self) -> Dict[str, str]:
+        """The TXT record the server advertises now (without ``board_id``, which the
+        advertiser adds): see :func:`usbip_backend.sim.mdns.txt_record`."""
+        from .mdns import txt_record
+
+        with self._lock:
+            return txt_record(list(self.devices), set(self._owners))
+
+    def _state_changed(self) -> None:
+        advertiser = self.mdns
+        if advertiser is not None:
+            advertiser.changed()
 
     def wait_free(self, busid: str, timeout: float = 5.0) -> bool:
         """Wait until no client holds ``busid`` (a closed client is released by the server's
@@ -718,7 +771,29 @@ class SimServer:
                                                daemon=True)
         self._accept_thread.start()
         log.info("virtual USB/IP server on %s:%d with %d device(s)", self.host, self.port, len(self.devices))
+        if self._mdns_wanted:
+            try:
+                self._start_mdns(listener)
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def _start_mdns(self, listener: socket.socket) -> None:
+        from .mdns import MdnsAdvertiser
+
+        bound: str = listener.getsockname()[0]
+        if bound in ("0.0.0.0", "::"):
+            # Listening everywhere: the addresses to reach it are those of the mDNS interfaces.
+            addresses = [a for a in self.mdns_interfaces if _is_ip(a)] or ["127.0.0.1"]
+        else:
+            addresses = [bound]
+        advertiser = MdnsAdvertiser(self.port, addresses, self.mdns_properties,
+                                    interfaces=self.mdns_interfaces, name=self.mdns_name,
+                                    service_type=self.mdns_type)
+        advertiser.start()
+        self.mdns = advertiser
+        advertiser.changed()  # a client may have imported while it registered
 
     def _accept_loop(self) -> None:
         listener = self._listener
@@ -741,9 +816,13 @@ class SimServer:
             conn.thread.start()
 
     def stop(self) -> None:
-        """Close every connection and the listener; join every thread."""
+        """Withdraw the mDNS advertisement, close every connection and the listener; join every
+        thread."""
         if self._listener is None:
             return
+        advertiser, self.mdns = self.mdns, None
+        if advertiser is not None:
+            advertiser.stop()  # first: nobody should find a server that is going away
         self._stopping.set()
         listener = self._listener
         try:
