@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Host tools for the kernel conformance suite (tests/kernel, tools/kernelpeer): QEMU, a static
 # busybox for the guest, cpio for its initramfs. Idempotent: installs only what is missing, then
-# builds the VM image once (kernel and usbip .debs go to $KERNEL_PEER_CACHE, default
-# ~/.cache/usbip-kernel-peer), so the test session only boots it.
+# builds the VM image once (about 72 MB of kernel and usbip .debs, 81 MB kept in $KERNEL_PEER_CACHE,
+# default ~/.cache/usbip-kernel-peer), so the test session only boots it. A host that cannot build
+# it (build.sh exit 3: no network, no apt) fails here, before the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive

@@ -24,8 +24,6 @@ sys.path.insert(0, TOOLS)
 import guestcmd  # noqa: E402  (tools/kernelpeer/guestcmd.py)
 from devlist import devlist  # noqa: E402,F401  (tools/kernelpeer/devlist.py)
 
-INSTALL_HINT = ("apt-get install qemu-system-x86 busybox-static cpio "
-                "(or run .ci/kernel-setup.sh)")
 KINDS = ("ss", "lb", "acm", "msc", "hid")
 #: the reset line the hub driver logs whenever a device is reset (stub mode resets on disconnect)
 RESET_LINE = re.compile(r"reset (?:high|full|low|super)[- ]speed.*USB device")

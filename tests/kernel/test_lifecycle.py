@@ -113,7 +113,7 @@ def test_server_dropping_the_device_mid_transfer_gives_enodev_promptly(flavour, 
         kernel_peer.wait_available(flavour, "acm")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(300, func_only=True)  # setup may boot the VM (see conftest.py)
 def test_many_timeouts_cause_no_device_reset(stub_flavour, kernel_peer):
     """Every timeout is a CMD_UNLINK; none abandons a URB by closing the socket, which would
     make usbip-host reset the device ("reset high-speed USB device" in the kernel log)."""

@@ -1,42 +1,90 @@
 #!/bin/bash
 # Builds $CACHE/vmlinuz and $CACHE/initramfs.cpio.gz for the kernel-peer VM from Debian packages:
 # the kernel linux-image-amd64 points at, usbip (+ its libraries) and the host's busybox-static.
-# Downloads go to $CACHE/debs (apt-get download, once). Host tools: .ci/kernel-setup.sh.
+# The .debs (about 72 MB) are fetched once with apt-get download into $CACHE/debs and kept, so a
+# rebuild needs no network; they are unpacked into a scratch directory that is removed at the end.
+# Host tools: .ci/kernel-setup.sh.
+#
+# Exit status 3 means this host cannot build the image (a tool is missing, apt knows no kernel
+# package, the download failed); the last line on stderr is then "build: unavailable: <reason>".
+# Callers (tests/kernel) skip on it rather than fail. Other non-zero statuses are bugs.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${KERNEL_PEER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/usbip-kernel-peer}
 log() { echo "build: $*" >&2; }
+commas() { local s; s=$(printf '%s, ' "$@"); echo "${s%, }"; }
+unavailable() { log "unavailable: $*"; exit 3; }
+T0=$SECONDS
 
-for tool in qemu-system-x86_64 cpio /bin/busybox; do
-  command -v "$tool" >/dev/null || {
-    log "$tool missing: apt-get install qemu-system-x86 busybox-static cpio (or run .ci/kernel-setup.sh)"; exit 3; }
+# ---- host tools: all checked at once, so one message names everything to install ----
+missing=(); pkgs=()
+for t in cpio:cpio gzip:gzip ldd:libc-bin; do
+  command -v "${t%%:*}" >/dev/null || { missing+=("${t%%:*}"); pkgs+=("${t#*:}"); }
 done
+[ -x /bin/busybox ] || { missing+=(/bin/busybox); pkgs+=(busybox-static); }
+nodeb=()
+for t in apt-get apt-cache dpkg-deb; do command -v "$t" >/dev/null || nodeb+=("$t"); done
+if [ ${#nodeb[@]} -gt 0 ]; then
+  unavailable "$(commas "${nodeb[@]}") not found: the VM image is built from Debian packages, so it needs a" \
+    "Debian host with apt and dpkg (or a vmlinuz and initramfs.cpio.gz built elsewhere, copied into $CACHE)"
+fi
+[ ${#missing[@]} -eq 0 ] || unavailable "$(commas "${missing[@]}") not found (apt-get install ${pkgs[*]})"
 
-# the kernel Debian's linux-image-amd64 points at today (override with KPKG=...)
+# ---- which kernel: the one Debian's linux-image-amd64 points at today (override with KPKG=...) ----
 kpkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
 KPKG=${KPKG:-$(kpkg)}
-if [ -z "$KPKG" ]; then apt-get update -qq >&2; KPKG=$(kpkg); fi
-
-# ---- packages ----
-mkdir -p "$CACHE/debs"
-cd "$CACHE/debs"
-for p in "$KPKG" usbip libudev1 libwrap0; do
-  ls "${p}"_*.deb >/dev/null 2>&1 || { log "apt-get download $p"; apt-get download "$p" >&2; }
-done
-ROOT=$CACHE/root
-if [ ! -e "$ROOT/.extracted" ]; then
-  rm -rf "$ROOT"; mkdir -p "$ROOT"
-  for d in "$CACHE"/debs/*.deb; do dpkg-deb -x "$d" "$ROOT"; done
-  touch "$ROOT/.extracted"
+if [ -z "$KPKG" ] && [ "$(id -u)" = 0 ]; then
+  log "apt-get update (apt's lists know no linux-image-amd64)"
+  apt-get update -qq >&2 || unavailable "apt-get update failed (no network or no Debian mirror reachable?)"
+  KPKG=$(kpkg)
 fi
+if [ -z "$KPKG" ]; then  # offline with no lists: a kernel downloaded earlier will do
+  KPKG=$(cd "$CACHE/debs" 2>/dev/null && ls linux-image-[0-9]*.deb 2>/dev/null | tail -1 | cut -d_ -f1 || true)
+fi
+[ -n "$KPKG" ] || unavailable "apt knows no linux-image-amd64 (run apt-get update as root; the image is built from Debian packages)"
+DEBS=("$KPKG" usbip libudev1 libwrap0)
+
+# ---- packages: downloaded once into $CACHE/debs ----
+mkdir -p "$CACHE/debs"
+# one build at a time per cache: two test sessions starting together share the download
+if command -v flock >/dev/null; then exec 9>"$CACHE/.build.lock"; flock 9; fi
+cd "$CACHE/debs"
+want=()
+for p in "${DEBS[@]}"; do ls "${p}"_*.deb >/dev/null 2>&1 || want+=("$p"); done
+if [ ${#want[@]} -gt 0 ]; then
+  # --print-uris reads apt's lists only: "'url' file size hash" per package
+  bytes=$(apt-get download --print-uris "${want[@]}" 2>/dev/null | awk '{s += $3} END {print s + 0}' || true)
+  log "downloading ${want[*]} ($((bytes / 1000000)) MB) into $CACHE/debs"
+  rm -rf .partial; mkdir .partial
+  # into .partial first, so an interrupted download never looks like a cached package
+  if ! (cd .partial && apt-get download -q "${want[@]}" > ../download.log 2>&1); then
+    why=$(grep -E '^(E|Err):' download.log | tail -1 | tr -s " " | cut -c1-200)
+    rm -rf .partial
+    unavailable "apt-get download ${want[*]} failed (no network or no Debian mirror reachable?): ${why:-see $CACHE/debs/download.log}"
+  fi
+  case " ${want[*]} " in *" $KPKG "*) rm -f linux-image-[0-9]*.deb ;; esac  # a kernel replaced by a newer one
+  mv .partial/*.deb .; rm -rf .partial
+  log "downloaded in $((SECONDS - T0)) s"
+fi
+
+# ---- unpack into scratch space: about 400 MB, none of it kept ----
+# no unpacked tree stays in the cache: remove any that a killed build (or the layout that kept
+# them in root/ and initramfs/) left behind
+rm -rf "$CACHE/root" "$CACHE/initramfs" "$CACHE"/build.??????
+WORK=$(mktemp -d "$CACHE/build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+ROOT=$WORK/root
+log "unpacking the packages and building the initramfs"
+mkdir -p "$ROOT"
+for p in "${DEBS[@]}"; do dpkg-deb -x "$(ls "$CACHE/debs/${p}"_*.deb | tail -1)" "$ROOT"; done
 KVER=$(ls "$ROOT/lib/modules" | head -1)
 MODDIR=$ROOT/lib/modules/$KVER
-[ -s "$MODDIR/modules.dep" ] || { log "depmod $KVER"; /bin/busybox depmod -b "$ROOT" "$KVER"; }
-cp -f "$ROOT/boot/vmlinuz-$KVER" "$CACHE/vmlinuz"
+[ -s "$MODDIR/modules.dep" ] || /bin/busybox depmod -b "$ROOT" "$KVER"
+cp -f "$ROOT/boot/vmlinuz-$KVER" "$CACHE/vmlinuz.tmp"
 
 # ---- initramfs tree: busybox, /init, usbip userspace, modules ----
-IR=$CACHE/initramfs
-rm -rf "$IR"; mkdir -p "$IR"/{bin,sbin,etc,proc,sys,dev,tmp,run,usr/bin,usr/sbin,lib/x86_64-linux-gnu,lib64,lib/modules/$KVER}
+IR=$WORK/initramfs
+mkdir -p "$IR"/{bin,sbin,etc,proc,sys,dev,tmp,run,usr/bin,usr/sbin,lib/x86_64-linux-gnu,lib64,lib/modules/$KVER}
 cp /bin/busybox "$IR/bin/busybox"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$IR/bin/$a"; done
 for a in modprobe insmod rmmod lsmod depmod; do ln -sf ../bin/busybox "$IR/sbin/$a"; done
@@ -75,5 +123,7 @@ cp "$MODDIR/modules.builtin" "$MODDIR/modules.order" "$IR/lib/modules/$KVER/"
 /bin/busybox depmod -b "$IR" "$KVER"
 
 ( cd "$IR" && find . -print0 | sort -z | cpio --null -o -H newc --quiet ) | gzip -1 > "$CACHE/initramfs.cpio.gz.tmp"
+mv "$CACHE/vmlinuz.tmp" "$CACHE/vmlinuz"
 mv "$CACHE/initramfs.cpio.gz.tmp" "$CACHE/initramfs.cpio.gz"
-log "initramfs $(du -h "$CACHE/initramfs.cpio.gz" | cut -f1), kernel $KVER, ${#seen[@]} modules"
+rm -rf "$WORK"
+log "built in $((SECONDS - T0)) s: kernel $KVER, ${#seen[@]} modules, initramfs $(du -h "$CACHE/initramfs.cpio.gz" | cut -f1); $CACHE holds $(du -sh "$CACHE" | cut -f1)"

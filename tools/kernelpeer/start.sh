@@ -7,6 +7,9 @@
 # Environment: MODE=both|device|stub (default both: device mode on PORT, stub mode on STUB_PORT),
 #   STUB_PORT (default PORT+1), STUB_CONFIGURE=1 (stub devices start configured), DEBUG=1 (usbipd -d),
 #   ACCEL=auto|kvm|tcg, TIMEOUT (s, default 120), KERNEL_PEER_CACHE (default ~/.cache/usbip-kernel-peer).
+# Progress goes to stderr as short "start.sh: ..." and "build: ..." lines. Exit status 3: this host
+# cannot run the VM (no QEMU, or build.sh cannot build the image); the last stderr line is then
+# "...: unavailable: <reason>".
 # On success prints exactly one line and leaves QEMU running:
 #   READY port=<p> pid=<qemu pid> busids=<a,b,..> [stub_port=<p2> stub_busids=<a,b,..>]
 # Files in $KERNEL_PEER_CACHE/run: qemu-PORT.pid, console-PORT.log (guest console, kernel log),
@@ -23,6 +26,9 @@ TIMEOUT=${TIMEOUT:-120}
 PY=${PYTHON:-python3}
 mkdir -p "$RUN"
 err() { echo "start.sh: $*" >&2; }
+command -v qemu-system-x86_64 >/dev/null || {
+  err "unavailable: qemu-system-x86_64 not found (apt-get install qemu-system-x86 busybox-static cpio, or run .ci/kernel-setup.sh)"
+  exit 3; }
 
 case "$MODE" in
   both)   FWD="hostfwd=tcp:127.0.0.1:$PORT-:3240,hostfwd=tcp:127.0.0.1:$STUB_PORT-:3241"
@@ -41,12 +47,15 @@ if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   err "a VM for port $PORT is already running (pid $(cat "$PIDFILE")); run stop.sh $PORT first"; exit 1
 fi
 rm -f "$PIDFILE" "$SOCK" "$LOG"
+# every run on a new port leaves its console log for a post-mortem; a week is long enough
+find "$RUN" -name 'console-*.log' -mtime +7 -delete 2>/dev/null || true
 
 # ---- build on first use, or when the guest scripts changed ----
 IMG=$CACHE/initramfs.cpio.gz
 if [ ! -s "$IMG" ] || [ ! -s "$CACHE/vmlinuz" ] || [ "$HERE/guest/init" -nt "$IMG" ] \
    || [ "$HERE/guest/usbipvm-reset" -nt "$IMG" ] || [ "$HERE/build.sh" -nt "$IMG" ]; then
-  "$HERE/build.sh" >&2
+  err "building the VM image in $CACHE (first use, or tools/kernelpeer changed)"
+  "$HERE/build.sh" >&2  # its exit status is ours (set -e), so 3 passes through
 fi
 
 # ---- accelerator: KVM only when a KVM module is really loaded ----
@@ -56,6 +65,7 @@ if [ "$ACCEL" = auto ]; then
 fi
 if [ "$ACCEL" = kvm ]; then ACCARGS=(-accel kvm -cpu host); else ACCARGS=(-accel tcg); fi
 
+err "booting the VM (accel $ACCEL, up to $TIMEOUT s)"
 T0=$EPOCHREALTIME
 # restrict=on: the guest has no route out; hostfwd listens on 127.0.0.1 only.
 qemu-system-x86_64 "${ACCARGS[@]}" -m 512M -smp 1 \
@@ -95,5 +105,5 @@ case "$MODE" in
   stub)   B1=$(busids "$PORT" "$NSTUB") || fail "stub mode did not answer"
           LINE="READY port=$PORT pid=$QPID busids=$B1" ;;
 esac
-awk -v a="$T0" -v b="$EPOCHREALTIME" -v acc="$ACCEL" 'BEGIN {printf "start.sh: ready in %.1f s (accel %s)\n", b - a, acc}' >&2
+awk -v a="$T0" -v b="$EPOCHREALTIME" -v acc="$ACCEL" 'BEGIN {printf "start.sh: booted in %.1f s (accel %s)\n", b - a, acc}' >&2
 echo "$LINE"
