@@ -332,6 +332,9 @@ def test_demo_command(capsys):
     code, out, err = run(capsys, "demo")
     assert code == 0, out + err
     assert "virtual USB/IP server on 127.0.0.1:" in err
+    port = err.split("virtual USB/IP server on 127.0.0.1:")[1].split()[0]
+    # announced and found over mDNS on 127.0.0.1, as 'discover' finds it, then checked there
+    assert f"mDNS: found usbip-sim-" in out and f".local:{port}  [127.0.0.1]" in out and "target=sim" in out
     assert "isochronous IN 0x81" in out
     assert out.strip().splitlines()[-1].split(",")[1].strip() == "0 failed"
 
@@ -346,6 +349,26 @@ def test_sim_command_subprocess():
         listed = run_module("--host", "127.0.0.1", "--port", port, "list", "--json")
         assert listed.returncode == 0, listed.stderr
         assert [d["id"] for d in json.loads(listed.stdout)["devices"]] == ["1209:0003"]
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    assert proc.returncode == 0
+
+
+@pytest.mark.timeout(60)
+def test_sim_command_mdns_is_found_by_discover():
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "usbip_backend", "sim", "--port", "0", "--devices", "hid",
+                             "--mdns", "--mdns-name", "usbip-cli-test"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("LISTENING 127.0.0.1 "), line + proc.stderr.read()
+        port = line.split()[2]
+        assert proc.stdout.readline().split() == ["MDNS", "_usbip._tcp.local.", "usbip-cli-test"]
+        found = run_module("discover", "--interface", "127.0.0.1", "--json")
+        assert found.returncode == 0, found.stderr
+        (ours,) = [s for s in json.loads(found.stdout)["servers"] if s["name"] == "usbip-cli-test"]
+        assert ours["port"] == int(port) and ours["properties"]["count"] == "1"
     finally:
         proc.terminate()
         proc.communicate(timeout=10)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..conformance import run_checks
 from ..usbnames import SPEEDS, bcd, class_name, speed_name, transfer_type_name, vendor_name
@@ -296,12 +296,16 @@ def cmd_sim(ctx: Context) -> int:
         argv += ["--count", str(args.count)]
     if args.unlink:
         argv += ["--unlink", args.unlink]
+    if args.mdns:
+        argv.append("--mdns")
+        for address in args.mdns_interface or ():
+            argv += ["--mdns-interface", address]
+        if args.mdns_name:
+            argv += ["--mdns-name", args.mdns_name]
     argv += args.sim_args
     rc = sim.main(argv)
     return int(rc or 0)
 
-
-# --------------------------------------------------------------------------------------------
 
 def cmd_check(ctx: Context) -> int:
     host, port = ctx.server()
@@ -312,16 +316,36 @@ def cmd_check(ctx: Context) -> int:
 
 
 def cmd_demo(ctx: Context) -> int:
-    from ..sim import SimServer, stock_devices
+    from ..sim import MdnsError, SimServer, stock_devices
 
-    server = SimServer(stock_devices(), host="127.0.0.1", port=0)
-    server.start()
+    mdns = not ctx.args.no_mdns
+    server = SimServer(stock_devices(), host="127.0.0.1", port=0, mdns=mdns)
     try:
-        ctx.note(f"virtual USB/IP server on 127.0.0.1:{server.port} (the same as '{PROG} sim')")
-        ctx._server = ("127.0.0.1", server.port)
+        server.start()
+    except MdnsError as exc:
+        ctx.note(f"mDNS does not work here ({exc}); the demo goes on without it")
+        server = SimServer(stock_devices(), host="127.0.0.1", port=0)
+        server.start()
+    try:
+        ctx.note(f"virtual USB/IP server on 127.0.0.1:{server.port} (the same as "
+                 f"'{PROG} sim{' --mdns' if server.mdns is not None else ''}')")
+        ctx._server = _found_over_mdns(ctx, server) or ("127.0.0.1", server.port)
         return cmd_check(ctx)
     finally:
         server.stop()
 
 
-# --------------------------------------------------------------------------------------------
+def _found_over_mdns(ctx: Context, server: Any) -> Optional[Tuple[str, int]]:
+    """Find the demo's server as 'discover' and a command without --host do, on 127.0.0.1."""
+    if server.mdns is None:
+        return None
+    from ..discovery import discover
+
+    timeout = ctx.args.mdns_timeout
+    found = [s for s in discover(timeout=timeout, interfaces=["127.0.0.1"]) if s.name == server.mdns.name]
+    if not found:
+        ctx.note(f"the server's mDNS announcement was not seen within {timeout:g} s on 127.0.0.1 "
+                 "(multicast on loopback blocked?); using its address directly")
+        return None
+    ctx.print(f"mDNS: found {found[0].describe()}")
+    return found[0].address, found[0].port

@@ -166,6 +166,3 @@ def get_string(dev: Any, index: int) -> Optional[str]:
         return text
     except Exception as exc:  # noqa: BLE001 - a bad string must not end the probe
         return f"[error reading string {index}: {exc}]"
-
-
-# --------------------------------------------------------------------------------------------

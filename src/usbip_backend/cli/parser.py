@@ -97,7 +97,10 @@ def settle(args: argparse.Namespace) -> Optional[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter)
+    # No abbreviations: the top-level parser would otherwise claim a command's own option
+    # (sim --mdns) as an ambiguous prefix of its --mdns-* options.
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=_Formatter,
+                                     allow_abbrev=False)
     _global_options(parser, suppress=False)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -206,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Prints PASS/FAIL/SKIP lines and 'N passed, N failed'; exit code 1 if any failed.")
     p.add_argument("--busid", action="append", metavar="B", help="check only this device (repeatable)")
 
-    add("demo", cmd_demo, "start the virtual server in-process and run 'check' against it",
-        "Start the virtual USB/IP server on 127.0.0.1 (a free port) and run the check sequence "
-        "against it through PyUSB: everything works with no hardware.")
+    p = add("demo", cmd_demo, "start the virtual server in-process and run 'check' against it",
+            "Start the virtual USB/IP server on 127.0.0.1 (a free port), announce it over mDNS on "
+            "127.0.0.1 and find it there as 'discover' does, then run the check sequence against it "
+            "through PyUSB: everything works with no hardware.")
+    p.add_argument("--no-mdns", action="store_true", help="skip the mDNS announcement and discovery")
 
     sim_common = argparse.ArgumentParser(add_help=False)
     g = sim_common.add_argument_group("server")
@@ -226,5 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how CMD_UNLINK is answered: kernel (default: -ECONNRESET for a pending URB, as "
                         "usbip-host), status0 (always 0, the URB dropped, as PyPI usbip 0.7.0), ignore "
                         "(never answered)")
+    g = p.add_argument_group("mDNS")
+    g.add_argument("--mdns", action="store_true",
+                   help="announce the server as _usbip._tcp (TXT records like the ESP32 bridge's), on "
+                        "127.0.0.1 only unless --mdns-interface says otherwise; then 'discover "
+                        "--interface 127.0.0.1' and commands without --host find it")
+    g.add_argument("--mdns-interface", action="append", metavar="ADDR",
+                   help="local address to announce on (repeatable; default 127.0.0.1)")
+    g.add_argument("--mdns-name", metavar="NAME", help="service instance name (default usbip-sim-<id>)")
     p.add_argument("sim_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser

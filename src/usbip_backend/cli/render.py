@@ -29,9 +29,6 @@ def hexdump(data: bytes, indent: str = "  ") -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-
-
 _DEVICE_FIELDS = ("bLength", "bDescriptorType", "bcdUSB", "bDeviceClass", "bDeviceSubClass",
                   "bDeviceProtocol", "bMaxPacketSize0", "idVendor", "idProduct", "bcdDevice",
                   "iManufacturer", "iProduct", "iSerialNumber", "bNumConfigurations")
