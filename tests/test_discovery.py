@@ -88,13 +88,66 @@ def test_discover_finds_esp32_style_advertisement():
     assert "busid=multi" in server.describe()
 
 
-def test_seed_compatible_name_and_resolve_single():
+def test_resolve_single():
     stype = unique_type()
     with advertise([("bench", "bench-host.local", 4000, ["127.0.0.1"], {"state": "ready", "flag": None})], stype):
-        assert discover_usbip_servers is discover
         server = resolve_single_server(timeout=1.5, interfaces=LOOPBACK, service_type=stype)
     assert (server.name, server.host, server.port) == ("bench", "bench-host.local", 4000)
     assert server.properties == {"state": "ready", "flag": ""}  # a key without value decodes to ""
+    assert server.service_type == stype
+
+
+def test_discover_usbip_servers_sorts_by_host_port_name_discover_by_name():
+    import inspect
+
+    assert inspect.signature(discover_usbip_servers).parameters["timeout"].default == 3.0  # as 0.0.1
+    stype = unique_type()
+    services = [
+        ("alpha", "b-host.local", 3240, ["127.0.0.1"], {}),
+        ("zeta", "a-host.local", 3241, ["127.0.0.1"], {}),
+        ("mid", "a-host.local", 3240, ["127.0.0.1"], {}),
+    ]
+    # One browse per advertisement: a responder answers the same question at most once a second
+    # (RFC 6762 section 6), so a second browse right after the first may hear nothing.
+    with advertise(services, stype):
+        by_host = discover_usbip_servers(timeout=2.0, interfaces=LOOPBACK, service_type=stype)
+    assert [(s["host"], s["port"], s["name"]) for s in by_host] == [
+        ("a-host.local", 3240, "mid"), ("a-host.local", 3241, "zeta"), ("b-host.local", 3240, "alpha")]
+    assert all(isinstance(s, ServerInfo) for s in by_host)  # discover()'s objects, in 0.0.1's order
+
+
+def test_server_info_reads_as_the_0_0_1_dict():
+    s = ServerInfo("bench", "bench.local", 3240, ("192.0.2.7", "fd00::7"), {"state": "ready"}, "_usbip._tcp.local.")
+    legacy = {
+        "name": "bench", "host": "bench.local", "address": "192.0.2.7", "addresses": ["192.0.2.7", "fd00::7"],
+        "port": 3240, "txt": {"state": "ready"}, "type": "_usbip._tcp.local.",
+    }
+    assert dict(s) == legacy and list(s.keys()) == list(legacy) and len(s) == 7
+    assert s == legacy and legacy == s and [s] == [legacy]
+    assert s["host"] == "bench.local" and s.get("port") == 3240 and s.get("nope", 5) == 5
+    assert "txt" in s and "properties" not in s
+    assert type(s["addresses"]) is list and type(s["txt"]) is dict and type(s["port"]) is int
+    s["txt"]["state"] = "changed"  # a copy: the server info itself stays as found
+    assert s.properties == {"state": "ready"}
+    with pytest.raises(KeyError):
+        s["properties"]
+    with pytest.raises(TypeError):
+        s["port"] = 1  # type: ignore[index]
+    # Attributes keep their own meaning; only the mapping reads as 0.0.1 did.
+    bare = ServerInfo("n", "h.local", 1)
+    assert bare.address == "h.local" and bare["address"] == "" and bare["addresses"] == []
+    assert s == ServerInfo("bench", "bench.local", 3240, ("192.0.2.7", "fd00::7"), {"state": "ready"})
+    assert s != ServerInfo("bench", "bench.local", 3241, ("192.0.2.7", "fd00::7"), {"state": "ready"})
+    assert hash(s) == hash(ServerInfo("bench", "bench.local", 3240, ("192.0.2.7", "fd00::7"), {"state": "ready"}))
+
+
+def test_discovery_error_lives_in_errors():
+    import usbip_backend
+    from usbip_backend import errors
+
+    assert DiscoveryError is errors.DiscoveryError is usbip_backend.DiscoveryError
+    assert issubclass(DiscoveryError, errors.UsbipError)
+    assert DiscoveryError("x", servers=[ServerInfo("n", "h", 1)]).servers[0].name == "n"
 
 
 def test_resolve_single_with_several_lists_them():

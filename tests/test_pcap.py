@@ -159,6 +159,23 @@ def test_hooks_after_close_are_ignored(tmp_path):
     assert w.records_written == 0
 
 
+def test_write_urb_returns_the_urb_id_and_flush_waits_for_the_writer(tmp_path):
+    path = tmp_path / "ids.pcapng"
+    w = PcapWriter(str(path))
+    try:
+        urb = fake_urb(seqnum=9, busnum=1, devnum=4, transfer_type=TransferType.BULK, endpoint=0x81, length=8)
+        assert w.write_urb(urb, EVENT_SUBMIT, 1.0) == urb_id(urb) == ((1 << 16 | 4) << 32) | 9
+        assert w.flush(10)  # the record is in the file now, before close()
+        assert len(read_blocks(path.read_bytes())) == 4
+        with pytest.raises(TypeError):
+            w.write_syslog(b"<13>x", 1.0, ts=2.0)  # timestamp and its 0.0.1 name ts: one only
+        with pytest.raises(TypeError):
+            w.write_urb(urb, EVENT_SUBMIT, 1.0, event_type=EVENT_SUBMIT)  # the two forms do not mix
+    finally:
+        w.close()
+    assert not w.flush(1)  # nothing can be written after close()
+
+
 # --- tshark -----------------------------------------------------------------------------------
 @pytest.fixture
 def every_kind_capture(tmp_path):

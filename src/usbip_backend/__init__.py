@@ -9,12 +9,16 @@
 Names are imported lazily (PEP 562), so ``import usbip_backend`` stays cheap and an optional
 dependency (zeroconf for discovery) is only loaded when used. To export another name, add it to
 ``_EXPORTS`` (name -> submodule).
+
+Names of version 0.0.1 that have a new spelling are in ``_DEPRECATED``: they still work, and the
+first use of each warns (DeprecationWarning) with the name to use instead.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Dict, List
+import warnings
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 from . import errors
 
@@ -43,7 +47,7 @@ _EXPORTS: Dict[str, str] = {
     "discover": "discovery",
     "discover_usbip_servers": "discovery",
     "ServerInfo": "discovery",
-    "DiscoveryError": "discovery",
+    "DiscoveryError": "errors",
     "PcapWriter": "pcap",
     "SyslogReceiver": "syslog",
     "SimServer": "sim",
@@ -55,7 +59,17 @@ _EXPORTS: Dict[str, str] = {
     "Progress": "stream",
 }
 
-__all__: List[str] = ["errors", "__version__", *_EXPORTS]
+#: old public name -> (submodule that defines it, what to use instead)
+_DEPRECATED: Dict[str, Tuple[str, str]] = {
+    "USBIPBackend": ("_compat", "usbip_backend.UsbipBackend (timeout= and pcap= are keyword arguments there) "
+                                "or usbip_backend.get_backend"),
+}
+
+#: old submodules reachable as attributes, as 0.0.1's package imported them eagerly
+_DEPRECATED_MODULES = ("mdns",)
+
+# USBIPBackend stays in __all__: a star import of 0.0.1 code must still bind it (and warns).
+__all__: List[str] = ["errors", "__version__", *_EXPORTS, *_DEPRECATED]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backend import UsbipBackend, get_backend
@@ -67,7 +81,9 @@ if TYPE_CHECKING:  # pragma: no cover
         UsbipError, UsbipTimeoutError,
     )
     from .protocol import TransferType
-    from .discovery import DiscoveryError, ServerInfo, discover, discover_usbip_servers
+    from .discovery import ServerInfo, discover, discover_usbip_servers
+    from .errors import DiscoveryError
+    from ._compat import USBIPBackend
     from .pcap import PcapWriter
     from .sim import SimServer
     from .syslog import SyslogReceiver
@@ -76,6 +92,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
+    if module is None and name in _DEPRECATED:
+        module, instead = _DEPRECATED[name]
+        # Warned here only: the value is cached in globals() below, so later uses never get here.
+        warnings.warn(f"usbip_backend.{name} is deprecated; use {instead}", DeprecationWarning, stacklevel=2)
+    elif module is None and name in _DEPRECATED_MODULES:
+        return importlib.import_module(f".{name}", __name__)  # the submodule warns on import
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .errors import UsbipError
+from .errors import DiscoveryError
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,20 @@ _RESOLVE_MS = 1500
 #: Bound on the number of services handled in one browse (a hostile network cannot grow it).
 _MAX_SERVICES = 256
 
-
-class DiscoveryError(UsbipError):
-    """Discovery failed, found nothing, or found more than one server where one was needed."""
-
-    def __init__(self, message: str, *, servers: Sequence["ServerInfo"] = ()) -> None:
-        super().__init__(message)
-        self.servers = list(servers)
+#: The keys a server reads as under ``server[key]``: the dict keys 0.0.1's discovery returned,
+#: in its order, so code written for those dicts keeps working on :class:`ServerInfo`.
+MAPPING_KEYS = ("name", "host", "address", "addresses", "port", "txt", "type")
 
 
 @dataclass(frozen=True)
-class ServerInfo:
-    """One USB/IP server found by mDNS."""
+class ServerInfo(Mapping[str, Any]):
+    """One USB/IP server found by mDNS.
+
+    Also a read-only mapping with the keys of :data:`MAPPING_KEYS` (``server["host"]``,
+    ``server.get("port")``, ``dict(server)``), valued as the dicts of version 0.0.1 were: ``name``,
+    ``host`` and ``type`` are str, ``address`` the first address (``""`` when none),
+    ``addresses`` a list of str, ``port`` an int and ``txt`` a dict of str to str.
+    """
 
     #: Service instance name, without the service type (``"usbip-a1b2c3"``).
     name: str
@@ -50,6 +53,8 @@ class ServerInfo:
     addresses: Tuple[str, ...] = ()
     #: TXT record, decoded to ``str`` (a key without value maps to ``""``).
     properties: Dict[str, str] = field(default_factory=dict, hash=False)
+    #: The DNS-SD type it was found under, with the trailing dot (``"_usbip._tcp.local."``).
+    service_type: str = SERVICE_TYPE
 
     @property
     def address(self) -> str:
@@ -66,7 +71,7 @@ class ServerInfo:
         text = f"{self.name}  {self.host}:{self.port}  [{addrs}]"
         return f"{text}  {props}" if props else text
 
-    def to_json(self) -> dict:
+    def to_json(self) -> Dict[str, Any]:
         return {
             "name": self.name,
             "host": self.host,
@@ -76,8 +81,48 @@ class ServerInfo:
             "properties": dict(self.properties),
         }
 
+    # -- the read-only mapping -------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key == "name":
+            return self.name
+        if key == "host":
+            return self.host
+        if key == "address":
+            # Not the property: the mapping never falls back to the host name, a dict never did.
+            return self.addresses[0] if self.addresses else ""
+        if key == "addresses":
+            return list(self.addresses)
+        if key == "port":
+            return self.port
+        if key == "txt":
+            return dict(self.properties)
+        if key == "type":
+            return self.service_type
+        raise KeyError(key)
 
-def _import_zeroconf():
+    def __iter__(self) -> Iterator[str]:
+        return iter(MAPPING_KEYS)
+
+    def __len__(self) -> int:
+        return len(MAPPING_KEYS)
+
+    def __contains__(self, key: object) -> bool:
+        return key in MAPPING_KEYS
+
+    def __eq__(self, other: object) -> bool:
+        # Another ServerInfo compares field by field (as a dataclass); a plain mapping compares
+        # as a mapping, so ``servers == [{"name": ..., ...}]`` holds as it did for dicts.
+        if isinstance(other, ServerInfo):
+            return self._key() == other._key()
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    def _key(self) -> Tuple[Any, ...]:
+        return (self.name, self.host, self.port, self.addresses, self.properties, self.service_type)
+
+
+def _import_zeroconf() -> Any:
     try:
         import zeroconf
     except ImportError as exc:  # pragma: no cover - zeroconf is a dependency; kept for slim installs
@@ -87,15 +132,15 @@ def _import_zeroconf():
     return zeroconf
 
 
-def _decode(value: Optional[bytes]) -> str:
+def _decode(value: Optional[Any]) -> str:
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value
-    return value.decode("utf-8", errors="replace")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
-def _ip_version_for(zc_mod, interfaces: Optional[Sequence[str]]):
+def _ip_version_for(zc_mod: Any, interfaces: Optional[Sequence[str]]) -> Any:
     """V4Only unless an IPv6 interface address is named (zeroconf's own default logic, made explicit)."""
     if not interfaces:
         return zc_mod.IPVersion.V4Only
@@ -153,15 +198,15 @@ def discover(
     lock = threading.Lock()
 
     class _Listener:
-        def add_service(self, zc_, type_: str, name: str) -> None:
+        def add_service(self, zc_: Any, type_: str, name: str) -> None:
             with lock:
                 if len(names) < _MAX_SERVICES:
                     names[name] = None
 
-        def update_service(self, zc_, type_: str, name: str) -> None:
+        def update_service(self, zc_: Any, type_: str, name: str) -> None:
             self.add_service(zc_, type_, name)
 
-        def remove_service(self, zc_, type_: str, name: str) -> None:
+        def remove_service(self, zc_: Any, type_: str, name: str) -> None:
             with lock:
                 names.pop(name, None)
 
@@ -185,6 +230,7 @@ def discover(
                 port=int(info.port or 0),
                 addresses=addresses,
                 properties=props,
+                service_type=service_type,
             )
             log.debug("mDNS: found %s", server.describe())
             found.append(server)
@@ -196,8 +242,19 @@ def discover(
     return found
 
 
-#: Name used by the earlier published package; same function.
-discover_usbip_servers = discover
+def discover_usbip_servers(
+    timeout: float = 3.0,
+    interfaces: Optional[Sequence[str]] = None,
+    service_type: str = SERVICE_TYPE,
+) -> List[ServerInfo]:
+    """:func:`discover` with the defaults of version 0.0.1: browse 3 s, sort by host, port, name.
+
+    Each :class:`ServerInfo` also reads as 0.0.1's dict did (``s["host"]``, ``s["port"]``,
+    ``s["txt"]``), so code written for either works on the result.
+    """
+    servers = discover(timeout=timeout, interfaces=interfaces, service_type=service_type)
+    servers.sort(key=lambda s: (s.host, s.port, s.name))
+    return servers
 
 
 def resolve_single_server(

@@ -10,6 +10,7 @@
      +-- UrbCancelledError        a URB was cancelled by its owner (Urb.cancel, CMD_UNLINK)
      +-- UrbError                 a URB completed with a negative errno status
      +-- NotFoundError            no such endpoint/interface/device (also a LookupError)
+     +-- DiscoveryError           mDNS found no server (or several where one was needed)
 
 The three URB outcomes carry ``transferred``: the bytes that moved before the URB ended.
 
@@ -19,8 +20,13 @@ At the PyUSB boundary (:mod:`usbip_backend.backend`) these become ``usb.core.USB
 
 from __future__ import annotations
 
+import enum
 import errno as _errno
 import os
+from typing import TYPE_CHECKING, Dict, List, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover - discovery imports this module
+    from .discovery import ServerInfo
 
 
 class UsbipError(Exception):
@@ -90,15 +96,50 @@ class NotFoundError(UsbipError, LookupError):
     """What was asked for (an endpoint in the active configuration, a device) does not exist."""
 
 
-# Linux errno numbers as they travel on the wire. Python's errno module uses the host's numbers,
-# which differ on macOS and Windows, so the wire values are spelled out here.
-LINUX_ERRNO_NAMES = {
-    1: "EPERM", 2: "ENOENT", 5: "EIO", 11: "EAGAIN", 12: "ENOMEM", 16: "EBUSY", 19: "ENODEV",
-    22: "EINVAL", 27: "EFBIG", 28: "ENOSPC", 32: "EPIPE", 61: "ENODATA", 62: "ETIME",
-    70: "ECOMM", 71: "EPROTO", 75: "EOVERFLOW", 84: "EILSEQ", 90: "EMSGSIZE", 95: "EOPNOTSUPP",
-    104: "ECONNRESET", 108: "ESHUTDOWN", 110: "ETIMEDOUT", 115: "EINPROGRESS", 121: "EREMOTEIO",
-    18: "EXDEV",
-}
+class DiscoveryError(UsbipError):
+    """mDNS discovery failed, found nothing, or found more than one server where one was needed.
+
+    ``servers`` lists what was found (for the "several servers" case), so a caller can choose.
+    """
+
+    def __init__(self, message: str, *, servers: Sequence["ServerInfo"] = ()) -> None:
+        super().__init__(message)
+        self.servers: List["ServerInfo"] = list(servers)
+
+
+class LinuxErrno(enum.IntEnum):
+    """Linux errno numbers as they travel on the wire (a URB status is the negated number:
+    ``-LinuxErrno.EPIPE`` is -32). Python's errno module has the host's numbers, which differ on
+    macOS and Windows (ECONNRESET is 54 on macOS), so the wire's are spelled out here, once."""
+
+    EPERM = 1
+    ENOENT = 2
+    EIO = 5
+    EAGAIN = 11
+    ENOMEM = 12
+    EBUSY = 16
+    EXDEV = 18
+    ENODEV = 19
+    EINVAL = 22
+    EFBIG = 27
+    ENOSPC = 28
+    EPIPE = 32
+    ENODATA = 61
+    ETIME = 62
+    ECOMM = 70
+    EPROTO = 71
+    EOVERFLOW = 75
+    EILSEQ = 84
+    EMSGSIZE = 90
+    EOPNOTSUPP = 95
+    ECONNRESET = 104
+    ESHUTDOWN = 108
+    ETIMEDOUT = 110
+    EINPROGRESS = 115
+    EREMOTEIO = 121
+
+
+LINUX_ERRNO_NAMES: Dict[int, str] = {e.value: e.name for e in LinuxErrno}
 
 #: What a URB status means for a USB transfer (Documentation/driver-api/usb/error-codes.rst).
 URB_STATUS_TEXT = {

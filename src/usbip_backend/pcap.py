@@ -19,7 +19,9 @@ draft-ietf-opsawg-pcapng; the 64-byte usbmon header per the kernel's
 Threading: the hook methods (called by the URB engine's reader thread and user threads) and
 :meth:`PcapWriter.write_syslog` only build a block and put it on a bounded queue; one writer
 thread writes and flushes each block. If the queue overflows or the reader of a FIFO goes away,
-capture stops with ONE warning and USB traffic carries on.
+capture stops with ONE warning and USB traffic carries on. Version 0.0.1's call forms
+(``write_submit``, ``write_complete``, ``write_urb`` with fields, ``write_syslog(ts=)``) wrote
+before returning, and still do: they queue the block and wait for it (:meth:`PcapWriter.flush`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import struct
 import sys
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import IO, TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union, overload
 
+from .errors import LinuxErrno
 from .hooks import UrbHook
 from .protocol import TransferType, USBIP_URB_DIR_IN
 
@@ -80,8 +83,16 @@ assert USBMON_STRUCT.size == 64
 EVENT_SUBMIT = ord("S")
 EVENT_COMPLETE = ord("C")
 EVENT_ERROR = ord("E")
-EINPROGRESS = -115
-ECONNRESET = -104
+EINPROGRESS = -LinuxErrno.EINPROGRESS
+ECONNRESET = -LinuxErrno.ECONNRESET
+
+# Names of version 0.0.1 for what its write_urb()/write_submit() took.
+XFER_ISO = int(TransferType.ISOCHRONOUS)
+XFER_INTERRUPT = int(TransferType.INTERRUPT)
+XFER_CONTROL = int(TransferType.CONTROL)
+XFER_BULK = int(TransferType.BULK)
+USB_INTERFACE_ID = IF_USB
+SYSLOG_INTERFACE_ID = IF_SYSLOG
 
 # --- exported PDU TLVs (big-endian tag u16, length u16, value) --------------------------------
 EXP_PDU_TAG_END_OF_OPT = 0
@@ -179,7 +190,7 @@ def urb_id(urb: Any) -> int:
     devid = getattr(urb, "devid", None)
     if devid is None:
         devid = ((urb.busnum & 0xFFFF) << 16) | (urb.devnum & 0xFFFF)
-    return ((devid & 0xFFFFFFFF) << 32) | (urb.seqnum & 0xFFFFFFFF)
+    return ((int(devid) & 0xFFFFFFFF) << 32) | (int(urb.seqnum) & 0xFFFFFFFF)
 
 
 def _iso_in_collated(buf: bytes, results: Sequence[Any]) -> int:
@@ -189,6 +200,37 @@ def _iso_in_collated(buf: bytes, results: Sequence[Any]) -> int:
         if p.actual_length:
             end = max(end, p.offset + p.actual_length)
     return min(end, len(buf))
+
+
+def _setup_field(transfer_type: int, submit: bool, setup: Optional[bytes]) -> Tuple[int, bytes]:
+    """(flag_setup, setup[8]): the setup packet travels in a control Submit only."""
+    if transfer_type == TransferType.CONTROL and submit and setup is not None:
+        return 0, bytes(setup)[:8].ljust(8, b"\0")
+    return ord("-"), bytes(8)
+
+
+def _data_flag(submit: bool, is_in: bool, captured: bytes) -> int:
+    """flag_data: 0 when data follows; ``'<'`` / ``'>'`` when the direction carries none."""
+    if captured:
+        return 0
+    if submit and is_in:
+        return ord("<")
+    if not submit and not is_in:
+        return ord(">")
+    return 0
+
+
+def usbmon_header(uid: int, event: int, transfer_type: int, endpoint: int, devnum: int, busnum: int,
+                  setup_flag: int, data_flag: int, timestamp: float, status: int, urb_len: int,
+                  len_cap: int, setup: bytes, interval: int = 0, start_frame: int = 0,
+                  xfer_flags: int = 0, ndesc: int = 0) -> bytes:
+    """The 64-byte usbmon mmapped header (``endpoint`` with the direction bit 0x80 set for IN)."""
+    usec = int(round(timestamp * 1_000_000))
+    return USBMON_STRUCT.pack(
+        uid & 0xFFFFFFFFFFFFFFFF, event, transfer_type, endpoint & 0xFF, devnum & 0xFF, busnum & 0xFFFF,
+        setup_flag, data_flag, usec // 1_000_000, usec % 1_000_000, status,
+        urb_len & 0xFFFFFFFF, len_cap, setup, interval, start_frame, xfer_flags & 0xFFFFFFFF, ndesc,
+    )
 
 
 def usbmon_record(urb: Any, event: int, timestamp: float) -> bytes:
@@ -205,34 +247,25 @@ def usbmon_record(urb: Any, event: int, timestamp: float) -> bytes:
     endpoint = (urb.endpoint & 0x7F) | (0x80 if is_in else 0)
     submit = event == EVENT_SUBMIT
     data = b""
-    data_flag = 0
     iso: Optional[Sequence[Any]] = None
     if submit:
         status = EINPROGRESS
         urb_len = int(urb.length or 0)
-        if is_in:
-            data_flag = ord("<")
-        elif urb.out_data is not None:
+        if not is_in and urb.out_data is not None:
             data = bytes(urb.out_data[:urb_len])
         iso = urb.iso_packets
     else:
         status = int(urb.status if urb.status is not None else 0)
         urb_len = int(urb.actual_length or 0)
         iso = urb.iso_results if urb.iso_results is not None else urb.iso_packets
-        if not is_in:
-            data_flag = ord(">")
-        elif urb.in_data is not None:
+        if is_in and urb.in_data is not None:
             raw = bytes(urb.in_data)
             if is_iso and iso:
                 data = raw[:_iso_in_collated(raw, iso)]
             else:
                 data = raw[:urb_len]
-    if ttype == TransferType.CONTROL and submit and urb.setup is not None:
-        setup_flag = 0
-        setup = bytes(urb.setup)[:8].ljust(8, b"\0")
-    else:
-        setup_flag = ord("-")
-        setup = bytes(8)
+    data_flag = _data_flag(submit, is_in, data)
+    setup_flag, setup = _setup_field(ttype, submit, urb.setup)
     ndesc = 0
     descs = b""
     if is_iso and iso is not None:
@@ -246,13 +279,9 @@ def usbmon_record(urb: Any, event: int, timestamp: float) -> bytes:
             for p in iso
         )
     flags = int(urb.transfer_flags or 0) | (USBIP_URB_DIR_IN if is_in else 0)
-    usec = int(round(timestamp * 1_000_000))
-    header = USBMON_STRUCT.pack(
-        urb_id(urb), event, ttype, endpoint, urb.devnum & 0xFF, urb.busnum & 0xFFFF,
-        setup_flag, data_flag, usec // 1_000_000, usec % 1_000_000, status,
-        urb_len, len(data), setup, int(urb.interval or 0),
-        int(urb.start_frame or 0),
-        flags & 0xFFFFFFFF, ndesc,
+    header = usbmon_header(
+        urb_id(urb), event, ttype, endpoint, urb.devnum, urb.busnum, setup_flag, data_flag, timestamp,
+        status, urb_len, len(data), setup, int(urb.interval or 0), int(urb.start_frame or 0), flags, ndesc,
     )
     return header + descs + data
 
@@ -339,6 +368,7 @@ class PcapWriter(UrbHook):
         self._abort = threading.Event()
         self._opened = threading.Event()
         self._unlink_notes: Dict[int, List[str]] = {}
+        self._id_counter = 0  # URB ids of 0.0.1's write_urb()/write_submit() without an urb_id
         self.records_written = 0
         self.records_dropped = 0
         self._file: Optional[IO[bytes]] = None
@@ -374,14 +404,111 @@ class PcapWriter(UrbHook):
         return not self._thread.is_alive()
 
     def write_syslog(self, message: bytes, timestamp: Optional[float] = None,
-                     src: Optional[Address] = None, dst: Optional[Address] = None) -> None:
-        """Record one syslog message (the message itself, without RFC 6587 framing)."""
-        ts = time.time() if timestamp is None else timestamp
-        self._enqueue(enhanced_packet_block(IF_SYSLOG, ts, exported_pdu(bytes(message), "syslog", src, dst)))
+                     src: Optional[Address] = None, dst: Optional[Address] = None, *,
+                     ts: Optional[float] = None) -> None:
+        """Record one syslog message (the message itself, without RFC 6587 framing).
 
-    def write_urb(self, urb: Any, event: int, timestamp: float, comment: Optional[str] = None) -> None:
-        """Record one usbmon event (``EVENT_SUBMIT`` / ``EVENT_COMPLETE`` / ``EVENT_ERROR``)."""
+        ``ts`` is 0.0.1's name of ``timestamp`` (seconds since the epoch; default now). Called
+        with ``ts=`` (0.0.1's form), the message is written before this returns.
+        """
+        if ts is not None and timestamp is not None:
+            raise TypeError("write_syslog() takes timestamp or ts, not both")
+        when = timestamp if timestamp is not None else ts
+        self._enqueue(enhanced_packet_block(IF_SYSLOG, time.time() if when is None else when,
+                                            exported_pdu(bytes(message), "syslog", src, dst)))
+        if ts is not None:
+            self.flush(self.close_timeout)
+
+    @overload
+    def write_urb(self, urb: Any, event: int, timestamp: float, comment: Optional[str] = None) -> int: ...
+
+    @overload
+    def write_urb(self, *, event_type: int, transfer_type: int, ep: int, direction_in: bool, devnum: int,
+                  busnum: int, setup: bytes = ..., status: int = ..., urb_len: int = ..., data: bytes = ...,
+                  urb_id: Optional[int] = ..., ts: Optional[float] = ..., comment: Optional[str] = ...) -> int: ...
+
+    def write_urb(self, *args: Any, **kwargs: Any) -> int:
+        """Record one usbmon event; returns its URB id. Two forms:
+
+        * ``write_urb(urb, event, timestamp, comment=None)``: a URB of the engine (or anything
+          with its attributes) as :func:`usbmon_record` describes it; what the hooks write.
+        * ``write_urb(event_type=, transfer_type=, ep=, direction_in=, devnum=, busnum=,
+          setup=, status=, urb_len=, data=, urb_id=None, ts=None)``, version 0.0.1's: every
+          field given, ``urb_id`` None numbers URBs 1, 2, ..., ``ts`` None is now. Written
+          before this returns, as 0.0.1 wrote it.
+        """
+        if args or "urb" in kwargs:
+            return self._write_urb_object(*args, **kwargs)
+        return self._write_urb_fields(**kwargs)
+
+    def write_submit(self, *, transfer_type: int, ep: int, direction_in: bool, devnum: int, busnum: int,
+                     setup: bytes = b"\x00" * 8, data: bytes = b"", urb_len: int = 0,
+                     ts: Optional[float] = None) -> int:
+        """Record a Submit (``'S'``, status -EINPROGRESS); returns the URB id for
+        :meth:`write_complete`. ``data`` is the OUT payload, ``urb_len`` the transfer length."""
+        return self._write_urb_fields(
+            event_type=EVENT_SUBMIT, transfer_type=transfer_type, ep=ep, direction_in=direction_in,
+            devnum=devnum, busnum=busnum, setup=setup, status=EINPROGRESS, urb_len=urb_len, data=data, ts=ts,
+        )
+
+    def write_complete(self, *, urb_id: int, transfer_type: int, ep: int, direction_in: bool, devnum: int,
+                       busnum: int, status: int = 0, data: bytes = b"", urb_len: int = 0,
+                       ts: Optional[float] = None) -> None:
+        """Record the Complete (``'C'``) of the Submit that returned ``urb_id``; ``data`` is the
+        IN data, ``urb_len`` the actual length."""
+        self._write_urb_fields(
+            event_type=EVENT_COMPLETE, transfer_type=transfer_type, ep=ep, direction_in=direction_in,
+            devnum=devnum, busnum=busnum, status=status, urb_len=urb_len, data=data, urb_id=urb_id, ts=ts,
+        )
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every record queued before this call is written and flushed.
+
+        False when capture has stopped (closed, failed) or ``timeout`` seconds passed first.
+        """
+        if self._closed or self._failed or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return done.is_set()
+            # Bounded waits: the writer thread may end (output failed) before it reaches the marker.
+            if done.wait(0.1 if left is None else min(left, 0.1)):
+                return self._failed is None
+            if not self._thread.is_alive():
+                return done.is_set()
+
+    def _write_urb_object(self, urb: Any, event: int, timestamp: float, comment: Optional[str] = None) -> int:
         self._enqueue(enhanced_packet_block(IF_USB, timestamp, usbmon_record(urb, event, timestamp), comment))
+        return urb_id(urb)
+
+    def _write_urb_fields(self, *, event_type: int, transfer_type: int, ep: int, direction_in: bool, devnum: int,
+                          busnum: int, setup: bytes = b"\x00" * 8, status: int = 0, urb_len: int = 0,
+                          data: bytes = b"", urb_id: Optional[int] = None, ts: Optional[float] = None,
+                          comment: Optional[str] = None) -> int:
+        """0.0.1's write_urb(): a usbmon record from its fields, written before returning."""
+        if urb_id is None:
+            with self._lock:
+                self._id_counter += 1
+                urb_id = self._id_counter
+        when = time.time() if ts is None else ts
+        submit = event_type == EVENT_SUBMIT
+        data = bytes(data)
+        setup_flag, setup_bytes = _setup_field(transfer_type, submit, setup)
+        header = usbmon_header(
+            urb_id, event_type, transfer_type, (ep & 0x0F) | (0x80 if direction_in else 0), devnum, busnum,
+            setup_flag, _data_flag(submit, direction_in, data), when, status, urb_len, len(data), setup_bytes,
+            xfer_flags=USBIP_URB_DIR_IN if direction_in else 0,
+        )
+        self._enqueue(enhanced_packet_block(IF_USB, when, header + data, comment))
+        self.flush(self.close_timeout)
+        return urb_id
 
     # -- UrbHook ---------------------------------------------------------------------------
     def urb_submitted(self, urb: "Urb") -> None:
@@ -524,6 +651,9 @@ class PcapWriter(UrbHook):
                 item = self._queue.get()
                 if item is _STOP:
                     break
+                if isinstance(item, threading.Event):  # flush(): everything before it is written
+                    item.set()
+                    continue
                 if self._abort.is_set():
                     raise _CaptureStopped("aborted")
                 self._write(item)
@@ -532,7 +662,7 @@ class PcapWriter(UrbHook):
             pass
         except BrokenPipeError:
             self._warn_once(f"the reader of {self.name} went away (broken pipe)")
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: the caller closed the file object
             self._warn_once(f"cannot write capture to {self.name}: {exc}")
         except Exception:  # never let the writer thread die silently
             log.exception("pcap writer thread failed")
@@ -559,7 +689,9 @@ class PcapWriter(UrbHook):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if item is not _STOP:
+            if isinstance(item, threading.Event):
+                item.set()  # a flush() waiting for it: nothing more will be written
+            elif item is not _STOP:
                 self._count_dropped()
 
     def _count_dropped(self) -> None:
