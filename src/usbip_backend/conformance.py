@@ -19,6 +19,7 @@ import traceback
 from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple
 
 from . import protocol as P
+from .ch9 import gadget_pattern
 from .errors import ImportRefusedError
 from .hooks import UrbHook
 from .usbnames import bcd, transfer_type_name, vendor_name
@@ -45,12 +46,6 @@ def _short(dev: P.UsbDevice) -> str:
 
 class SkipCheck(Exception):
     """A check that does not apply to this device (counted as skipped, not failed)."""
-
-
-#: The source/sink pattern of Linux's gadget zero (pattern=1): byte i is i % 63. A sink accepts
-#: it, an echo endpoint returns it, so it is the safe payload for endpoints of unknown purpose.
-def gadget_pattern(length: int) -> bytes:
-    return bytes(i % 63 for i in range(length))
 
 
 class CheckRun:

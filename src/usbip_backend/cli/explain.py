@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple, Type, TypeVar, Union
 
 from .. import protocol as P
 from ..errors import (
-    ConnectionLostError, ImportRefusedError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError,
+    ConnectionLostError, DiscoveryError, ImportRefusedError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError,
     describe_status,
 )
 from .args import CliError
@@ -42,7 +42,6 @@ def explain(exc: BaseException, ctx: Optional[Context]) -> str:
         usb_timeout: Tuple[Type[Exception], ...] = (usb.core.USBTimeoutError,)
     except ImportError:  # pragma: no cover
         usb_error = usb_timeout = ()
-    from ..discovery import DiscoveryError
 
     where = ctx.where() if ctx is not None else "the server"
     if isinstance(exc, (DiscoveryError, CliError)):

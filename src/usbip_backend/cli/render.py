@@ -7,11 +7,15 @@ CLI share them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
-from ..usbnames import bcd, class_name, libusb_speed_name, transfer_type_name, vendor_name
+from .. import lsusb_text
+from ..usbnames import class_name, libusb_speed_name, transfer_type_name
 
-Emit = Callable[[str], None]
+#: libusb_speed of SuperSpeed (PyUSB's usb.util.SPEED_SUPER)
+LIBUSB_SPEED_SUPER = 4
+
+Emit = lsusb_text.Emit
 
 
 def hexdump(data: bytes, indent: str = "  ") -> str:
@@ -90,93 +94,13 @@ def _pyusb_speed(dev: Any) -> Optional[str]:
     return libusb_speed_name(getattr(dev, "speed", None))
 
 
-def _line(emit: Emit, indent: int, name: str, value: Any, note: Optional[str] = None) -> None:
-    text = f"{' ' * indent}{name:<20} {value:>6}"
-    emit(f"{text}  {note}" if note else text)
-
-
-def _print_extra(emit: Emit, indent: int, obj: Any) -> None:
-    extra = bytes(_extra(obj))
-    off = 0
-    while off + 2 <= len(extra):
-        n = extra[off]
-        if n < 2:
-            break
-        chunk = extra[off:off + n]
-        emit(f"{' ' * indent}** extra descriptor type 0x{chunk[1]:02x}: {chunk.hex(' ')}")
-        off += n
-    if off < len(extra):
-        emit(f"{' ' * indent}** trailing bytes: {extra[off:].hex(' ')}")
-
-
 def print_probe(emit: Emit, dev: Any, busid: str, where: str, strings: Dict[int, Optional[str]],
                 raw_desc: Optional[bytes]) -> None:
     """``dev``: a PyUSB device; ``strings``: string index -> text (or None)."""
-    vendor = vendor_name(dev.idVendor)
     emit(f"Device {dev.idVendor:04x}:{dev.idProduct:04x} at busid {busid} on {where}, "
          f"speed {_pyusb_speed(dev) or 'unknown'}")
-    emit("Device Descriptor:")
-    i = 2
-    _line(emit, i, "bLength", dev.bLength)
-    _line(emit, i, "bDescriptorType", dev.bDescriptorType)
-    _line(emit, i, "bcdUSB", bcd(dev.bcdUSB))
-    _line(emit, i, "bDeviceClass", dev.bDeviceClass, class_name(dev.bDeviceClass))
-    _line(emit, i, "bDeviceSubClass", dev.bDeviceSubClass)
-    _line(emit, i, "bDeviceProtocol", dev.bDeviceProtocol)
-    _line(emit, i, "bMaxPacketSize0", dev.bMaxPacketSize0)
-    _line(emit, i, "idVendor", f"0x{dev.idVendor:04x}", vendor)
-    _line(emit, i, "idProduct", f"0x{dev.idProduct:04x}", strings.get(dev.iProduct))
-    _line(emit, i, "bcdDevice", bcd(dev.bcdDevice))
-    _line(emit, i, "iManufacturer", dev.iManufacturer, strings.get(dev.iManufacturer))
-    _line(emit, i, "iProduct", dev.iProduct, strings.get(dev.iProduct))
-    _line(emit, i, "iSerialNumber", dev.iSerialNumber, strings.get(dev.iSerialNumber))
-    _line(emit, i, "bNumConfigurations", dev.bNumConfigurations)
-    for cfg in dev:
-        i = 2
-        emit(f"{' ' * i}Configuration Descriptor:")
-        i = 4
-        for name in _CONFIG_FIELDS:
-            value = getattr(cfg, name)
-            note = None
-            if name == "iConfiguration":
-                note = strings.get(value)
-            elif name == "bmAttributes":
-                value = f"0x{value:02x}"
-                bits = ["Self Powered" if cfg.bmAttributes & 0x40 else "Bus Powered"]
-                if cfg.bmAttributes & 0x20:
-                    bits.append("Remote Wakeup")
-                note = ", ".join(bits)
-            elif name == "bMaxPower":
-                note = f"{cfg.bMaxPower * 2} mA"
-            elif name == "wTotalLength":
-                value = f"0x{value:04x}"
-            _line(emit, i, name, value, note)
-        _print_extra(emit, i, cfg)
-        for intf in cfg:
-            emit(f"{' ' * 4}Interface Descriptor:")
-            for name in _INTF_FIELDS:
-                value = getattr(intf, name)
-                note = None
-                if name == "bInterfaceClass":
-                    note = class_name(value)
-                elif name == "iInterface":
-                    note = strings.get(value)
-                _line(emit, 6, name, value, note)
-            _print_extra(emit, 6, intf)
-            for ep in intf:
-                emit(f"{' ' * 6}Endpoint Descriptor:")
-                addr = ep.bEndpointAddress
-                _line(emit, 8, "bLength", ep.bLength)
-                _line(emit, 8, "bDescriptorType", ep.bDescriptorType)
-                _line(emit, 8, "bEndpointAddress", f"0x{addr:02x}",
-                      f"EP {addr & 0x0F} {'IN' if addr & 0x80 else 'OUT'}")
-                _line(emit, 8, "bmAttributes", ep.bmAttributes, transfer_type_name(ep.bmAttributes).capitalize())
-                mps = ep.wMaxPacketSize
-                extra = (mps >> 11) & 3
-                _line(emit, 8, "wMaxPacketSize", f"0x{mps:04x}",
-                      f"{1 + extra}x {mps & 0x7FF} bytes" if extra else f"{mps & 0x7FF} bytes")
-                _line(emit, 8, "bInterval", ep.bInterval)
-                _print_extra(emit, 8, ep)
+    lsusb_text.render(emit, dev, lsusb_text.pyusb_tree(dev), strings,
+                      super_speed=(getattr(dev, "speed", None) or 0) >= LIBUSB_SPEED_SUPER)
     if raw_desc is not None:
         emit("GET_DESCRIPTOR(DEVICE) raw bytes:")
         emit(hexdump(raw_desc))

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Callable, List, Optional
 
 from .. import protocol as P
 from ..errors import (
-    ConnectionLostError, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError, describe_status,
+    ConnectionLostError, LinuxErrno, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError, describe_status,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
 
-ECONNRESET = -104
-ESHUTDOWN = -108
+ECONNRESET = -LinuxErrno.ECONNRESET
+ESHUTDOWN = -LinuxErrno.ESHUTDOWN
 
 #: A done callback: called once with the URB, when it is done.
 DoneCallback = Callable[["Urb"], None]

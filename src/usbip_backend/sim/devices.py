@@ -10,24 +10,15 @@ import importlib
 import struct
 from typing import Deque, Dict, List, Optional, Sequence, Tuple, Type, Union
 
+from ..ch9 import gadget_pattern
 from ..protocol import Speed
-
 from .device import (
     Bulk, Device, Function, Interface, Interrupt, Iso, Setup, Stall, cdc_acm, cdc_call_management,
     cdc_header, cdc_union,
 )
 
 #: The source/sink pattern (as the kernel's SourceSink gadget with pattern=1): byte i is i % 63.
-PATTERN_PERIOD = 63
-_PATTERN = bytes(i % PATTERN_PERIOD for i in range(PATTERN_PERIOD * 1024))
-
-
-def pattern(length: int) -> bytes:
-    """The first ``length`` bytes of the source/sink pattern."""
-    if length <= len(_PATTERN):
-        return _PATTERN[:length]
-    reps = length // PATTERN_PERIOD + 1
-    return (_PATTERN[:PATTERN_PERIOD] * reps)[:length]
+pattern = gadget_pattern
 
 
 class LoopbackDevice(Device):

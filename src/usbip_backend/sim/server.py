@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Iterable, List, Op
 
 from .. import protocol as P
 from ..discovery import SERVICE_TYPE
-from ..errors import ProtocolError
+from ..errors import LinuxErrno, ProtocolError
 from ..protocol import (
     CMD_SUBMIT_STRUCT, ISO_PACKET_STRUCT, OP_COMMON_STRUCT, RET_SUBMIT_STRUCT, RET_UNLINK_STRUCT,
     USBIP_CMD_SUBMIT, USBIP_CMD_UNLINK, USBIP_RET_SUBMIT, USBIP_RET_UNLINK, TransferType,
 )
-from .device import (
-    HUB_PORT_RESET, FEATURE_ENDPOINT_HALT, REQ_CLEAR_FEATURE, REQ_SET_CONFIGURATION, REQ_SET_FEATURE,
-    REQ_SET_INTERFACE, Device, Setup, Stall,
+from ..ch9 import (
+    FEATURE_ENDPOINT_HALT, HUB_PORT_RESET, REQ_CLEAR_FEATURE, REQ_SET_CONFIGURATION, REQ_SET_FEATURE, REQ_SET_INTERFACE,
 )
+from .device import Device, Setup, Stall
 
 if TYPE_CHECKING:
     from .mdns import MdnsAdvertiser
@@ -39,14 +39,14 @@ log = logging.getLogger(__name__)
 #: kernel does for absurd lengths (it never allocates them).
 MAX_TRANSFER = 16 * 1024 * 1024
 
-# Linux errno values as sent on the wire (negative in RET_SUBMIT.status).
-EPIPE = -32
-EOVERFLOW = -75
-ECONNRESET = -104
-ESHUTDOWN = -108
-EREMOTEIO = -121
-EPROTO = -71
-EMSGSIZE = -90
+# URB statuses the server answers with (negated Linux errno numbers, as in RET_SUBMIT.status).
+EPIPE = -LinuxErrno.EPIPE
+EOVERFLOW = -LinuxErrno.EOVERFLOW
+ECONNRESET = -LinuxErrno.ECONNRESET
+ESHUTDOWN = -LinuxErrno.ESHUTDOWN
+EREMOTEIO = -LinuxErrno.EREMOTEIO
+EPROTO = -LinuxErrno.EPROTO
+EMSGSIZE = -LinuxErrno.EMSGSIZE
 
 _EMPTY = b""
 

@@ -33,6 +33,7 @@ from ..device import (
     seconds,
 )
 from ..engine import flat
+from ..engine.transport import Connector, TlsArg, tls_context
 from ..errors import UsbipError
 from ..hooks import UrbHook
 from . import _constants as C
@@ -532,15 +533,23 @@ class USBContext:
         timeout: seconds for the device list, imports, descriptor reads and the handles' own
             requests (0: no limit).
         pcap: record every URB as pcapng: a path, or a hook such as ``PcapWriter``.
+        ssl: TLS to a server behind a TLS terminator: True for ``ssl.create_default_context()``,
+            or an ``ssl.SSLContext`` used as given; the certificate is checked against ``host``.
+        connect: ``connect(host, port, timeout)`` returning a connected socket-like object
+            (an SSH channel, :func:`~usbip_backend.client.command_connector`'s); the device list
+            and every import connect through it.
 
     Use it as ``with USBContext(host=...) as ctx:``; leaving it cancels the transfers still in
     flight, lets their callbacks run, and closes every connection.
     """
 
     def __init__(self, host: Optional[str] = None, port: int = P.USBIP_PORT, *,
-                 busids: Optional[List[str]] = None, timeout: float = 5.0, pcap: Any = None) -> None:
+                 busids: Optional[List[str]] = None, timeout: float = 5.0, pcap: Any = None,
+                 ssl: TlsArg = None, connect: Optional[Connector] = None) -> None:
         self.host = host
         self.port = port
+        self._ssl = tls_context(ssl)
+        self._connect = connect
         self.busids = list(busids) if busids is not None else None
         self._timeout = socket_timeout(timeout)
         self._pcap = pcap
@@ -609,7 +618,8 @@ class USBContext:
     # -- devices -------------------------------------------------------------------------------------------
     def _import(self, busid: str) -> Device:
         assert self.host is not None
-        return open_device(self.host, self.port, busid, timeout=self._timeout, hook=self._hook)
+        return open_device(self.host, self.port, busid, timeout=self._timeout, hook=self._hook,
+                           ssl=self._ssl, connect=self._connect)
 
     def getDeviceIterator(self, skip_on_error: bool = False) -> Iterator[USBDevice]:
         """The server's devices (OP_REQ_DEVLIST), plus those this context holds (a server does not
@@ -617,7 +627,8 @@ class USBContext:
         self._check_open()
         assert self.host is not None
         try:
-            records = list_devices(self.host, self.port, timeout=self._timeout)
+            records = list_devices(self.host, self.port, timeout=self._timeout, ssl=self._ssl,
+                                   connect=self._connect)
         except UsbipError as exc:
             raise usb_error(exc) from exc
         seen = {r.busid: r for r in records}

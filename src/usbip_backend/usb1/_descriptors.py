@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, List, Sequence, Tuple
 
 from ..descriptors import ConfigurationDescriptor, EndpointDescriptor, InterfaceDescriptor
+from ..usbnames import transfer_type_name
 from ._constants import SPEED_SUPER  # libusb_speed (the kernel's usb_device_speed numbers it 5)
 
 __all__ = [
@@ -28,7 +29,6 @@ __all__ = [
     "iter_settings",
 ]
 
-_TRANSFER_TYPE_NAMES = ("control", "isochronous", "bulk", "interrupt")
 
 
 def split_extra(extra_descriptors: Sequence[int]) -> List[bytes]:
@@ -252,7 +252,7 @@ class USBEndpoint:
 
     def __repr__(self) -> str:
         ep = self._endpoint
-        kind = _TRANSFER_TYPE_NAMES[ep.bmAttributes & 0x03]
+        kind = transfer_type_name(ep.bmAttributes)
         return f"<USBEndpoint 0x{ep.bEndpointAddress:02x} {kind} {ep.wMaxPacketSize}>"
 
 

@@ -199,14 +199,15 @@ ENDED_BY_TIMEOUT = 1  # our own timeout unlinked it
 ENDED_BY_CANCEL = 2  # its owner cancelled it
 
 # Negative Linux errno URB statuses, as usbfs and the USB/IP server report them.
-_EREMOTEIO = -121
-_ENOENT = -2
-_ECONNRESET = -104
-_ENODEV = -19
-_ESHUTDOWN = -108
-_EPIPE = -32
-_EOVERFLOW = -75
-_ETIMEDOUT = -110
+_E = _engine.LinuxErrno
+_EREMOTEIO = -_E.EREMOTEIO
+_ENOENT = -_E.ENOENT
+_ECONNRESET = -_E.ECONNRESET
+_ENODEV = -_E.ENODEV
+_ESHUTDOWN = -_E.ESHUTDOWN
+_EPIPE = -_E.EPIPE
+_EOVERFLOW = -_E.EOVERFLOW
+_ETIMEDOUT = -_E.ETIMEDOUT
 
 # The URB statuses with a TRANSFER_* of their own (libusb's linux_usbfs reaping); every other
 # non-zero status is a TRANSFER_ERROR.
