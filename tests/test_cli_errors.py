@@ -49,3 +49,15 @@ def test_server_dying_mid_read_is_one_line(tmp_path):
     problems = _problem_lines(err)
     assert len(problems) == 1, err
     assert problems[0].startswith("usbip-pyusb-test: error: ") and "--offset" in problems[0]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="on Windows the path is a real named pipe")
+def test_windows_pipe_capture_path_elsewhere_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "usbip_backend.cli", "--host", "127.0.0.1", "--pcap",
+                           "\\\\.\\pipe\\usbip", "list"], capture_output=True, text=True, env=_env(), timeout=60,
+                          cwd=str(tmp_path))
+    assert proc.returncode == 1
+    assert _problem_lines(proc.stderr) == [
+        "usbip-pyusb-test: error: cannot open capture file \\\\.\\pipe\\usbip: \\\\.\\pipe\\usbip is a Windows named "
+        "pipe; on this system Wireshark reads a FIFO instead: mkfifo /tmp/usb && wireshark -k -i /tmp/usb"]
+    assert os.listdir(str(tmp_path)) == []

@@ -407,6 +407,80 @@ def test_fifo_without_reader_overflow_and_close_do_not_block(tmp_path, caplog):
     assert w.records_written == 0 and w.records_dropped >= 6
 
 
+@pytest.mark.timeout(60)
+def test_fifo_slow_reader_loses_nothing_and_the_hooks_never_wait(tmp_path):
+    """A reader that takes its time (a loaded Wireshark): the pipe fills, the writer thread
+    waits for it (abortably), the hooks go on returning at once, and every block arrives."""
+    fifo = str(tmp_path / "usb.pcap")
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    got = bytearray()
+    w = PcapWriter(fifo, queue_size=100000)
+    try:
+        assert w.wait_open(10)
+        for seq in range(1, 2001):  # some 600 KiB: ten times a Linux pipe's buffer
+            _get_descriptor(w, seqnum=seq)
+        written_before = w.records_written
+        done = threading.Thread(target=w.close, kwargs={"timeout": 60})
+        done.start()
+        while True:  # read 4 KiB at a time, pausing between reads
+            readable, _, _ = select.select([rfd], [], [], 10)
+            assert readable, "the writer stopped writing"
+            chunk = os.read(rfd, 4096)
+            if not chunk:
+                break
+            got += chunk
+            time.sleep(0.001)
+        done.join(30)
+    finally:
+        os.close(rfd)
+    assert not done.is_alive() and w.failed is None
+    assert written_before < 4000  # the pipe was full: the writer was behind while the hooks ran
+    blocks = read_blocks(bytes(got))
+    assert sum(1 for b in blocks if b[0] == 6) == 4000  # every Submit and Complete arrived
+
+
+def test_windows_pipe_paths_are_recognised():
+    from usbip_backend.pcap import is_windows_pipe
+
+    for path in ("\\\\.\\pipe\\usbip", "//./pipe/usbip", "\\\\.\\PIPE\\Wireshark-1"):
+        assert is_windows_pipe(path), path
+    for path in ("/tmp/usb.pcap", "C:\\pipe\\x", "\\\\server\\pipe\\x", "\\\\.\\pipe\\", "pipe\\x"):
+        assert not is_windows_pipe(path), path
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the FIFO hint is for systems without named pipes")
+def test_windows_pipe_elsewhere_is_a_clear_error_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="Windows named pipe.*mkfifo /tmp/usb && wireshark -k -i /tmp/usb"):
+        PcapWriter("\\\\.\\pipe\\usbip")
+    assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.skipif(os.name != "nt", reason="Windows named pipes exist only on Windows")
+@pytest.mark.timeout(30)
+def test_windows_pipe_reader_gets_the_capture():  # pragma: no cover - runs on Windows only
+    path = "\\\\.\\pipe\\usbip-test-%d" % os.getpid()
+    w = PcapWriter(path)
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # the writer thread creates the pipe; connect as Wireshark does
+            try:
+                reader = open(path, "rb", buffering=0)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the pipe was never created"
+                time.sleep(0.01)
+        with reader:
+            assert w.wait_open(10)
+            _get_descriptor(w)
+            w.close()
+            data = reader.read()
+    finally:
+        w.close()
+    assert [b[0] for b in read_blocks(data)][:1] == [0x0A0D0D0A]
+
+
 # --- end to end: a real session with the virtual server ---------------------------------------
 @pytest.mark.timeout(60)
 def test_end_to_end_capture_of_a_sim_session(sim_server, tmp_path):

@@ -27,9 +27,11 @@ before returning, and still do: they queue the block and wait for it (:meth:`Pca
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import os
 import queue
+import re
 import select
 import socket
 import stat
@@ -319,6 +321,82 @@ def exported_pdu(payload: bytes, dissector: str = "syslog", src: Optional[Addres
 
 
 # --- the writer -------------------------------------------------------------------------------
+_WINDOWS_PIPE = re.compile(r"^[\\/]{2}\.[\\/]pipe[\\/](?P<name>[^\\/]+)$", re.IGNORECASE)
+
+
+def is_windows_pipe(path: str) -> bool:
+    r"""``\\.\pipe\NAME`` (or ``//./pipe/NAME``): where Wireshark on Windows reads a live
+    capture (``wireshark -k -i \\.\pipe\NAME``), as it reads a FIFO on Linux and macOS."""
+    return _WINDOWS_PIPE.match(path) is not None
+
+
+def _windows_api() -> Any:
+    """CPython's own Windows API module (what multiprocessing's pipes use); typeshed declares it
+    for Windows only, so it is loaded by name."""
+    return importlib.import_module("_winapi")
+
+
+class _WindowsPipe:
+    """The server end of a Windows named pipe, created by the writer thread; Wireshark connects
+    as its client. Every wait (for the reader to connect, for a write to drain) is overlapped
+    and checks ``abort`` every 0.1 s, so close() never hangs on an absent or stalled reader."""
+
+    # winbase.h / winerror.h values (_winapi does not name them all)
+    PIPE_ACCESS_OUTBOUND = 0x00000002
+    FILE_FLAG_FIRST_PIPE_INSTANCE = 0x00080000
+    FILE_FLAG_OVERLAPPED = 0x40000000
+    PIPE_TYPE_MESSAGE = 0x00000004
+    WAIT_OBJECT_0 = 0
+    ERROR_IO_PENDING = 997
+    READER_GONE = (109, 232, 233)  # ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED
+
+    def __init__(self, path: str, abort: threading.Event) -> None:
+        self.path = path
+        self._abort = abort
+        self._handle: Optional[int] = None
+
+    def open(self) -> None:
+        _winapi = _windows_api()
+        self._handle = _winapi.CreateNamedPipe(
+            self.path, self.PIPE_ACCESS_OUTBOUND | self.FILE_FLAG_OVERLAPPED | self.FILE_FLAG_FIRST_PIPE_INSTANCE,
+            self.PIPE_TYPE_MESSAGE, 1, 1 << 16, 1 << 16, 0, _winapi.NULL)
+        log.info("waiting for a reader to open %s (e.g. wireshark -k -i %s)", self.path, self.path)
+        ov = _winapi.ConnectNamedPipe(self._handle, overlapped=True)
+        self._wait(ov, "waiting for a reader")
+
+    def write(self, data: bytes) -> None:
+        _winapi = _windows_api()
+        try:
+            ov, err = _winapi.WriteFile(self._handle, data, overlapped=True)
+        except OSError as exc:
+            if getattr(exc, "winerror", None) in self.READER_GONE:
+                raise BrokenPipeError(str(exc)) from exc
+            raise
+        if err == self.ERROR_IO_PENDING:
+            self._wait(ov, "the reader was not reading")
+        written, err = ov.GetOverlappedResult(True)
+        if err in self.READER_GONE:
+            raise BrokenPipeError(f"the reader of {self.path} went away")
+        if err:
+            raise OSError(f"writing to {self.path} failed (Windows error {err})")
+        if written != len(data):
+            raise OSError(f"short write to {self.path}: {written} of {len(data)} bytes")
+
+    def _wait(self, ov: Any, what: str) -> None:
+        _winapi = _windows_api()
+        while _winapi.WaitForMultipleObjects([ov.event], False, 100) != self.WAIT_OBJECT_0:
+            if self._abort.is_set():
+                ov.cancel()
+                ov.GetOverlappedResult(True)
+                raise _CaptureStopped(f"aborted while {what}")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            _winapi = _windows_api()
+            _winapi.CloseHandle(self._handle)
+            self._handle = None
+
+
 def _is_fifo(path: str) -> bool:
     try:
         return stat.S_ISFIFO(os.stat(path).st_mode)
@@ -374,10 +452,17 @@ class PcapWriter(UrbHook):
         self._file: Optional[IO[bytes]] = None
         self._path: Optional[str] = None
         self._fd: Optional[int] = None
+        self._pipe: Optional[_WindowsPipe] = None
         if isinstance(file_or_path, (str, bytes, os.PathLike)):
             self._path = os.fsdecode(file_or_path)
             self.name = self._path
-            if not _is_fifo(self._path):
+            if is_windows_pipe(self._path):
+                if os.name != "nt":
+                    raise OSError(errno.EINVAL, f"{self._path} is a Windows named pipe; on this system Wireshark "
+                                  "reads a FIFO instead: mkfifo /tmp/usb && wireshark -k -i /tmp/usb", self._path)
+                # Created by the writer thread, which then waits for Wireshark to connect.
+                self._pipe = _WindowsPipe(self._path, self._abort)
+            elif not _is_fifo(self._path):
                 # A plain file opens here, so a bad path raises OSError to the caller at once;
                 # a FIFO is opened by the writer thread (opening it waits for a reader).
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -632,7 +717,9 @@ class PcapWriter(UrbHook):
                     raise _CaptureStopped("aborted while the reader was not reading")
 
     def _write(self, data: bytes) -> None:
-        if self._file is not None:
+        if self._pipe is not None:
+            self._pipe.write(data)
+        elif self._file is not None:
             view = memoryview(data)
             while view:  # raw (unbuffered) files may write part of it
                 n = self._file.write(view)
@@ -643,7 +730,9 @@ class PcapWriter(UrbHook):
 
     def _run(self) -> None:
         try:
-            if self._path is not None:
+            if self._pipe is not None:
+                self._pipe.open()
+            elif self._path is not None:
                 self._open_output()
             self._write(self._header)
             self._opened.set()
@@ -669,6 +758,8 @@ class PcapWriter(UrbHook):
             self._warn_once(f"internal error writing {self.name}")
         finally:
             self._drain_dropped()
+            if self._pipe is not None:
+                self._pipe.close()
             if self._fd is not None:
                 try:
                     os.close(self._fd)

@@ -63,7 +63,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     g.add_argument("--timeout", type=seconds, default=d(5.0), metavar="S",
                    help=h("network timeout in seconds for connecting and OP_* requests (default 5; 0 waits forever)"))
     g.add_argument("--pcap", default=d(None), metavar="PATH",
-                   help=h("write every URB to a pcapng file (or a FIFO Wireshark reads: wireshark -k -i PATH)"))
+                   help=h("write every URB to a pcapng file, or live to Wireshark (wireshark -k -i PATH): a FIFO "
+                          "(mkfifo) on Linux and macOS, a named pipe \\\\.\\pipe\\NAME on Windows"))
     g.add_argument("--syslog", action="store_true", default=d(False),
                    help=h("also receive the server's syslog (TCP, RFC 5424) into the capture/log"))
     g.add_argument("--syslog-port", type=port_number, default=d(DEFAULT_SYSLOG_PORT), metavar="N",

@@ -74,6 +74,7 @@ def _main(argv: Optional[Sequence[str]], finally_ignore: bool) -> int:
 def _run(ctx: Context, args: argparse.Namespace, err: TextIO) -> int:
     try:
         if args.command != "sim":
+            ctx.pcap()  # a capture path that cannot be opened is the first thing to say
             ctx.start_syslog()
         return int(args.func(ctx) or 0)
     except KeyboardInterrupt:
