@@ -22,11 +22,12 @@ import pytest
 from conftest import ROOT, start_sim_process, stop_sim_process
 
 README = os.path.join(ROOT, "README.md")
-PROGRAMS = ("usbip-pyusb-test",)
+PROGRAMS = {"usbip-pyusb-test": "usbip_backend.cli", "lsusbip": "usbip_backend.lsusbip"}
 
 
 class Example(NamedTuple):
     line: int            #: README line of the command
+    program: str         #: the module that runs it
     argv: List[str]      #: the command without the program name
     comment: str         #: text after '#' on the command line
     expected: List[str]  #: the lines printed below it
@@ -65,7 +66,8 @@ def examples(text: str) -> Iterator[Example]:
                 j += 1
             while expected and not expected[-1].strip():
                 expected.pop()
-            yield Example(number, shlex.split(command)[1:], comment.strip(), expected, block)
+            words = shlex.split(command)
+            yield Example(number, PROGRAMS[words[0]], words[1:], comment.strip(), expected, block)
 
 
 _RATE = re.compile(r"\d+(\.\d+)? [KMG]?i?B/s")
@@ -122,9 +124,10 @@ ALL = list(examples(open(README, encoding="utf-8").read()))
 
 def test_readme_has_checked_examples():
     commands = {e.argv[next(i for i, a in enumerate(e.argv) if not a.startswith("-") and a not in
-                            ("127.0.0.1", "3999")) if e.argv else 0] for e in ALL}
-    for command in ("list", "probe", "control", "read", "write", "loopback", "demo"):
+                            ("127.0.0.1", "3999")) if e.argv else 0] for e in ALL if e.program == "usbip_backend.cli"}
+    for command in ("discover", "list", "probe", "control", "read", "write", "loopback", "demo"):
         assert command in commands, f"README has no checked example of {command}"
+    assert any(e.program == "usbip_backend.lsusbip" for e in ALL)
 
 
 @pytest.mark.timeout(120)
@@ -141,6 +144,8 @@ def test_readme_block(block, readme_sim, tmp_path):
             closed = closed_port()
             ports[closed] = argv[k]
             argv[k] = str(closed)
+        elif ex.program == "usbip_backend.lsusbip" and "127.0.0.1" in argv:  # its HOST[:PORT]
+            argv[argv.index("127.0.0.1")] = f"127.0.0.1:{readme_sim}"
         elif "--host" in argv:
             argv.insert(argv.index("--host") + 2, "--port")
             argv.insert(argv.index("--host") + 3, str(readme_sim))
@@ -150,7 +155,7 @@ def test_readme_block(block, readme_sim, tmp_path):
 
             held = import_device("127.0.0.1", readme_sim, argv[argv.index("--busid") + 1], timeout=10)
         try:
-            proc = subprocess.run([sys.executable, "-m", "usbip_backend.cli", *argv], cwd=str(tmp_path), env=env,
+            proc = subprocess.run([sys.executable, "-m", ex.program, *argv], cwd=str(tmp_path), env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=100)
         finally:
             if held is not None:
@@ -158,5 +163,5 @@ def test_readme_block(block, readme_sim, tmp_path):
         actual = normalise(proc.stdout.splitlines(), ports)
         expected = normalise(ex.expected, {3240: "3240"})
         assert matches(expected, actual), (
-            f"README line {ex.line}: $ usbip-pyusb-test {' '.join(ex.argv)}\n--- README says:\n"
+            f"README line {ex.line}: $ {ex.program} {' '.join(ex.argv)}\n--- README says:\n"
             + "\n".join(expected) + "\n--- the command printed:\n" + "\n".join(actual))
