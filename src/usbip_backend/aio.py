@@ -47,6 +47,7 @@ device imported, which is exclusive (one client at a time). So a :class:`DeviceD
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import threading
 from collections import deque
@@ -58,6 +59,7 @@ from typing import (
 
 from . import protocol as P
 from .client import DEFAULT_TIMEOUT, import_device, list_devices
+from .engine.transport import Connector, TlsArg, tls_context
 from .descriptors import (
     ConfigurationDescriptor, DeviceDescriptor as RawDeviceDescriptor, EndpointDescriptor,
     InterfaceDescriptor, endpoint_max_packet,
@@ -364,7 +366,8 @@ class DeviceDescriptor:
         assert host is not None, "open the context first"
 
         def blocking() -> Tuple[Connection, RawDeviceDescriptor, List[ConfigurationDescriptor]]:
-            conn = import_device(host, ctx.port, self.busid, timeout=t, hook=ctx.hook)
+            conn = import_device(host, ctx.port, self.busid, timeout=t, hook=ctx.hook, ssl=ctx.ssl,
+                                 connect=ctx.connect)
             try:
                 desc, configs = read_descriptors(conn, t)
             except BaseException:
@@ -407,13 +410,24 @@ class Context:
         busids: only these busids (others are left to other clients).
         timeout: seconds for imports, the device list and the requests an open sends.
         pcap: a capture: a path or a hook such as :class:`~usbip_backend.pcap.PcapWriter`.
+        ssl: TLS to a server behind a TLS terminator: True for ``ssl.create_default_context()``,
+            or an ``ssl.SSLContext`` used as given; the certificate is checked against ``host``.
+        connect: ``connect(host, port, timeout)`` returning a connected socket-like object (an
+            SSH channel, :func:`~usbip_backend.client.command_connector`'s); it runs in the
+            loop's executor, as every connect does.
+
+    Over TLS or ``connect``, the engine's socket is one end of a socketpair that a relay thread
+    carries to the real transport (:mod:`usbip_backend.engine.transport`), so the loop still
+    reads it with ``add_reader`` as it reads a TCP socket.
     """
 
     def __init__(self, host: Optional[str] = None, port: int = P.USBIP_PORT, *,
                  busids: Optional[Sequence[str]] = None, timeout: float = DEFAULT_TIMEOUT,
-                 pcap: Any = None) -> None:
+                 pcap: Any = None, ssl: TlsArg = None, connect: Optional[Connector] = None) -> None:
         self.host = host
         self.port = port
+        self.ssl = tls_context(ssl)
+        self.connect = connect
         self.busids = None if busids is None else set(busids)
         self.timeout = timeout
         self._pcap_arg = pcap
@@ -453,7 +467,8 @@ class Context:
         assert self.host is not None, "open the context first"
         loop = asyncio.get_running_loop()
         try:
-            records = await loop.run_in_executor(None, list_devices, self.host, self.port, self.timeout)
+            records = await loop.run_in_executor(None, functools.partial(
+                list_devices, self.host, self.port, self.timeout, ssl=self.ssl, connect=self.connect))
         except UsbipError as exc:
             _raise(exc)
         return [r for r in records if self.busids is None or r.busid in self.busids]

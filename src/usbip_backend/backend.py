@@ -15,6 +15,7 @@ UsbipTimeoutError (our timeout, URB unlinked)      USBTimeoutError (-7 TIMEOUT, 
 status -110 ETIMEDOUT (server-side timeout)        USBTimeoutError (-7 TIMEOUT, ETIMEDOUT)
 status -32 EPIPE (stall)                           USBError (-9 PIPE, EPIPE)
 status -75 EOVERFLOW (babble)                      USBError (-8 OVERFLOW, EOVERFLOW)
+TlsError (the TLS handshake failed)              USBError (-1 IO, EIO)
 ConnectionLostError, status -19 / -108             USBError (-4 NO_DEVICE, ENODEV)
 UrbCancelledError (another thread cancelled it)    USBError (-10 INTERRUPTED, EINTR)
 NotFoundError (no such endpoint)                   USBError (-5 NOT_FOUND, ENOENT)
@@ -38,9 +39,10 @@ import logging
 import threading
 from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Set, Tuple
 
-import usb.backend
-import usb.core
-import usb.util
+# PyUSB ships no type information (ignored, whether or not stubs are installed).
+import usb.backend  # type: ignore[import-untyped, unused-ignore]
+import usb.core  # type: ignore[import-untyped, unused-ignore]
+import usb.util  # type: ignore[import-untyped, unused-ignore]
 
 from . import client
 from . import protocol as P
@@ -51,6 +53,7 @@ from .device import (  # noqa: F401  (urb_interval, port_numbers_from_busid: re-
 )
 from .device import libusb_speed as speed_to_pyusb  # noqa: F401  (the backend's name for it, as before)
 from .engine import flat
+from .engine.transport import Connector, TlsArg, TlsError, tls_context
 from .errors import (  # noqa: F401  (the LIBUSB_ERROR_* codes: re-exported, as before)
     LIBUSB_ERROR_ACCESS,
     LIBUSB_ERROR_BUSY,
@@ -92,6 +95,9 @@ def _usb_error(exc: BaseException, what: str) -> usb.core.USBError:
     if isinstance(exc, UsbipTimeoutError):
         err: usb.core.USBError = usb.core.USBTimeoutError(f"{what}: operation timed out ({exc})",
                                                           LIBUSB_ERROR_TIMEOUT, _errno.ETIMEDOUT)
+    elif isinstance(exc, TlsError):
+        # Not "no such device": nothing was reached. libusb has no code for "untrusted peer".
+        err = usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_IO, _errno.EIO)
     elif isinstance(exc, ConnectionLostError):
         err = usb.core.USBError(f"{what}: no such device, the connection is gone ({exc})",
                                 LIBUSB_ERROR_NO_DEVICE, _errno.ENODEV)
@@ -112,7 +118,7 @@ def _usb_error(exc: BaseException, what: str) -> usb.core.USBError:
     else:
         err = usb.core.USBError(f"{what}: {exc}", LIBUSB_ERROR_IO, _errno.EIO)
     # Bytes that moved before the failure, as python-libusb1's exceptions carry them.
-    err.transferred = getattr(exc, "transferred", 0)  # type: ignore[attr-defined]
+    err.transferred = getattr(exc, "transferred", 0)  # type: ignore[attr-defined, unused-ignore]
     return err
 
 
@@ -155,7 +161,7 @@ class UsbipHandle:
         return f"<UsbipHandle {self.dev.name}{' closed' if self.closed else ''}>"
 
 
-class UsbipBackend(usb.backend.IBackend):
+class UsbipBackend(usb.backend.IBackend):  # type: ignore[misc, unused-ignore]
     """A PyUSB backend whose devices live on a USB/IP server.
 
     Args:
@@ -167,7 +173,12 @@ class UsbipBackend(usb.backend.IBackend):
             record every URB to as pcapng.
         max_transfer: split bulk/interrupt transfers larger than this many bytes into URBs of at
             most this size (rounded down to a multiple of the endpoint's max packet size).
-        connect_timeout: seconds for the TCP connect (and the OP_* exchange) of list and import.
+        connect_timeout: seconds for the connect (and the OP_* exchange) of list and import.
+        ssl: TLS to a server behind a TLS terminator: True for ``ssl.create_default_context()``,
+            or an ``ssl.SSLContext`` used as given; the certificate is checked against ``host``.
+        connect: ``connect(host, port, timeout)`` returning a connected socket-like object
+            (recv, sendall, close), e.g. an SSH channel or :func:`~.client.command_connector`'s;
+            every list and import connects through it.
     """
 
     def __init__(
@@ -180,6 +191,8 @@ class UsbipBackend(usb.backend.IBackend):
         pcap: Any = None,
         max_transfer: Optional[int] = None,
         connect_timeout: Optional[float] = None,
+        ssl: TlsArg = None,
+        connect: Optional[Connector] = None,
     ) -> None:
         super().__init__()
         self._lock = threading.Lock()
@@ -196,6 +209,8 @@ class UsbipBackend(usb.backend.IBackend):
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.busids: Optional[Tuple[str, ...]] = tuple(busids) if busids is not None else None
         self.max_transfer = max_transfer
+        self.ssl = tls_context(ssl)  # made once: every import shares the context (and its sessions)
+        self.connect = connect
         if pcap is not None and not isinstance(pcap, UrbHook):
             from .pcap import PcapWriter  # lazy: only capture users pay for it
 
@@ -267,7 +282,8 @@ class UsbipBackend(usb.backend.IBackend):
             wanted: List[str] = list(dict.fromkeys(self.busids))
         else:
             try:
-                listed = client.list_devices(self.host, self.port, timeout=self.connect_timeout)
+                listed = client.list_devices(self.host, self.port, timeout=self.connect_timeout,
+                                             ssl=self.ssl, connect=self.connect)
             except UsbipError as exc:
                 _raise_usb(exc, f"listing the devices of {self.host}:{self.port}")
             # Devices we hold are absent from the list (the server hides imported devices).
@@ -289,16 +305,19 @@ class UsbipBackend(usb.backend.IBackend):
         where = f"{self.host}:{self.port}"
         try:
             conn = client.import_device(self.host, self.port, busid, timeout=self.connect_timeout,
-                                        hook=self.hook)
+                                        hook=self.hook, ssl=self.ssl, connect=self.connect)
         except ImportRefusedError as exc:
-            return self._skip(busid, str(exc))
+            self._skip(busid, str(exc))
+            return None
         except UsbipError as exc:
-            return self._skip(busid, f"import of {busid} from {where} failed: {exc}")
+            self._skip(busid, f"import of {busid} from {where} failed: {exc}")
+            return None
         try:
             desc, configs = read_descriptors(conn, self._timeout_s)
         except (UsbipError, ValueError) as exc:
             conn.close()
-            return self._skip(busid, f"cannot read the descriptors of {busid} on {where}: {exc}")
+            self._skip(busid, f"cannot read the descriptors of {busid} on {where}: {exc}")
+            return None
         dev = UsbipDevice(conn, self.host, self.port, desc, configs, max_transfer=self.max_transfer,
                           timeout=self._timeout_s)
         with self._lock:
@@ -316,7 +335,6 @@ class UsbipBackend(usb.backend.IBackend):
     def _skip(self, busid: str, reason: str) -> None:
         _log.warning("skipping USB/IP device %s: %s", busid, reason)
         self.skipped[busid] = reason
-        return None
 
     def get_parent(self, dev: UsbipDevice) -> None:
         return None  # the server's hub topology is not visible over USB/IP
@@ -479,12 +497,14 @@ class UsbipBackend(usb.backend.IBackend):
 def get_backend(
     host: Optional[str] = None,
     port: int = P.USBIP_PORT,
-    *,
     timeout: float = 5.0,
-    busids: Optional[Iterable[str]] = None,
     pcap: Any = None,
+    *,
+    busids: Optional[Iterable[str]] = None,
     max_transfer: Optional[int] = None,
     connect_timeout: Optional[float] = None,
+    ssl: TlsArg = None,
+    connect: Optional[Connector] = None,
 ) -> UsbipBackend:
     """A PyUSB backend for the USB/IP server at ``host:port``.
 
@@ -492,10 +512,22 @@ def get_backend(
         host: server address; None finds the one server announcing itself over mDNS.
         port: TCP port (3240).
         timeout: seconds for the device list, imports and reading descriptors (0: no limit).
-        busids: import only these busids (e.g. ``["1-1"]``); others are left to other clients.
         pcap: record every URB as pcapng: a path, or a hook such as ``PcapWriter``.
+        busids: import only these busids (e.g. ``["1-1"]``); others are left to other clients.
         max_transfer: split bulk/interrupt transfers into URBs of at most this many bytes.
         connect_timeout: seconds to connect (defaults to ``timeout``).
+        ssl: TLS to a server behind a TLS terminator (stunnel...): True for
+            ``ssl.create_default_context()`` (the system's CAs), or an ``ssl.SSLContext`` used
+            as given (``ssl.create_default_context(cafile="ca.pem")`` for a private CA, with
+            ``load_cert_chain()`` for a client certificate). The certificate must be valid for
+            ``host``; with ``host=None`` that is the address mDNS found.
+        connect: ``connect(host, port, timeout)`` returning a connected socket-like object
+            (``recv``, ``sendall``, ``close``): a paramiko ``direct-tcpip`` channel, a socket
+            connected through a proxy, or ``client.command_connector("ssh -W %h:%p jumphost")``.
+            With ``ssl`` too, TLS runs inside it.
+
+    ``timeout`` and ``pcap`` may be given by position (``get_backend(host, port, timeout,
+    pcap)``, as 0.0.1 took them); the rest are keyword-only.
 
     Use it as ``usb.core.find(backend=get_backend("host"))``; call ``close()`` (or use it as a
     context manager) to end the connections.
@@ -506,4 +538,4 @@ def get_backend(
         server = resolve_single_server()
         host, port = server.address, server.port
     return UsbipBackend(host, port, timeout=timeout, busids=busids, pcap=pcap, max_transfer=max_transfer,
-                        connect_timeout=connect_timeout)
+                        connect_timeout=connect_timeout, ssl=ssl, connect=connect)

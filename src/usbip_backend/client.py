@@ -1,8 +1,14 @@
 """Short OP_* exchanges with a USB/IP server: list exported devices, import one.
 
 Follows the flow of the kernel's ``usbip`` tool (usbip_network.c): connect with TCP_NODELAY and
-SO_KEEPALIVE, send one OP_REQ_*, read the OP_REP_*. After a successful import the same socket
-carries the URB stream and is handed to :class:`~usbip_backend.engine.Connection`.
+SO_KEEPALIVE, send one OP_REQ_*, read the OP_REP_*. After a successful import the same stream
+carries the URBs and is handed to :class:`~usbip_backend.engine.Connection`.
+
+Every function that connects takes ``ssl=`` (TLS to a server behind a TLS terminator: True for
+``ssl.create_default_context()``, or an ``ssl.SSLContext``; the certificate is checked against
+``host``) and ``connect=`` (a callable ``connect(host, port, timeout)`` returning a connected
+socket-like object: an SSH channel, a command's stdio from :func:`command_connector`); see
+:mod:`usbip_backend.engine.transport`.
 """
 
 from __future__ import annotations
@@ -10,11 +16,13 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from dataclasses import replace
 from typing import Any, List, Optional
 
 from . import protocol as P
 from .engine import Connection
+from .engine.transport import (  # noqa: F401  (re-exported: the names callers of connect= need)
+    Connector, SocketLike, TlsArg, TlsError, closed_reason, command_connector, open_stream,
+)
 from .errors import ConnectionLostError, ImportRefusedError, ProtocolError, UsbipTimeoutError
 from .hooks import UrbHook
 
@@ -22,7 +30,7 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 #: Bound on the device count we accept in OP_REP_DEVLIST (the field is a peer-chosen u32).
-MAX_DEVICES = 4096
+MAX_DEVICES = P.MAX_DEVICES
 
 
 def socket_timeout(timeout: Optional[float]) -> Optional[float]:
@@ -31,22 +39,18 @@ def socket_timeout(timeout: Optional[float]) -> Optional[float]:
     return timeout if timeout is not None and timeout > 0 else None
 
 
-def connect(host: str, port: int = P.USBIP_PORT, timeout: Optional[float] = DEFAULT_TIMEOUT) -> socket.socket:
-    """Open a TCP connection the way usbip_net_tcp_connect() does (``timeout`` 0: no limit)."""
-    try:
-        sock = socket.create_connection((host, port), timeout=socket_timeout(timeout))
-    except socket.timeout as exc:
-        raise UsbipTimeoutError(f"connecting to {host}:{port} timed out after {timeout:g} s") from exc
-    except ConnectionRefusedError as exc:
-        raise ConnectionLostError(f"connection to {host}:{port} refused: is a USB/IP server running there?") from exc
-    except OSError as exc:
-        raise ConnectionLostError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    except OSError:  # pragma: no cover - exotic platforms
-        pass
-    return sock
+def connect(host: str, port: int = P.USBIP_PORT, timeout: Optional[float] = DEFAULT_TIMEOUT, *,
+            ssl: TlsArg = None, connect: Optional[Connector] = None) -> socket.socket:
+    """Open the stream to a server the way usbip_net_tcp_connect() does (``timeout`` 0: no
+    limit), over TLS with ``ssl``, through ``connect`` if given. Returns a kernel socket (a
+    relayed one for TLS and socket-like transports: see :mod:`~usbip_backend.engine.transport`).
+
+    Raises:
+        ConnectionLostError: refused, unreachable, the ``connect`` callable failed.
+        TlsError: the TLS handshake failed (untrusted certificate, wrong name, not TLS).
+        UsbipTimeoutError: no connection within ``timeout``.
+    """
+    return open_stream(host, port, socket_timeout(timeout), ssl=ssl, connect=connect)
 
 
 class _Exchange:
@@ -71,7 +75,7 @@ class _Exchange:
         except socket.timeout as exc:
             raise UsbipTimeoutError(f"{self.what}: sending timed out") from exc
         except OSError as exc:
-            raise ConnectionLostError(f"{self.what}: send failed: {exc}") from exc
+            raise ConnectionLostError(f"{self.what}: send failed: {exc}{_why(self.sock)}") from exc
 
     def recv(self, size: int, part: str) -> bytes:
         buf = bytearray(size)
@@ -87,47 +91,50 @@ class _Exchange:
             except socket.timeout as exc:
                 raise UsbipTimeoutError(f"{self.what}: no complete {part} within {self.timeout:g} s") from exc
             except OSError as exc:
-                raise ConnectionLostError(f"{self.what}: connection failed while reading {part}: {exc}") from exc
+                raise ConnectionLostError(f"{self.what}: connection failed while reading {part}: {exc}"
+                                          f"{_why(self.sock)}") from exc
             if not n:
+                why = _why(self.sock)
                 if got == 0 and part.startswith("OP_REP"):
-                    raise ConnectionLostError(f"{self.what}: server closed the connection without a reply")
-                raise ProtocolError(f"{self.what}: server closed the connection after {got} of {size} bytes of {part}")
+                    raise ConnectionLostError(f"{self.what}: server closed the connection without a reply{why}")
+                raise ProtocolError(f"{self.what}: server closed the connection after {got} of {size} bytes of "
+                                    f"{part}{why}")
             got += n
         return bytes(buf)
 
 
-def list_devices(host: str, port: int = P.USBIP_PORT,
-                 timeout: Optional[float] = DEFAULT_TIMEOUT) -> List[P.UsbDevice]:
+def _why(sock: socket.socket) -> str:
+    """What a relayed transport knows of why the stream ended, as a suffix for an error."""
+    why = closed_reason(sock)
+    return f" ({why})" if why else ""
+
+
+def list_devices(host: str, port: int = P.USBIP_PORT, timeout: Optional[float] = DEFAULT_TIMEOUT, *,
+                 ssl: TlsArg = None, connect: Optional[Connector] = None) -> List[P.UsbDevice]:
     """OP_REQ_DEVLIST: the devices a server exports (busid, path, ids, speed, interfaces...).
 
-    ``timeout`` bounds the connect and the whole exchange; 0 or None waits forever.
+    ``timeout`` bounds the connect and the whole exchange; 0 or None waits forever. ``ssl`` and
+    ``connect``: see :func:`connect`.
 
     Raises:
-        ConnectionLostError: cannot connect / the server hung up.
+        ConnectionLostError: cannot connect / the server hung up (TlsError: the handshake failed).
         UsbipTimeoutError: no complete reply within ``timeout`` seconds.
+        ImportRefusedError: the server answered with a non-zero status.
         ProtocolError: a malformed reply.
     """
     where = f"{host}:{port}"
-    sock = connect(host, port, timeout)
+    sock = _connect(host, port, timeout, ssl, connect)
     try:
         ex = _Exchange(sock, f"device list from {where}", timeout)
         ex.send(P.pack_req_devlist())
-        header = P.OpHeader.unpack(ex.recv(P.OP_COMMON_SIZE, "OP_REP_DEVLIST header"), P.OP_REP_DEVLIST)
-        if header.status != P.Status.ST_OK:
-            raise ImportRefusedError(f"{where} refused the device list: {P.status_text(header.status)}",
-                                     status=header.status)
-        (count,) = P.DEVLIST_COUNT_STRUCT.unpack(ex.recv(4, "device count"))
-        if count > MAX_DEVICES:
-            raise ProtocolError(f"{where}: OP_REP_DEVLIST claims {count} devices (limit {MAX_DEVICES})")
-        devices = []
-        for i in range(count):
-            dev = P.UsbDevice.unpack(ex.recv(P.USB_DEVICE_SIZE, f"device record {i}"))
-            raw = ex.recv(P.USB_INTERFACE_SIZE * dev.bNumInterfaces, f"interfaces of {dev.busid}")
-            ifs = tuple(P.UsbInterface.unpack(raw, j * P.USB_INTERFACE_SIZE) for j in range(dev.bNumInterfaces))
-            devices.append(replace(dev, interfaces=ifs))
-        return devices
+        return P.read_rep_devlist(ex.recv, MAX_DEVICES, where)
     finally:
         sock.close()
+
+
+def _connect(host: str, port: int, timeout: Optional[float], ssl: TlsArg,
+             connector: Optional[Connector]) -> socket.socket:
+    return connect(host, port, timeout, ssl=ssl, connect=connector)
 
 
 def import_device(
@@ -136,12 +143,16 @@ def import_device(
     busid: str = "",
     timeout: Optional[float] = DEFAULT_TIMEOUT,
     hook: Optional[UrbHook] = None,
+    *,
+    ssl: TlsArg = None,
+    connect: Optional[Connector] = None,
     **conn_kw: Any,
 ) -> Connection:
-    """OP_REQ_IMPORT ``busid`` and return the live :class:`Connection` (one TCP connection each).
+    """OP_REQ_IMPORT ``busid`` and return the live :class:`Connection` (one connection each).
 
-    ``timeout`` bounds the connect and the exchange (0 or None: forever); ``conn_kw`` go to
-    :class:`Connection`. The exchange's round trip seeds the connection's RTT estimate.
+    ``timeout`` bounds the connect and the exchange (0 or None: forever); ``ssl`` and
+    ``connect``: see :func:`connect`; ``conn_kw`` go to :class:`Connection`. The exchange's round
+    trip seeds the connection's RTT estimate.
 
     Raises:
         ImportRefusedError: the server answered ST_DEV_BUSY / ST_NODEV / ...; names the busid.
@@ -151,7 +162,7 @@ def import_device(
         raise ValueError("import_device needs a busid")
     P.encode_busid(busid)  # validate before connecting
     where = f"{host}:{port}"
-    sock = connect(host, port, timeout)
+    sock = _connect(host, port, timeout, ssl, connect)
     try:
         ex = _Exchange(sock, f"import of {busid} from {where}", timeout)
         ex.send(P.pack_req_import(busid))

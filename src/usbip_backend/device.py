@@ -29,6 +29,7 @@ from .descriptors import (
     ss_bytes_per_interval,
 )
 from .engine import Connection, Urb, flat
+from .engine.transport import Connector, TlsArg
 from .errors import ImportRefusedError, NotFoundError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError
 
 _log = logging.getLogger(__name__)
@@ -486,17 +487,19 @@ def retry_busy_after_release(fn: Callable[[], _T], released: Optional[float],
 
 
 def open_device(host: str, port: int, busid: str, *, timeout: Optional[float] = 5.0,
-                connect_timeout: Optional[float] = None, **kwargs: object) -> Device:
+                connect_timeout: Optional[float] = None, ssl: TlsArg = None,
+                connect: Optional[Connector] = None, **kwargs: object) -> Device:
     """Import ``busid`` from ``host:port`` and read its descriptors.
 
-    ``kwargs`` go to :func:`~.client.import_device` (``hook``, ``unlink_grace``...) except
-    ``max_transfer``, which goes to :class:`Device`.
+    ``ssl`` (TLS to the server) and ``connect`` (a callable returning a connected socket-like
+    object) are as for :func:`~.client.connect`. ``kwargs`` go to :func:`~.client.import_device`
+    (``hook``, ``unlink_grace``...) except ``max_transfer``, which goes to :class:`Device`.
     """
     from .client import import_device
 
     max_transfer = kwargs.pop("max_transfer", None)
     conn = import_device(host, port, busid, timeout=connect_timeout if connect_timeout is not None else timeout,
-                         **kwargs)  # type: ignore[arg-type]
+                         ssl=ssl, connect=connect, **kwargs)  # type: ignore[arg-type]
     try:
         desc, configs = read_descriptors(conn, timeout)
     except BaseException:

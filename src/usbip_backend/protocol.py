@@ -16,9 +16,9 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, field, replace
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
-from .errors import ProtocolError
+from .errors import ImportRefusedError, ProtocolError
 
 USBIP_PORT = 3240
 #: "Version of USB/IP protocol" in every OP_* header; the kernel speaks 1.1.1.
@@ -166,6 +166,8 @@ assert USB_DEVICE_SIZE == 312
 #: newer kernels); anything larger is hostile.
 MAX_ISO_PACKETS = 1024
 MAX_INTERFACES = 32  # bNumInterfaces in a u8; USB allows 32 interfaces per configuration
+#: Most devices an OP_REP_DEVLIST may list (its count is a peer-chosen u32).
+MAX_DEVICES = 4096
 
 
 def _cstr(raw: bytes, what: str) -> str:
@@ -311,27 +313,58 @@ def pack_rep_devlist(devices: Sequence[UsbDevice], status: int = 0) -> bytes:
     return b"".join(parts)
 
 
-def unpack_rep_devlist(buf: bytes, max_devices: int = 4096) -> List[UsbDevice]:
-    """Parse a complete OP_REP_DEVLIST (header included). Trailing bytes are an error."""
-    header = OpHeader.unpack(buf, OP_REP_DEVLIST)
+def read_rep_devlist(read: Callable[[int, str], bytes], max_devices: int = MAX_DEVICES,
+                     where: str = "") -> List[UsbDevice]:
+    """The one parser of OP_REP_DEVLIST, reading the message as it arrives: ``read(size, what)``
+    returns exactly the next ``size`` bytes (``what`` names them for its errors) or raises.
+
+    Bounded whatever the peer claims: at most ``max_devices`` devices and
+    :data:`MAX_INTERFACES` interfaces each are read, one record at a time, so nothing is allocated
+    or looped over for a count before its bytes have arrived. ``where`` (the server) prefixes
+    the errors.
+
+    Raises:
+        ImportRefusedError: the reply carries a non-zero status.
+        ProtocolError: a bad header, too many devices or interfaces, a malformed record (and
+            whatever ``read`` raises for a short message).
+    """
+    prefix = f"{where}: " if where else ""
+    header = OpHeader.unpack(read(OP_COMMON_SIZE, "OP_REP_DEVLIST header"), OP_REP_DEVLIST)
     if header.status != Status.ST_OK:
-        raise ProtocolError(f"OP_REP_DEVLIST status {status_text(header.status)}")
-    _need(buf, OP_COMMON_SIZE + 4, "OP_REP_DEVLIST device count")
-    (count,) = DEVLIST_COUNT_STRUCT.unpack_from(buf, OP_COMMON_SIZE)
+        raise ImportRefusedError(f"{where or 'the server'} refused the device list: {status_text(header.status)}",
+                                 status=header.status)
+    (count,) = DEVLIST_COUNT_STRUCT.unpack(read(DEVLIST_COUNT_STRUCT.size, "OP_REP_DEVLIST device count"))
     if count > max_devices:
-        raise ProtocolError(f"OP_REP_DEVLIST claims {count} devices (limit {max_devices})")
-    offset = OP_COMMON_SIZE + 4
+        raise ProtocolError(f"{prefix}OP_REP_DEVLIST claims {count} devices (limit {max_devices})")
     devices = []
-    for _ in range(count):
-        dev = UsbDevice.unpack(buf, offset)
-        offset += USB_DEVICE_SIZE
-        ifs = []
-        for _ in range(dev.bNumInterfaces):
-            ifs.append(UsbInterface.unpack(buf, offset))
-            offset += USB_INTERFACE_SIZE
-        devices.append(replace(dev, interfaces=tuple(ifs)))
-    if offset != len(buf):
-        raise ProtocolError(f"OP_REP_DEVLIST has {len(buf) - offset} unexpected trailing bytes")
+    for i in range(count):
+        dev = UsbDevice.unpack(read(USB_DEVICE_SIZE, f"device record {i}"))
+        nif = dev.bNumInterfaces
+        if nif > MAX_INTERFACES:
+            raise ProtocolError(f"{prefix}OP_REP_DEVLIST: device {dev.busid!r} claims {nif} interfaces "
+                                f"(limit {MAX_INTERFACES})")
+        raw = read(USB_INTERFACE_SIZE * nif, f"interfaces of {dev.busid}") if nif else b""
+        ifs = tuple(UsbInterface.unpack(raw, j * USB_INTERFACE_SIZE) for j in range(nif))
+        devices.append(replace(dev, interfaces=ifs))
+    return devices
+
+
+def unpack_rep_devlist(buf: bytes, max_devices: int = MAX_DEVICES) -> List[UsbDevice]:
+    """Parse a complete OP_REP_DEVLIST (header included) with :func:`read_rep_devlist`.
+    Trailing bytes are an error."""
+    view = memoryview(buf)
+    pos = 0
+
+    def read(size: int, what: str) -> bytes:
+        nonlocal pos
+        if len(buf) - pos < size:
+            raise ProtocolError(f"{what}: need {size} bytes, got {len(buf) - pos} (truncated reply)")
+        pos += size
+        return bytes(view[pos - size:pos])
+
+    devices = read_rep_devlist(read, max_devices)
+    if pos != len(buf):
+        raise ProtocolError(f"OP_REP_DEVLIST has {len(buf) - pos} unexpected trailing bytes")
     return devices
 
 

@@ -11,7 +11,9 @@ process (worker.py), so the implementations never share an interpreter:
 * ``engine``    - our URB engine used directly (pipelining, scale);
 * ``ours``      - our PyUSB backend through ``usb.core``;
 * ``published`` - ``pyusb-usbip-backend==0.0.1`` from PyPI, installed here into a throw-away venv
-  and driven through ``usb.core`` by the very same worker code.
+  and driven through ``usb.core`` by the very same worker code;
+* ``tls``       - our PyUSB backend over TLS through a local TLS terminator (tlsproxy.py), against
+  plain TCP through the same terminator and plain TCP direct (``--only tls``).
 
 Runs of the implementations are interleaved (raw, ours, published, raw, ...) so that load from
 elsewhere on the machine hits every side alike; figures are the median of the runs with min and
@@ -44,14 +46,19 @@ PUBLISHED = "pyusb-usbip-backend==0.0.1"
 KiB, MiB = 1024, 1 << 20
 SIZES = [512, 16 * KiB, 64 * KiB, MiB]
 DEPTHS = [1, 4, 16, 64]
-TESTS = ["control", "bulk", "pipeline", "stream", "aio", "serial", "pending", "timeout", "cpu", "scale"]
+TESTS = ["control", "bulk", "pipeline", "stream", "aio", "serial", "pending", "timeout", "cpu", "scale", "tls"]
 #: The virtual server's CMD_UNLINK behaviours the timeout measurement runs against.
 UNLINK_MODES = ["kernel", "status0", "ignore"]
 SCALE_DEVICES = 32
 STREAM_WINDOWS = [16, 64]
 # Bus numbers of the loopback devices each client imports from the server (busid "<bus>-1").
 BUS = {"raw": 1, "engine": 2, "ours": 3, "published": 4, "ceiling": 5, "usb1": 6, "stream": 7,
-       "aio": 8, "rawaio": 9, "serial": 2}
+       "aio": 8, "rawaio": 9, "serial": 2,
+       # the tls group runs alone: its clients reuse buses of clients that are not running then
+       "tls": 1, "hop": 5, "relay": 6}
+TLSPROXY = os.path.join(HERE, "tlsproxy.py")
+CERTS = os.path.join(ROOT, "tests", "certs")
+TLS_SIZES = [64 * KiB, MiB]
 SCALE_FIRST_BUS = 10
 #: Devices one event loop drives at once (aio and rawaio), on buses after the scale devices.
 LOOP_DEVICES = 64
@@ -103,6 +110,37 @@ class Sim:
                 self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+class Proxy:
+    """tools/bench/tlsproxy.py in its own process in front of the virtual server: TLS with the
+    test CA's server certificate, or (``tls=False``) the very same forwarder without TLS."""
+
+    def __init__(self, sim: Sim, tls: bool) -> None:
+        args = [sys.executable, TLSPROXY, "--target", f"{sim.host}:{sim.port}"]
+        if tls:
+            args += ["--cert", os.path.join(CERTS, "server.pem"), "--key", os.path.join(CERTS, "server.key")]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("LISTENING"):
+            self.stop()
+            raise RuntimeError(f"TLS terminator did not start (said {line!r})")
+        _, self.host, port = line.split()
+        self.port = int(port)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # EOF on stdin ends it
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f and not f.closed:
+                f.close()
 
 
 class WorkerError(Exception):
@@ -169,12 +207,13 @@ class Client:
     """How to start one implementation's workers, or why it is not available."""
 
     def __init__(self, name: str, python: Optional[str], impl: str, env: Dict[str, str],
-                 missing: Optional[str] = None) -> None:
+                 missing: Optional[str] = None, target: Any = None) -> None:
         self.name, self.python, self.impl, self.env, self.missing = name, python, impl, env, missing
+        self.target = target  # what the worker connects to instead of the virtual server (a Proxy)
 
     def start(self, sim: Sim, busid: Optional[str] = None) -> Worker:
         assert self.python is not None
-        return Worker(self.python, self.impl, self.env, sim, busid or f"{BUS[self.name]}-1")
+        return Worker(self.python, self.impl, self.env, self.target or sim, busid or f"{BUS[self.name]}-1")
 
 
 def has_module(python: str, module: str, env: Dict[str, str]) -> Optional[str]:
@@ -711,6 +750,66 @@ class Bench:
         self.res.row("scale", "RSS growth per imported device, engine", "KiB",
                      self.stat("scale", "engine", "rss_kib_per_device"),
                      self.stat("scale", "raw", "rss_kib_per_device"), None, higher_is_better=False)
+
+
+    # -- 8. TLS -----------------------------------------------------------------------------------------
+    def tls(self) -> None:
+        """What TLS costs: usb.core over TLS through a local TLS terminator, against plain TCP
+        through the same terminator (so the extra hop is not counted as TLS) and plain TCP
+        direct, interleaved run by run; and the relay alone (connect= with a bare socket-like
+        object, plain TCP, no terminator)."""
+        n = 40 if self.smoke else 1500
+        jobs: List[Tuple[str, str, Dict[str, Any]]] = [("tls_ctrl", "ctrl", {"n": n})]
+        for size in TLS_SIZES:
+            count = max((256 * KiB if self.smoke else 32 * MiB) // size, 2)
+            jobs.append((f"tls_bulk_in_{size}", "bulk_in", {"size": size, "n": count}))
+            jobs.append((f"tls_bulk_out_{size}", "bulk_out", {"size": size, "n": count}))
+        log(f"tls: control x {n}, bulk IN/OUT at {', '.join(map(size_name, TLS_SIZES))}, over TLS, through the "
+            f"same terminator without TLS, direct, {self.runs} runs")
+        ours = self.clients["ours"]
+        if ours.missing is not None:
+            for key, _, _ in jobs:
+                for name in ("ours", "tls", "hop", "relay"):
+                    self.res.add(key, name, ours.missing)
+            proxies: List[Proxy] = []
+        else:
+            proxies = [Proxy(self.sim, tls=True), Proxy(self.sim, tls=False)]
+            env = dict(ours.env)
+            tls_env = {**env, "BENCH_TLS_CA": os.path.join(CERTS, "ca.pem")}
+            self.clients["tls"] = Client("tls", ours.python, "pyusb", tls_env, target=proxies[0])
+            self.clients["hop"] = Client("hop", ours.python, "pyusb", env, target=proxies[1])
+            self.clients["relay"] = Client("relay", ours.python, "pyusb", {**env, "BENCH_RELAY": "1"})
+        try:
+            if proxies:
+                self.interleaved(["ours", "tls", "hop", "relay"], jobs)
+        finally:
+            for proxy in proxies:
+                proxy.stop()
+        note = "raw column: plain TCP through the same terminator; published column: plain TCP direct"
+        self.res.row("tls", "control GET_DESCRIPTOR(18) round trips over TLS (local terminator), usb.core",
+                     "URB/s", self.stat("tls_ctrl", "tls", "rate"), self.stat("tls_ctrl", "hop", "rate"),
+                     self.stat("tls_ctrl", "ours", "rate"), note=note)
+        for size in TLS_SIZES:
+            for d in ("in", "out"):
+                key = f"tls_bulk_{d}_{size}"
+                self.res.row("tls", f"bulk {d.upper()} {size_name(size)} over TLS (local terminator), usb.core",
+                             "MiB/s", self.stat(key, "tls", "rate"), self.stat(key, "hop", "rate"),
+                             self.stat(key, "ours", "rate"), note=note)
+        self.res.row("tls", "client CPU per control URB over TLS, usb.core", "us",
+                     self.stat("tls_ctrl", "tls", "cpu_per", 1e6), self.stat("tls_ctrl", "hop", "cpu_per", 1e6),
+                     self.stat("tls_ctrl", "ours", "cpu_per", 1e6), higher_is_better=False, note=note)
+        self.res.row("tls", f"client CPU per MiB, bulk IN {size_name(MiB)} over TLS, usb.core", "ms",
+                     self.stat(f"tls_bulk_in_{MiB}", "tls", "cpu_per", 1e3),
+                     self.stat(f"tls_bulk_in_{MiB}", "hop", "cpu_per", 1e3),
+                     self.stat(f"tls_bulk_in_{MiB}", "ours", "cpu_per", 1e3), higher_is_better=False, note=note)
+        relay_note = "connect= with a bare socket-like object (the relay, no TLS, no terminator); " \
+                     "raw column: plain TCP direct"
+        self.res.row("tls", "control round trips through the relay alone, usb.core", "URB/s",
+                     self.stat("tls_ctrl", "relay", "rate"), self.stat("tls_ctrl", "ours", "rate"), None,
+                     note=relay_note)
+        self.res.row("tls", f"bulk IN {size_name(MiB)} through the relay alone, usb.core", "MiB/s",
+                     self.stat(f"tls_bulk_in_{MiB}", "relay", "rate"), self.stat(f"tls_bulk_in_{MiB}", "ours", "rate"),
+                     None, note=relay_note)
 
 
 def registration_cost(runs: int) -> Any:

@@ -544,12 +544,55 @@ class CeilingImpl(PyusbImpl):
         self.raw.close()
 
 
+class _BareStream:
+    """The least a connect= callable may return (recv, sendall, close): the engine's socket is
+    then relayed (BENCH_RELAY: what the relay alone costs, without TLS)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def recv(self, n: int) -> bytes:
+        return self._sock.recv(n)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def close(self) -> None:
+        import socket
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+
+def _transport_kw() -> Dict[str, Any]:
+    """TLS (BENCH_TLS_CA: the CA to trust) or the relay alone (BENCH_RELAY), for our backend."""
+    kw: Dict[str, Any] = {}
+    ca = os.environ.get("BENCH_TLS_CA")
+    if ca:
+        import ssl
+        kw["ssl"] = ssl.create_default_context(cafile=ca)
+    if os.environ.get("BENCH_RELAY"):
+        import socket
+
+        def connect(host: str, port: int, timeout: Optional[float]) -> _BareStream:
+            sock = socket.create_connection((host, port), timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return _BareStream(sock)
+        kw["connect"] = connect
+    return kw
+
+
 def _get_backend(module: Any, host: str, port: int, busids: List[str]) -> Any:
     """Ours can be told which busids to import (else find() imports every listed device);
     the published get_backend has no such parameter and imports on first use anyway."""
+    kw = _transport_kw()
     try:
-        return module.get_backend(host, port, busids=busids)
+        return module.get_backend(host, port, busids=busids, **kw)
     except TypeError:
+        if kw:
+            raise
         return module.get_backend(host, port)
 
 

@@ -37,6 +37,11 @@ lock timeout) and need no heap entry.
 Completion. Every transition of a URB's state happens under ``Connection._lock`` (the table's
 lock), so exactly one thread ends each URB; that thread then runs the capture hook, the URB's done
 callbacks, and wakes its waiters, in that order, outside the lock.
+
+Transport. All of the above (SO_RCVTIMEO, sendmsg, MSG_DONTWAIT, poll() on the descriptor, an
+event loop's add_reader) assumes a kernel stream socket, and gets one: :mod:`.transport` relays
+TLS and any other socket-like transport through a socketpair (:func:`.transport.engine_socket`,
+called by the constructor), the one place that decides.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from .. import protocol as P
 from ..errors import ConnectionLostError, ProtocolError
 from ..hooks import UrbHook
 from .table import DEADLINE, GRACE, Retired, RttEstimator, UrbTable, retired_skip
+from .transport import SocketLike, closed_reason, engine_socket
 from .urb import DoneCallback, EndedBy, Urb, UrbState, lost_error
 
 _log = logging.getLogger("usbip_backend.engine")
@@ -569,7 +575,11 @@ class Connection:
     wait, cancel and close.
 
     Args:
-        sock: the socket left over from a successful OP_REQ_IMPORT.
+        sock: the stream left over from a successful OP_REQ_IMPORT: a kernel stream socket (what
+            :func:`~usbip_backend.client.import_device` passes), used as it is by every fast
+            path below; anything else (an ``ssl.SSLSocket``, a socket-like object) is relayed
+            through a socketpair first (:func:`~.transport.engine_socket`), so this class
+            never sees anything but a kernel socket.
         device: the device record the import returned.
         name: how errors and logs name the device (default ``"device BUSID"``).
         hook: a capture hook (:class:`~usbip_backend.hooks.UrbHook`).
@@ -582,7 +592,7 @@ class Connection:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: Union[socket.socket, SocketLike],
         device: P.UsbDevice,
         *,
         name: Optional[str] = None,
@@ -591,14 +601,14 @@ class Connection:
         reply_stall: Optional[float] = None,
         rtt: Optional[float] = None,
     ) -> None:
-        self.sock = sock
+        self.name = name or f"device {device.busid}"
+        self.sock = sock = engine_socket(sock, self.name)
         self.device = device
         self.busid = device.busid
         self.busnum = device.busnum
         self.devnum = device.devnum
         self.devid = device.devid
         self.speed = device.speed
-        self.name = name or f"device {device.busid}"
         self.hook = hook
         self._fixed_grace = unlink_grace
         self._fixed_stall = reply_stall
@@ -1574,10 +1584,13 @@ class Connection:
         if isinstance(exc, ProtocolError):
             _log.error("%s: %s; closing the connection", self.name, exc)
             return f"protocol error: {exc}"
+        # A relayed transport may know more of why the stream ended (TLS, a command's exit).
+        why = closed_reason(self.sock)
+        why = f" ({why})" if why else ""
         if isinstance(exc, EOFError):
-            return "server closed the connection"
+            return f"server closed the connection{why}"
         if isinstance(exc, OSError):
-            return str(exc) or type(exc).__name__
+            return (str(exc) or type(exc).__name__) + why
         return f"{type(exc).__name__}: {exc}"
 
     def _run(self) -> None:
