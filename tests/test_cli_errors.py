@@ -61,3 +61,17 @@ def test_windows_pipe_capture_path_elsewhere_is_one_line(tmp_path):
         "usbip-pyusb-test: error: cannot open capture file \\\\.\\pipe\\usbip: \\\\.\\pipe\\usbip is a Windows named "
         "pipe; on this system Wireshark reads a FIFO instead: mkfifo /tmp/usb && wireshark -k -i /tmp/usb"]
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_main_leaves_the_log_levels_as_it_found_them(capsys, sim_server):
+    """main() quiets the library's warnings for its own run only: a program (or a test) that
+    calls it keeps its logging as it was."""
+    import logging
+
+    from usbip_backend import cli
+
+    names = ("usbip_backend.engine", "usbip_backend.backend", "zeroconf")
+    before = {n: logging.getLogger(n).level for n in names}
+    assert cli.main(["--host", sim_server[0], "--port", str(sim_server[1]), "list"]) == 0
+    capsys.readouterr()
+    assert {n: logging.getLogger(n).level for n in names} == before

@@ -16,11 +16,12 @@ from __future__ import annotations
 import errno
 import sys
 import traceback
-from typing import IO, Any, Callable, List, NoReturn, Optional, Sequence, Set, Tuple
+from typing import IO, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Set, Tuple
 
 from . import protocol as P
 from .ch9 import gadget_pattern
 from .errors import ImportRefusedError
+from .engine.transport import Connector, TlsArg
 from .hooks import UrbHook
 from .usbnames import bcd, transfer_type_name, vendor_name
 
@@ -101,7 +102,7 @@ def _read_all(dev: Any, ep: int, want: int, mps: int, timeout_ms: int) -> bytes:
 
 
 def _check_device(run: CheckRun, host: str, port: int, listed: P.UsbDevice, *, timeout: float, hook: Optional[UrbHook],
-                  transfer_ms: int) -> None:
+                  transfer_ms: int, net: Dict[str, Any]) -> None:
     import usb.core
     import usb.util
 
@@ -109,7 +110,7 @@ def _check_device(run: CheckRun, host: str, port: int, listed: P.UsbDevice, *, t
     from .client import import_device, list_devices
 
     where = listed.busid
-    be = get_backend(host, port, timeout=timeout, busids=[listed.busid], pcap=hook)
+    be = get_backend(host, port, timeout=timeout, busids=[listed.busid], pcap=hook, **net)
     try:
         def do_import() -> Any:
             dev = usb.core.find(backend=be)
@@ -125,7 +126,7 @@ def _check_device(run: CheckRun, host: str, port: int, listed: P.UsbDevice, *, t
 
         def busy() -> str:
             try:
-                conn = import_device(host, port, listed.busid, timeout=timeout)
+                conn = import_device(host, port, listed.busid, timeout=timeout, **net)
             except ImportRefusedError as exc:
                 if exc.status != P.Status.ST_DEV_BUSY:
                     raise RuntimeError(f"second import refused with {P.status_text(exc.status)}, "
@@ -133,7 +134,7 @@ def _check_device(run: CheckRun, host: str, port: int, listed: P.UsbDevice, *, t
             else:
                 conn.close()
                 raise RuntimeError("a second import succeeded while we hold the device")
-            hidden = all(d.busid != listed.busid for d in list_devices(host, port, timeout=timeout))
+            hidden = all(d.busid != listed.busid for d in list_devices(host, port, timeout=timeout, **net))
             return "second import refused (ST_DEV_BUSY)" + ("; hidden from the device list" if hidden else "")
         run.check(where, "exclusive import", busy)
 
@@ -340,19 +341,22 @@ def _timeout_check(dev: Any, candidates: Sequence[Tuple[int, int, int]]) -> str:
 
 def run_checks(host: str, port: int, *, busids: Optional[Sequence[str]] = None, timeout: float = 5.0,
                hook: Optional[UrbHook] = None, out: Optional[IO[str]] = None, verbose: bool = False,
-               transfer_ms: int = 2000, describe: Optional[Callable[[BaseException], str]] = None) -> CheckRun:
+               transfer_ms: int = 2000, describe: Optional[Callable[[BaseException], str]] = None,
+               ssl: TlsArg = None, connect: Optional[Connector] = None) -> CheckRun:
     """The full sequence against one server: list, then for each device import, descriptors,
     strings, configuration, every endpoint, a stall and a timeout. Returns the counts.
 
     ``hook``: an engine hook (a PcapWriter) that sees every URB; ``describe`` turns an error that
-    ends a device's checks early into its FAIL line (default: the exception's type and text).
+    ends a device's checks early into its FAIL line (default: the exception's type and text);
+    ``ssl``, ``connect``: the transport, as for :func:`~usbip_backend.get_backend`.
     """
     from .client import list_devices
     from .device import natural_busid_key
 
     run = CheckRun(out or sys.stdout, verbose)
     server = f"{host}:{port}"
-    devices = run.check(server, "list", lambda: sorted(list_devices(host, port, timeout=timeout),
+    net: Dict[str, Any] = {"ssl": ssl, "connect": connect}
+    devices = run.check(server, "list", lambda: sorted(list_devices(host, port, timeout=timeout, **net),
                                                        key=lambda d: natural_busid_key(d.busid)))
     if devices is None:
         return run
@@ -372,7 +376,7 @@ def run_checks(host: str, port: int, *, busids: Optional[Sequence[str]] = None, 
         devices = [d for d in devices if d.busid in wanted]
     for listed in devices:
         try:
-            _check_device(run, host, port, listed, timeout=timeout, hook=hook, transfer_ms=transfer_ms)
+            _check_device(run, host, port, listed, timeout=timeout, hook=hook, transfer_ms=transfer_ms, net=net)
         except Exception as exc:  # noqa: BLE001 - one device's disaster must not hide the others
             run.failed += 1
             run._line("FAIL", listed.busid, "device",

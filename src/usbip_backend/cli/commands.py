@@ -310,7 +310,8 @@ def cmd_sim(ctx: Context) -> int:
 def cmd_check(ctx: Context) -> int:
     host, port = ctx.server()
     run = run_checks(host, port, busids=getattr(ctx.args, "busid", None), timeout=ctx.args.timeout, hook=ctx.pcap(),
-                     out=ctx.out, verbose=bool(ctx.args.verbose), describe=lambda exc: explain(exc, None))
+                     out=ctx.out, verbose=bool(ctx.args.verbose), describe=lambda exc: explain(exc, None),
+                     **ctx.transport())
     ctx.print(run.summary())
     return EXIT_OK if run.failed == 0 else EXIT_FAILED
 

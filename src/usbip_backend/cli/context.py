@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from .. import protocol as P
-from .args import CliError
+from .args import EXIT_USAGE, CliError
 
 if TYPE_CHECKING:
     from ..backend import UsbipBackend
@@ -41,6 +41,7 @@ class Context:
         self._pcap: Optional[PcapWriter] = None
         self._syslog: Optional[SyslogReceiver] = None
         self._backends: List[UsbipBackend] = []
+        self._transport: Optional[Dict[str, Any]] = None
 
     # -- output --
     def print(self, text: str = "") -> None:
@@ -105,12 +106,39 @@ class Context:
         self._syslog = receiver
         log.debug("syslog receiver started for %s:%d", host, port)
 
+    # -- transport --
+    def transport(self) -> Dict[str, Any]:
+        """``ssl``/``connect`` keywords for --tls, --tls-ca and --via (every connection uses them)."""
+        if self._transport is None:
+            args = self.args
+            tls: Any = None
+            if args.tls_ca:
+                import ssl
+
+                try:
+                    tls = ssl.create_default_context(cafile=args.tls_ca)
+                except (OSError, ssl.SSLError) as exc:
+                    raise CliError(f"cannot read --tls-ca {args.tls_ca}: {getattr(exc, 'strerror', None) or exc}",
+                                   EXIT_USAGE) from exc
+            elif args.tls:
+                tls = True
+            connect = None
+            if args.via:
+                from ..engine.transport import command_connector
+
+                try:
+                    connect = command_connector(args.via)
+                except ValueError as exc:
+                    raise CliError(f"--via {args.via!r}: {exc}", EXIT_USAGE) from exc
+            self._transport = {"ssl": tls, "connect": connect}
+        return self._transport
+
     def backend(self, busids: Optional[Sequence[str]] = None) -> UsbipBackend:
         from ..backend import get_backend
 
         host, port = self.server()
         be = get_backend(host, port, timeout=self.args.timeout, busids=list(busids) if busids else None,
-                         pcap=self.pcap())
+                         pcap=self.pcap(), **self.transport())
         if be is None:
             raise CliError(f"could not create a USB/IP backend for {self.where()}")
         self._backends.append(be)

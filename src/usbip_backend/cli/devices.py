@@ -60,7 +60,8 @@ def list_exported(ctx: Context) -> List[P.UsbDevice]:
     from ..device import natural_busid_key
 
     host, port = ctx.server()
-    return sorted(list_devices(host, port, timeout=ctx.args.timeout), key=lambda d: natural_busid_key(d.busid))
+    return sorted(list_devices(host, port, timeout=ctx.args.timeout, **ctx.transport()),
+                  key=lambda d: natural_busid_key(d.busid))
 
 
 def _what_is_there(devices: Sequence[P.UsbDevice]) -> str:

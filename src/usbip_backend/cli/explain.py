@@ -11,6 +11,7 @@ from ..errors import (
     ConnectionLostError, DiscoveryError, ImportRefusedError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError,
     describe_status,
 )
+from ..engine.transport import TlsError
 from .args import CliError
 from .context import PROG, Context
 
@@ -59,6 +60,12 @@ def explain(exc: BaseException, ctx: Optional[Context]) -> str:
     if _first(exc, ConnectionRefusedError) is not None:
         return (f"connection refused by {where}: no USB/IP server listens there; check --host/--port "
                 f"(or start one: {PROG} sim)")
+    tls = _first(exc, TlsError)
+    if tls is not None:
+        if tls.verify_message:
+            return (f"TLS with {where}: the server's certificate was refused ({tls.verify_message}); trust "
+                    "its CA with --tls-ca FILE, or check that --host is the name in the certificate")
+        return str(tls)
     gai = _first(exc, socket.gaierror)
     if gai is not None:
         host = ctx.args.host if ctx is not None else "?"

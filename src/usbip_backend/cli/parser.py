@@ -69,6 +69,14 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                    help=h("also receive the server's syslog (TCP, RFC 5424) into the capture/log"))
     g.add_argument("--syslog-port", type=port_number, default=d(DEFAULT_SYSLOG_PORT), metavar="N",
                    help=h(f"syslog TCP port on the server (default {DEFAULT_SYSLOG_PORT})"))
+    g.add_argument("--tls", action="store_true", default=d(False),
+                   help=h("TLS to a server behind a TLS terminator (stunnel), the certificate checked "
+                          "against --host with the system's CAs"))
+    g.add_argument("--tls-ca", default=d(None), metavar="FILE",
+                   help=h("trust the CA certificates in FILE (PEM) instead; implies --tls"))
+    g.add_argument("--via", default=d(None), metavar="CMD",
+                   help=h("reach the server through a command whose stdin/stdout carry the connection, "
+                          "%%h and %%p standing for --host and --port: --via 'ssh -W %%h:%%p jumphost'"))
     g.add_argument("--mdns-timeout", type=seconds, default=d(2.0), metavar="S",
                    help=h("how long to browse mDNS (default 2 s)"))
     g.add_argument("--mdns-interface", action="append", default=d(None), metavar="ADDR",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import threading
 import traceback
 from types import FrameType
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Iterator, Optional, Sequence, TextIO
 
 from .args import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CliError
 from .context import PROG, Context
@@ -18,16 +19,26 @@ from .explain import explain
 from .parser import build_parser, settle
 
 
-def _setup_logging(verbosity: int) -> None:
+@contextlib.contextmanager
+def _logging(verbosity: int) -> Iterator[None]:
+    """The run's log levels, put back afterwards (main() may run inside a program or a test)."""
     level = logging.DEBUG if verbosity > 0 else logging.WARNING
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    levels = {}
     if verbosity < 2:  # zeroconf's own debug output is noisy; -vv shows it
-        logging.getLogger("zeroconf").setLevel(max(level, logging.INFO))
+        levels["zeroconf"] = max(level, logging.INFO)
     if verbosity == 0:
         # The CLI words a skipped (busy, broken) device and a lost connection itself, in one
         # line; the library's warnings about them would say it a second time. -v shows them.
-        for name in ("usbip_backend.backend", "usbip_backend.engine"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        levels["usbip_backend.backend"] = levels["usbip_backend.engine"] = logging.ERROR
+    before = {name: logging.getLogger(name).level for name in levels}
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            logging.getLogger(name).setLevel(value)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -59,9 +70,8 @@ def _main(argv: Optional[Sequence[str]], finally_ignore: bool) -> int:
         print(f"{PROG}: error: a command is needed (discover, list, probe, control, read, write, loopback, check, demo, sim); "
               f"see {PROG} --help", file=err)
         return EXIT_USAGE
-    _setup_logging(args.verbose)
     ctx = Context(args, out, err)
-    with _Interrupts(finally_ignore) as interrupts:
+    with _logging(args.verbose), _Interrupts(finally_ignore) as interrupts:
         code = _run(ctx, args, err)
         interrupts.closing = True
         try:
