@@ -75,3 +75,45 @@ def test_main_leaves_the_log_levels_as_it_found_them(capsys, sim_server):
     assert cli.main(["--host", sim_server[0], "--port", str(sim_server[1]), "list"]) == 0
     capsys.readouterr()
     assert {n: logging.getLogger(n).level for n in names} == before
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_import_is_worded_once(capsys):
+    """A server that takes OP_REQ_IMPORT and hangs up: the one line names the import once."""
+    import socket
+    import threading
+
+    from usbip_backend import cli
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                want = 8 + 32  # OP_REQ_IMPORT: the common header and the busid
+                got = b""
+                while len(got) < want:
+                    chunk = conn.recv(want - len(got))
+                    if not chunk:
+                        break
+                    got += chunk
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        code = cli.main(["--host", "127.0.0.1", "--port", str(port), "probe", "--busid", "1-1"])
+        err = capsys.readouterr().err
+    finally:
+        srv.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not, on Linux)
+        srv.close()
+        thread.join(10)
+    assert code == 1
+    (line,) = _problem_lines(err)
+    assert line.count("import of 1-1") == 1 and "closed the connection" in line, line

@@ -80,11 +80,12 @@ from .errors import (  # noqa: F401  (the LIBUSB_ERROR_* codes: re-exported, as 
     libusb_error,
 )
 from .hooks import UrbHook
+from .usbnames import SPEEDS
 
 _log = logging.getLogger(__name__)
 
 #: libusb numbers SuperSpeed+ 5, one above usb.util.SPEED_SUPER.
-SPEED_SUPER_PLUS = 5
+SPEED_SUPER_PLUS = SPEEDS[P.Speed.SUPER_PLUS].libusb
 
 _CONTROL, _BULK, _INTERRUPT = P.TransferType.CONTROL, P.TransferType.BULK, P.TransferType.INTERRUPT
 _EMPTY = memoryview(b"")
@@ -310,7 +311,10 @@ class UsbipBackend(usb.backend.IBackend):  # type: ignore[misc, unused-ignore]
             self._skip(busid, str(exc))
             return None
         except UsbipError as exc:
-            self._skip(busid, f"import of {busid} from {where} failed: {exc}")
+            # The client's own errors already begin "import of BUSID from HOST:PORT: ..."
+            text = str(exc)
+            self._skip(busid, text if text.startswith(f"import of {busid} ") else
+                       f"import of {busid} from {where} failed: {text}")
             return None
         try:
             desc, configs = read_descriptors(conn, self._timeout_s)

@@ -113,6 +113,8 @@ def open_device(ctx: Context, args: argparse.Namespace) -> Tuple[Any, str]:
                            "does not say which); release it there (usbip detach, or close that program) and retry")
         if reason and "ST_NODEV" in reason:
             raise CliError(f"no device with busid {busid} on {ctx.where()}; {_what_is_there(list_exported(ctx))}")
+        if reason and reason.startswith(f"import of {busid} "):  # says which device and where itself
+            raise CliError(reason)
         if reason:
             raise CliError(f"cannot use device {busid} on {ctx.where()}: {reason}")
         if args.busid is not None:

@@ -8,10 +8,9 @@ from typing import List, Optional, Tuple, Type, TypeVar, Union
 
 from .. import protocol as P
 from ..errors import (
-    ConnectionLostError, DiscoveryError, ImportRefusedError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError,
-    describe_status,
+    ConnectionLostError, DiscoveryError, ImportRefusedError, ProtocolError, TlsError, UrbError, UsbipError,
+    UsbipTimeoutError, describe_status,
 )
-from ..engine.transport import TlsError
 from .args import CliError
 from .context import PROG, Context
 

@@ -1203,7 +1203,8 @@ class Connection:
             self._fail_all(self._read_failed(exc), True)
             return
         if self._rd.busy:
-            self._fail_all(f"interrupted in the middle of a reply ({type(exc).__name__})", True)
+            self._fail_all(f"interrupted in the middle of a reply ({type(exc).__name__})", True,
+                           warn=not isinstance(exc, KeyboardInterrupt))
         elif urb is not None:
             self._unlink(urb, EndedBy.CANCEL)
         raise exc
@@ -1533,9 +1534,11 @@ class Connection:
                        "will be dropped", self.name, urb.seqnum, self.unlink_grace)
             self._finished(urb, callbacks)
 
-    def _fail_all(self, reason: str, include_receiving: bool = False) -> ConnectionLostError:
+    def _fail_all(self, reason: str, include_receiving: bool = False, warn: bool = True) -> ConnectionLostError:
         """Mark the connection lost and end every pending URB at once (the URB being received,
-        too, if its reader asks). Shuts the socket down, which wakes every blocked recv."""
+        too, if its reader asks). Shuts the socket down, which wakes every blocked recv. A loss
+        the program caused itself (``warn=False``: a KeyboardInterrupt mid-reply) is logged at
+        debug level only; the interrupted caller knows."""
         with self._lock:
             first = self._lost is None
             if first:
@@ -1550,7 +1553,7 @@ class Connection:
                 urb._callbacks = None
         if first:
             if not self._closing:
-                _log.warning("%s", lost)
+                _log.log(logging.WARNING if warn else logging.DEBUG, "%s", lost)
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
