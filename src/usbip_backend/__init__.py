@@ -48,6 +48,8 @@ _EXPORTS: Dict[str, str] = {
     "discover_usbip_servers": "discovery",
     "ServerInfo": "discovery",
     "DiscoveryError": "errors",
+    "TlsError": "errors",
+    "command_connector": "engine.transport",
     "PcapWriter": "pcap",
     "SyslogReceiver": "syslog",
     "SimServer": "sim",
@@ -82,7 +84,8 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .protocol import TransferType
     from .discovery import ServerInfo, discover, discover_usbip_servers
-    from .errors import DiscoveryError
+    from .errors import DiscoveryError, TlsError
+    from .engine.transport import command_connector
     from ._compat import USBIPBackend
     from .pcap import PcapWriter
     from .sim import SimServer

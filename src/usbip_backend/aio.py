@@ -67,7 +67,11 @@ from .descriptors import (
 from .device import Device as _Device
 from .device import libusb_speed, read_descriptors
 from .engine import Connection, Urb, flat
-from .errors import ConnectionLostError, NotFoundError, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError
+from .ch9 import DT_STRING
+from .errors import (
+    ConnectionLostError, LinuxErrno, NotFoundError, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError,
+)
+from .usbnames import transfer_type_name
 from .stream import (
     CANCEL_WAIT, DEFAULT_BUDGET, DEFAULT_PROGRESS_EVERY, DEFAULT_SLOW, Pipe, Progress,
     ProgressCallback, Source, StreamError, _InPlan, _OutPlan, opened,
@@ -77,8 +81,7 @@ _CONTROL = P.TransferType.CONTROL
 _BULK = P.TransferType.BULK
 _INTERRUPT = P.TransferType.INTERRUPT
 _ISOCHRONOUS = P.TransferType.ISOCHRONOUS
-_EPIPE, _EOVERFLOW, _EXDEV = -32, -75, -18
-_DT_STRING = 3
+_EPIPE, _EOVERFLOW, _EXDEV = -LinuxErrno.EPIPE, -LinuxErrno.EOVERFLOW, -LinuxErrno.EXDEV
 _STRING_LENGTH = 255
 #: The loop reads sockets itself where a non-blocking recv on a blocking socket exists.
 _LOOP_READS = hasattr(socket, "MSG_DONTWAIT")
@@ -217,7 +220,6 @@ def _result(urb: Urb) -> Urb:
 
 
 # -- descriptors --------------------------------------------------------------------------------------
-_TYPE_NAMES = {0: "control", 1: "isochronous", 2: "bulk", 3: "interrupt"}
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ class EndpointInfo:
     @classmethod
     def of(cls, ep: EndpointDescriptor) -> "EndpointInfo":
         address = ep.bEndpointAddress
-        return cls(address, _TYPE_NAMES[ep.bmAttributes & 3], "in" if address & 0x80 else "out",
+        return cls(address, transfer_type_name(ep.bmAttributes), "in" if address & 0x80 else "out",
                    address & 0x0F, endpoint_max_packet(ep), ep.bInterval, bytes(ep.extra_descriptors), ep)
 
 
@@ -711,14 +713,14 @@ class Device:
             return None
         try:
             if lang_id is None:
-                langs = await self.read(0x80, 6, _DT_STRING << 8, 0, _STRING_LENGTH)
+                langs = await self.read(0x80, 6, DT_STRING << 8, 0, _STRING_LENGTH)
                 if len(langs) < 4:
                     return None
                 lang_id = langs[2] | langs[3] << 8
-            raw = await self.read(0x80, 6, (_DT_STRING << 8) | index, lang_id, _STRING_LENGTH)
+            raw = await self.read(0x80, 6, (DT_STRING << 8) | index, lang_id, _STRING_LENGTH)
         except TransferStalled:
             return None
-        if len(raw) < 2 or raw[1] != _DT_STRING:
+        if len(raw) < 2 or raw[1] != DT_STRING:
             return None
         return raw[2:min(len(raw), raw[0])].decode("utf-16-le", "replace")
 

@@ -32,16 +32,17 @@ from .engine import Connection, Urb, flat
 from .engine.transport import Connector, TlsArg
 from .errors import ImportRefusedError, NotFoundError, ProtocolError, UrbError, UsbipError, UsbipTimeoutError
 
-_log = logging.getLogger(__name__)
+# Chapter 9 numbers under the names this module has always used (defined in ch9).
+from .ch9 import (
+    DT_CONFIG as DT_CONFIG, DT_DEVICE as DT_DEVICE, FEATURE_ENDPOINT_HALT as FEATURE_ENDPOINT_HALT,
+    REQ_CLEAR_FEATURE as CLEAR_FEATURE, REQ_GET_CONFIGURATION as GET_CONFIGURATION,
+    REQ_GET_DESCRIPTOR as GET_DESCRIPTOR, REQ_SET_CONFIGURATION as SET_CONFIGURATION,
+    REQ_SET_FEATURE as SET_FEATURE, REQ_SET_INTERFACE as SET_INTERFACE, RT_PORT as RT_PORT,
+)
+from .ch9 import HUB_PORT_RESET as PORT_RESET
+from .usbnames import SPEEDS
 
-# Standard requests (USB 2.0 table 9-4) and the hub-class port reset the stub intercepts.
-GET_STATUS, CLEAR_FEATURE, SET_FEATURE = 0, 1, 3
-GET_DESCRIPTOR, GET_CONFIGURATION, SET_CONFIGURATION = 6, 8, 9
-SET_INTERFACE = 11
-FEATURE_ENDPOINT_HALT = 0
-PORT_RESET = 4
-RT_PORT = 0x23  # host-to-device, class, recipient "other" (a hub port)
-DT_DEVICE, DT_CONFIG = 1, 2
+_log = logging.getLogger(__name__)
 
 #: OUT chunks of a split transfer that may be in flight at once (the ESP32 bridge takes 8).
 OUT_WINDOW = 8
@@ -81,17 +82,10 @@ def port_numbers_from_busid(busid: str) -> Optional[Tuple[int, ...]]:
     return tuple(int(p) for p in m.group(1).split("."))
 
 
-#: Kernel wire speed (usb_device_speed) -> libusb_speed, which PyUSB's usb.util.SPEED_* also
-#: number. Linux reports Wireless USB as a 480 Mbit/s device (sysfs "speed"), hence HIGH.
-_LIBUSB_SPEED: Dict[int, int] = {
-    P.Speed.UNKNOWN: 0, P.Speed.LOW: 1, P.Speed.FULL: 2, P.Speed.HIGH: 3, P.Speed.WIRELESS: 3,
-    P.Speed.SUPER: 4, P.Speed.SUPER_PLUS: 5,
-}
-
-
 def libusb_speed(wire_speed: int) -> int:
     """The kernel speed enum of a device record -> libusb's (and PyUSB's) speed number."""
-    return _LIBUSB_SPEED.get(wire_speed, 0)
+    info = SPEEDS.get(wire_speed)
+    return info.libusb if info is not None else 0
 
 
 def natural_busid_key(busid: str) -> Tuple[Tuple[int, int, str], ...]:

@@ -6,6 +6,7 @@
      +-- ProtocolError            malformed or unexpected bytes from the peer
      +-- ImportRefusedError       OP_REP_IMPORT / OP_REP_DEVLIST carried a non-zero ST_* status
      +-- ConnectionLostError      the TCP connection closed or failed (also a ConnectionError)
+     |    +-- TlsError            the TLS handshake failed (untrusted certificate, wrong name, not TLS)
      +-- UsbipTimeoutError        an operation did not finish in time (also a TimeoutError)
      +-- UrbCancelledError        a URB was cancelled by its owner (Urb.cancel, CMD_UNLINK)
      +-- UrbError                 a URB completed with a negative errno status
@@ -48,6 +49,16 @@ class ImportRefusedError(UsbipError):
 
 class ConnectionLostError(UsbipError, ConnectionError):
     """The connection to the server is gone; every pending and later URB fails with this."""
+
+
+class TlsError(ConnectionLostError):
+    """The TLS handshake failed: the certificate was not trusted or was for another name, the
+    peer does not speak TLS, or the versions/ciphers do not match. ``verify_message`` is
+    OpenSSL's reason for a certificate it refused ("" for other failures)."""
+
+    def __init__(self, message: str, *, verify_message: str = "") -> None:
+        super().__init__(message)
+        self.verify_message = verify_message
 
 
 class UsbipTimeoutError(UsbipError, TimeoutError):

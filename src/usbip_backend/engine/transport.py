@@ -48,7 +48,7 @@ import threading
 import time
 from typing import IO, Callable, List, Optional, Protocol, Sequence, Union
 
-from ..errors import ConnectionLostError, UsbipTimeoutError
+from ..errors import ConnectionLostError, TlsError, UsbipTimeoutError
 
 _log = logging.getLogger("usbip_backend.transport")
 
@@ -92,16 +92,6 @@ _LIMIT = 1 << 18
 _CHUNK = 1 << 16
 #: How long a command transport gets to exit by itself after its stdin closed, then after SIGTERM.
 _COMMAND_GRACE = 1.0
-
-
-class TlsError(ConnectionLostError):
-    """The TLS handshake failed: the certificate was not trusted or was for another name, the
-    peer does not speak TLS, or the versions/ciphers do not match. ``verify_message`` is
-    OpenSSL's reason for a certificate it refused ("" for other failures)."""
-
-    def __init__(self, message: str, *, verify_message: str = "") -> None:
-        super().__init__(message)
-        self.verify_message = verify_message
 
 
 def tls_context(ssl: TlsArg) -> Optional[_ssl.SSLContext]:
