@@ -428,3 +428,35 @@ def test_completions_on_one_endpoint_come_back_in_submission_order(ctx):
     pump(ctx, [first, second], lambda: len(order) == 2)
     assert order == [("first", usb1.TRANSFER_TIMED_OUT), ("second", usb1.TRANSFER_TIMED_OUT)]
     handle.close()
+
+
+def test_resubmits_from_callbacks_keep_their_order_before_a_synchronous_call(ctx):
+    """Transfers resubmitted inside handleEvents() are queued and go out together after the
+    batch, or before any synchronous call a callback makes on the connection: the IN transfer
+    resubmitted first gets the data the callback then writes, and the synchronous read that
+    follows finds nothing (and times out)."""
+    handle = loopback(ctx)
+    with handle.claimInterface(0):
+        seen = []
+        state = {"round": 0, "sync": None}
+
+        def on_in(transfer):
+            seen.append(bytes(transfer.getBuffer()[:transfer.getActualLength()]))
+
+        reader = handle.getTransfer()
+        reader.setBulk(0x81, 64, callback=on_in, timeout=5000)
+
+        def on_kick(transfer):
+            state["round"] += 1
+            reader.submit()  # queued until the batch ends...
+            handle.bulkWrite(0x01, b"first", timeout=2000)  # ...but sent before this
+            try:
+                state["sync"] = handle.bulkRead(0x81, 64, timeout=300)
+            except usb1.USBErrorTimeout:
+                state["sync"] = "timed out"
+
+        kick = handle.getTransfer()
+        kick.setControl(0x80, 6, 0x0100, 0, 18, callback=on_kick, timeout=5000)
+        kick.submit()
+        pump(ctx, [kick, reader], lambda: seen)
+        assert seen == [b"first"] and state["sync"] == "timed out"

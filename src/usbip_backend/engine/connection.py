@@ -958,8 +958,9 @@ class Connection:
     def _send_submit(self, urb: Optional[Urb], direction: int, endpoint: int, flags: int, length: int,
                      interval: int, setup: Optional[bytes], payload: Optional[memoryview],
                      iso_raw: Optional[bytes], timeout: Optional[float] = None, led: bool = True) -> int:
-        """Give a seqnum (entering ``urb`` in the table if given), send the CMD_SUBMIT with its
-        payload and ISO descriptors, then the messages queued meanwhile; returns the seqnum.
+        """Give a seqnum (entering ``urb`` in the table if given), send the messages queued before
+        it (``submit(flush=False)`` ones keep their order on the wire), then the CMD_SUBMIT with
+        its payload and ISO descriptors, then what was queued meanwhile; returns the seqnum.
         Shared by every blocking path that submits (the lane passes no URB).
 
         Raises:
@@ -979,6 +980,8 @@ class Connection:
                 seq, wake = self._enter(urb, timeout, led)
             header = self._submit_header(seq, direction, endpoint, flags, length, interval, setup, iso_raw)
             try:
+                if sender.queue:
+                    sender.flush_locked()
                 if iso_raw is not None:
                     sender.sendmsg([header, iso_raw] if payload is None or not length
                                    else [header, payload, iso_raw])
@@ -1039,7 +1042,10 @@ class Connection:
         """Arm the receive timeout for a leader's first wait: the lead wait, or less."""
         wait = timeout if timeout is not None and 0 < timeout < _LEAD_WAIT else _LEAD_WAIT
         if self._rd.rcvtimeo != wait:
-            self._rd.arm(wait)
+            try:
+                self._rd.arm(wait)
+            except OSError as exc:  # close() from another thread got there first (EBADF)
+                raise self._fail_all(f"socket failed: {exc}") from exc
 
     def _own_reply(self, urb: Optional[Urb], seq: int, direction: int, dest: Optional[memoryview],
                    length: int) -> Optional[Tuple[int, int, int]]:

@@ -322,8 +322,14 @@ class USBDeviceHandle:
         # deque.append and set.add are atomic: handleEvents' thread may be popping meanwhile.
         queue.append(transfer)
         self._inflight.add(transfer)
+        conn = dev.conn
+        context = self._context
         try:
-            transfer._urb = dev.conn.submit(engine_type, transfer._endpoint, **args)
+            if context._batch_thread == threading.get_ident():
+                transfer._urb = conn.submit(engine_type, transfer._endpoint, block=False, flush=False, **args)
+                context._batch_conns.add(conn)
+            else:
+                transfer._urb = conn.submit(engine_type, transfer._endpoint, **args)
         except BaseException as exc:
             with self._context._events:
                 queue.remove(transfer)
@@ -562,6 +568,11 @@ class USBContext:
         self._cond = threading.Condition(threading.Lock())
         self._ready: Deque[USBTransfer] = collections.deque()
         self._interrupted = False
+        # While handleEvents*() runs callbacks, the transfers they resubmit are queued and their
+        # connections flushed once after the batch: one send for many CMD_SUBMITs, as a pump of
+        # transfers resubmitted from their callbacks does every round.
+        self._batch_thread: Optional[int] = None
+        self._batch_conns: Set[Any] = set()
         self._poll_r: Optional[socket.socket] = None
         self._poll_w: Optional[socket.socket] = None
 
@@ -746,14 +757,21 @@ class USBContext:
                     self._poll_r.recv(512)
                 except (BlockingIOError, OSError):
                     pass
-            for i, transfer in enumerate(batch):
-                transfer._completed = True
-                try:
-                    self._deliver(transfer)
-                except BaseException:
-                    with self._cond:
-                        self._ready.extendleft(reversed(batch[i + 1:]))
-                    raise
+            self._batch_thread = threading.get_ident()
+            try:
+                for i, transfer in enumerate(batch):
+                    transfer._completed = True
+                    try:
+                        self._deliver(transfer)
+                    except BaseException:
+                        with self._cond:
+                            self._ready.extendleft(reversed(batch[i + 1:]))
+                        raise
+            finally:
+                self._batch_thread = None
+                conns, self._batch_conns = self._batch_conns, set()
+                for conn in conns:
+                    conn.flush()
 
     def _deliver(self, transfer: USBTransfer) -> None:
         """Hand back ``transfer`` and those behind it on its endpoint, in submission order,
