@@ -2,16 +2,20 @@
 
 Real pyserial calls (``serial.serial_for_url``) over real TCP to the virtual server; the virtual
 CDC-ACM device records the requests it gets (DTR/RTS states in order, line-coding requests,
-breaks), which is what the assertions look at.
+breaks), which is what the assertions look at. The virtual serial devices send at their line rate
+(a write bigger than their buffer takes its line time), so tests that echo a lot through them
+at a low baud rate use an unpaced one (``paced = False``, the stock name's ``-unpaced``).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -80,6 +84,7 @@ def test_bad_urls_say_what_is_wrong(bad, says):
 # -- the port --------------------------------------------------------------------------------------------
 def test_echo_through_serial_for_url(server):
     acm = server.device("1-2")
+    acm.paced = False  # 100 KiB at 115200 baud would take 9 s
     with serial.serial_for_url(url(server, query="?baudrate=115200"), timeout=2) as ser:
         assert acm.baudrate == 115200
         assert acm.control_line_state == 3  # opened with DTR and RTS asserted, as a tty
@@ -88,6 +93,7 @@ def test_echo_through_serial_for_url(server):
         payload = bytes(range(256)) * 400  # 100 KiB: many URBs each way, order kept
         assert ser.write(payload) == len(payload)
         assert read_exactly(ser, len(payload)) == payload
+        assert ser._unpaced  # it took more than 115200 baud explains: the URBs grew to 16 KiB
 
 
 def test_by_vid_pid_and_reopen_of_the_same_instance(server):
@@ -224,7 +230,7 @@ def test_cp210x_echo_lines_and_line_coding(cp_server):
     with serial.serial_for_url(url(cp_server, "10c4:ea60", "?baudrate=115200"), timeout=2) as ser:
         assert cp.enabled and cp.baudrate == 115200 and cp.line_ctl == 0x0800  # IFC_ENABLE, 8N1
         assert (cp.dtr, cp.rts) == (True, True)
-        payload = bytes(range(256)) * 64
+        payload = bytes(range(256)) * 16  # 64 packets at the line rate: 0.36 s
         ser.write(payload)
         assert read_exactly(ser, len(payload)) == payload
         start = len(cp.line_state_history)
@@ -374,9 +380,186 @@ def test_ft2232h_port_b_and_the_120_mhz_divisor():
 def test_a_server_that_refuses_big_urbs_gets_smaller_ones_and_nothing_is_lost():
     """The ESP32 bridge answers URBs over 4 KiB with -EMSGSIZE: the port halves its 16 KiB URBs
     (both directions) until they fit, and the echo comes back whole and in order."""
-    with SimServer(stock_devices(["acm"]), max_urb=4096) as srv:
+    with SimServer(stock_devices(["acm-unpaced"]), max_urb=4096) as srv:
         with serial.serial_for_url(url(srv, "1-1"), timeout=2) as ser:
             payload = bytes(range(256)) * 400
             assert ser.write(payload) == len(payload)
             assert read_exactly(ser, len(payload)) == payload
             assert ser._write_chunk == 4096 and ser._read_size == 4096
+
+
+# -- writes to a device that sends at its line rate ------------------------------------------------------
+#: The paced echoes of the ``bridges`` server, by stock name.
+BRIDGES = {"acm": "1-1", "cp210x": "1-2", "ch34x": "1-3", "ftdi": "1-4"}
+
+
+@pytest.fixture
+def bridges():
+    with SimServer(stock_devices(list(BRIDGES))) as srv:
+        yield srv
+
+
+def noise(count, seed=0):
+    """Bytes with no period: a byte sent twice or skipped shifts everything after it."""
+    return random.Random(seed).randbytes(count)
+
+
+def in_thread(fn):
+    """Run ``fn`` in a thread; returns (thread, result dict with "value" or "error")."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            result["error"] = exc
+    thread = threading.Thread(target=run, name="test-writer")
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name, baud", [("cp210x", 9600), ("cp210x", 115200), ("acm", 9600), ("acm", 460800),
+                                        ("ch34x", 115200), ("ftdi", 921600)])
+def test_write_timeout_reports_exactly_what_the_device_took(bridges, name, baud):
+    """A write the line cannot carry in time raises SerialTimeoutException at about its
+    write_timeout, its ``written`` what the device took; writing the rest then sends every byte
+    once, in order (one-packet URBs at 9600 baud, several packets at the higher rates)."""
+    dev = bridges.device(BRIDGES[name])
+    with serial.serial_for_url(url(bridges, BRIDGES[name], f"?baudrate={baud}"), timeout=2,
+                               write_timeout=0.3) as ser:
+        data = noise(dev.TX_FIFO + int(dev.line_rate() * 0.9), baud)  # 0.9 s of line time beyond the buffer
+        before = dev.received
+        t0 = time.monotonic()
+        with pytest.raises(serial.SerialTimeoutException) as info:
+            ser.write(data)
+        took = time.monotonic() - t0
+        written = info.value.written
+        assert dev.received - before == written and 0 < written < len(data)
+        assert 0.3 <= took < 0.6  # the URB the device was part-way through finished (<= 50 ms of line)
+        ser.write_timeout = None
+        assert ser.write(data[written:]) == len(data) - written
+        assert read_exactly(ser, len(data)) == data
+        assert dev.received - before == len(data)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name, baud", [("acm", 460800), ("cp210x", 230400), ("ftdi", 115200)])
+def test_writes_resumed_after_timeouts_send_every_byte_once_in_order(bridges, name, baud):
+    dev = bridges.device(BRIDGES[name])
+    with serial.serial_for_url(url(bridges, BRIDGES[name], f"?baudrate={baud}"), timeout=2,
+                               write_timeout=0.07) as ser:
+        data = noise(int(dev.line_rate() * 0.6), 7)
+        sent = timeouts = 0
+        while sent < len(data):
+            try:
+                sent += ser.write(data[sent:])
+            except serial.SerialTimeoutException as exc:
+                sent += exc.written
+                timeouts += 1
+        assert timeouts >= 3
+        assert read_exactly(ser, len(data)) == data
+        ser.timeout = 0.1
+        assert ser.read(1) == b""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["cancel_write", "reset_output_buffer"])
+def test_cancel_write_and_reset_output_buffer_unblock_a_write(bridges, how):
+    """A write with no write_timeout, 10 s of line time at 9600 baud: cancel_write (or
+    reset_output_buffer) from another thread makes it return at once what the device took."""
+    cp = bridges.device(BRIDGES["cp210x"])
+    with serial.serial_for_url(url(bridges, BRIDGES["cp210x"], "?baudrate=9600"), timeout=2) as ser:
+        data = noise(9600, 3)
+        before = cp.received
+        thread, result = in_thread(lambda: ser.write(data))
+        try:
+            wait_for(lambda: cp.received - before >= cp.TX_FIFO and ser.out_waiting > 0)  # blocked
+            t0 = time.monotonic()
+            getattr(ser, how)()
+            thread.join(5)
+            assert not thread.is_alive() and time.monotonic() - t0 < 0.5
+        finally:
+            ser.cancel_write()
+            thread.join(5)
+        assert "error" not in result, result
+        went = result["value"]
+        assert went == cp.received - before and cp.TX_FIFO <= went < len(data)
+        assert ser.out_waiting == 0
+        ser.baudrate = 921600  # what the device holds goes out at once
+        assert read_exactly(ser, went) == data[:went]
+        ser.timeout = 0.1
+        assert ser.read(1) == b""  # nothing beyond what the write said
+
+
+@pytest.mark.timeout(60)
+def test_flush_waits_for_the_write_in_flight(bridges):
+    cp = bridges.device(BRIDGES["cp210x"])
+    with serial.serial_for_url(url(bridges, BRIDGES["cp210x"], "?baudrate=19200"), timeout=2) as ser:
+        data = noise(cp.TX_FIFO + 1000, 4)  # about 0.5 s of line time beyond the device's buffer
+        before = cp.received
+        thread, result = in_thread(lambda: ser.write(data))
+        try:
+            wait_for(lambda: ser.out_waiting > 0)
+            ser.flush()
+            assert cp.received - before == len(data)  # everything went before flush returned
+            assert ser.out_waiting == 0
+        finally:
+            ser.cancel_write()
+            thread.join(5)
+        assert result == {"value": len(data)}
+        ser.flush()  # nothing in flight: at once
+        assert read_exactly(ser, len(data)) == data
+
+
+@pytest.mark.timeout(60)
+def test_a_write_with_write_timeout_0_returns_what_the_device_took_at_once(bridges):
+    cp = bridges.device(BRIDGES["cp210x"])
+    with serial.serial_for_url(url(bridges, BRIDGES["cp210x"], "?baudrate=9600"), timeout=2,
+                               write_timeout=0) as ser:
+        data = noise(5000, 5)
+        before = cp.received
+        went = ser.write(data)  # no exception: pyserial's POSIX port returns the count too
+        assert went == cp.received - before and 0 <= went <= cp.TX_FIFO
+        assert read_exactly(ser, went) == data[:went]
+
+
+@pytest.mark.timeout(60)
+def test_a_paced_device_sends_at_its_line_rate(bridges):
+    """The echo of what goes beyond the device's buffer takes its line time (19200 8E2: 12 bits a
+    character, 1600 bytes/s), never less."""
+    cp = bridges.device(BRIDGES["cp210x"])
+    with serial.serial_for_url(url(bridges, BRIDGES["cp210x"], "?baudrate=19200"), timeout=2,
+                               parity=serial.PARITY_EVEN, stopbits=serial.STOPBITS_TWO) as ser:
+        assert cp.line_rate() == 19200 / 12
+        data = noise(cp.TX_FIFO + 800, 6)
+        t0 = time.monotonic()
+        assert ser.write(data) == len(data)
+        assert time.monotonic() - t0 >= 800 / 1600 - 0.02  # the write waited for the line
+        assert read_exactly(ser, len(data)) == data
+        assert time.monotonic() - t0 >= len(data) / 1600 - 0.02
+
+
+@pytest.mark.timeout(60)
+def test_a_bulk_out_urb_waits_for_room_and_an_unlink_cancels_it(bridges):
+    """The sim holds an OUT URB the device has no room for (no RET_SUBMIT) and answers its
+    CMD_UNLINK as the kernel stub does: RET_UNLINK -ECONNRESET, the data never taken."""
+    from usbip_backend import protocol as P
+    from usbip_backend.errors import UrbCancelledError
+
+    cp = bridges.device(BRIDGES["cp210x"])
+    with serial.serial_for_url(url(bridges, BRIDGES["cp210x"], "?baudrate=300"), timeout=2) as ser:
+        conn, ep = ser._dev.conn, ser._driver.ep_out
+        before = cp.received
+        full = conn.submit(P.TransferType.BULK, ep, data=bytes(cp.TX_FIFO)).wait(5)
+        assert full.actual_length == cp.TX_FIFO  # taken at once: it fits the buffer
+        waiting = conn.submit(P.TransferType.BULK, ep, data=b"x" * 64)
+        assert ser.cts  # a control round trip after it: had the URB completed, its reply came first
+        assert not waiting.done()  # at 300 baud the buffer has room for a packet after 2.1 s
+        waiting.cancel()
+        with pytest.raises(UrbCancelledError) as info:
+            waiting.wait(5)
+        assert info.value.status == -104
+        assert cp.received - before == cp.TX_FIFO
+        ser.baudrate = 921600
+        assert read_exactly(ser, cp.TX_FIFO) == bytes(cp.TX_FIFO)

@@ -2,9 +2,14 @@
 virtual server's CDC-ACM echo, its CP2102, CH340 and FT232R (whose modem inputs follow DTR/RTS as a loopback
 cable wires them).
 
-Expected to fail, and only these: the tests that need wiring an echo cannot have (RTS looped to
-CTS, DTR to DSR, XON/XOFF flow control in test_WriteTimeout) and test_cancel's cancel_write
-(it needs a device that drains at 300 baud; the virtual echo takes everything at once).
+The virtual devices send at their line rate (see ``usbip_backend.sim.devices._SerialEcho``), so
+test_WriteTimeout (a 2800-byte write at 9600 baud with a 1 s write_timeout; XON/XOFF is not
+emulated, the line rate alone backs the write up) and test_cancel's cancel_write (1 KiB at 300
+baud, cancelled after 1 s) have something pending to time out or cancel, as on a real bridge.
+
+Expected to fail, and only these, on the CDC-ACM echo: Test0_DataWires' RTS-to-CTS and DTR-to-DSR
+loops (CDC's SERIAL_STATE has no CTS, which reads as asserted, and the echo reports DSR when DTR
+rises but not when it falls); the bridges' modem inputs follow DTR/RTS as a loopback cable's do.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ import pytest
 
 from conftest import ROOT
 
+#: busid -> the failures allowed there (see the module docstring); none on the bridges.
 ALLOWED_FAILURES = {
-    "test1_RTS (test.Test0_DataWires.test1_RTS)",
-    "test2_DTR (test.Test0_DataWires.test2_DTR)",
-    "test_WriteTimeout (test.Test_MoreTimeouts.test_WriteTimeout)",
-    "test_cancel_once (test_cancel.TestCancelWrite.test_cancel_once)",
+    "1-1": {"test1_RTS (test.Test0_DataWires.test1_RTS)", "test2_DTR (test.Test0_DataWires.test2_DTR)"},
 }
+#: Tests that must have run and passed on every device (they need the paced line).
+MUST_PASS = ("test_WriteTimeout (test.Test_MoreTimeouts.test_WriteTimeout)",
+             "test_cancel_once (test_cancel.TestCancelWrite.test_cancel_once)")
 
 
 @pytest.fixture(scope="module")
@@ -66,5 +72,8 @@ def test_pyserial_suite_through_usbip(pyserial_tests, serial_server, busid):
     ran = re.search(r"^Ran (\d+) tests", out, re.M)
     assert ran and int(ran.group(1)) >= 55, out[-3000:]
     failed = set(re.findall(r"^(?:FAIL|ERROR): (.+)$", out, re.M))
-    assert failed <= ALLOWED_FAILURES, f"unexpected failures: {sorted(failed - ALLOWED_FAILURES)}\n{out[-4000:]}"
+    allowed = ALLOWED_FAILURES.get(busid, set())
+    assert failed <= allowed, f"unexpected failures: {sorted(failed - allowed)}\n{out[-4000:]}"
+    for name in MUST_PASS:
+        assert re.search(rf"^{re.escape(name)}\n.*\.\.\. ok$", out, re.M), f"{name} did not pass\n{out[-4000:]}"
     assert "is busy" not in out

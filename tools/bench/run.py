@@ -584,12 +584,13 @@ class Bench:
 
     # -- 3d. the pyserial handler -----------------------------------------------------------------------
     def serial(self) -> None:
-        """usbip:// through pyserial on the virtual CDC-ACM echo (1-2) against the engine on the
+        """usbip:// through pyserial on the virtual CDC-ACM echo (1-2, unpaced: it takes every
+        write at once, as a USB-native CDC-ACM does, instead of at its line rate) against the engine on the
         loopback device (1-1) of a server of their own."""
         n = 40 if self.smoke else 1000
         total = 512 * KiB if self.smoke else 16 * MiB
         log(f"serial: 1-byte echo x {n}, {total // MiB or total / MiB} MiB echo, {self.runs} runs")
-        main_sim, self.sim = self.sim, Sim(1, devices="loopback,acm")
+        main_sim, self.sim = self.sim, Sim(1, devices="loopback,acm-unpaced")  # not held to the 9600 baud it opens at
         try:
             self.interleaved(["serial", "engine"], [
                 ("ser_echo", "echo1", {"n": n}), ("ser_ctrl", "ctrl", {"n": n}),

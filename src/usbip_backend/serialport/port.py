@@ -16,10 +16,17 @@ The SerialBase contract, as pyserial 3.5 and esptool rely on it:
   ``timeout`` (None waits for n bytes, 0 returns what is there, else at most that long). The
   input buffer is bounded (``MAX_BUFFER``): beyond it the window stops asking the device, which
   then holds its data, until ``read`` makes room.
-* Writing: ``write`` returns once the device has taken everything (so ``flush`` has nothing to
-  wait for); ``write_timeout`` bounds it, and a write cut short raises
-  ``SerialTimeoutException`` whose ``written`` says how much went; a write of a whole number of
-  max-size packets ends with a zero-length packet.
+* Writing: ``write`` returns once the device has taken everything; a device draining at its
+  baud rate holds a bulk OUT URB until its buffer has room, so a big write takes its line time.
+  ``write_timeout`` bounds it: a write cut short raises ``SerialTimeoutException`` whose
+  ``written`` is what the device took, so writing the rest next sends every byte once, in order
+  (``write_timeout=0`` returns that count instead, as pyserial's POSIX port does). To keep that
+  count exact, URBs carry at most ``URB_LINE_TIME`` of line time until the device has shown it
+  takes data faster than its baud rate (then ``WRITE_CHUNK``), and a write cut short lets the
+  URB in progress finish. ``cancel_write`` from another thread makes a blocked ``write`` return
+  that count; ``reset_output_buffer`` drops what is in flight at once; ``flush`` waits for the
+  writes in flight; ``out_waiting`` counts their bytes. A write of a whole number of max-size
+  packets ends with a zero-length packet.
 * ``fileno()`` raises ``OSError(ENOTTY)``: there is no file descriptor (esptool then falls back
   from its ioctl-based reset). A closed port can be opened again; if its device dropped off the
   bus meanwhile (a board resetting), ``open`` waits for it to be exported again.
@@ -56,6 +63,21 @@ WRITE_CHUNK = 16384
 READ_CHUNK = 16384
 #: How long closing waits for each cancelled URB.
 CANCEL_WAIT = 1.0
+#: Most line time (seconds at the line rate: the baud rate over the bits of a character) one OUT
+#: URB carries while the device may be draining at that rate. The stub answers the unlink of a
+#: pending URB with RET_UNLINK alone, never saying how much of it the device took, so a write cut
+#: short lets the URBs the device may have begun finish (see ``Serial._keep``: at most about
+#: twice this long) and unlinks only the others.
+URB_LINE_TIME = 0.025
+#: Bytes the device may have taken beyond what its line could have sent (a leaky bucket drained
+#: at the line rate) before it counts as not paced by its baud rate, as a USB-native CDC-ACM (the
+#: ESP32's USB-Serial-JTAG) is not: its URBs are then WRITE_CHUNK big. No UART bridge buffers that
+#: much.
+UNPACED_BACKLOG = 64 * 1024
+#: What a write cut short gives the URB in progress beyond its line time (the reply's way back).
+FINISH_MARGIN = 0.02
+#: How long a waiting write reads replies at a time before it looks at cancel_write again.
+WAIT_SLICE = 0.02
 #: (host, port, busid) -> when this process last gave that import back (see REIMPORT_WINDOW):
 #: a port closed and opened again (esptool, pyserial's tests) finds the server still freeing it.
 _released: Dict[Tuple[str, int, str], float] = {}
@@ -65,7 +87,7 @@ class _Missing(Exception):
     """The device is not (or no longer) on the server."""
 
 
-def _weak(port: "Serial", method: str, buf: bytearray) -> Any:
+def _weak(port: "Serial", method: str, *args: Any) -> Any:
     """A done callback that does not keep the port alive: a port nobody holds any more is
     collected, and io's finaliser closes it (giving the import back), as a tty's fd is closed."""
     ref = weakref.ref(port)
@@ -73,8 +95,14 @@ def _weak(port: "Serial", method: str, buf: bytearray) -> Any:
     def done(urb: Urb) -> None:
         target = ref()
         if target is not None:
-            getattr(target, method)(urb, buf)
+            getattr(target, method)(urb, *args)
     return done
+
+
+def _char_rate(coding: LineCoding) -> float:
+    """Characters per second a UART sends with this coding (start, data, parity, stop bits)."""
+    parity = 0 if coding.parity == serial.PARITY_NONE else 1
+    return coding.baudrate / (1 + coding.bytesize + parity + coding.stopbits)
 
 
 class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type information: SerialBase is Any
@@ -102,12 +130,18 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
         self._closing = False
         self._cancel_read = False
         self._cancel_write = False
-        self._writes: List[Urb] = []
+        self._drop_write = False  # reset_output_buffer() during a write
+        self._writing = 0  # write() calls under way
+        self._writes: List[Urb] = []  # OUT URBs in flight
+        self._line_rate = 0.0  # characters per second of the line coding set
+        self._backlog = 0.0  # bytes taken beyond what the line could have sent (see UNPACED_BACKLOG)
+        self._backlog_at = 0.0
+        self._unpaced = False  # the device took more than its line rate explains
         self._line: Optional[LineCoding] = None
         self._want = 1  # bytes the waiting read() needs before it is worth waking
         self._write_chunk = WRITE_CHUNK  # halved while the server answers -EMSGSIZE
         self._read_size = READ_CHUNK
-        self._write_proven = False  # the server took a URB of _write_chunk bytes
+        self._write_proven = 0  # the largest OUT URB the server took
         self._last: Optional[Tuple[str, int, str, int]] = None  # (host, port, busid, VID) last opened
         self.logger: Optional[logging.Logger] = None
         super().__init__(*args, **kwargs)
@@ -132,7 +166,7 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
         self._dev, self._driver, self._url = dev, driver, url
         self._rx.clear()
         self._failure = None
-        self._closing = self._cancel_read = self._cancel_write = False
+        self._closing = self._cancel_read = self._cancel_write = self._drop_write = False
         self._line = None
         self.is_open = True
         try:
@@ -342,6 +376,8 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
             return
         self._control(lambda d, t: d.set_line_coding(coding, t), "line coding")
         self._line = coding
+        self._line_rate = _char_rate(coding)
+        self._backlog, self._unpaced = 0.0, False
 
     def _control(self, fn: Any, what: str) -> None:
         driver, url = self._driver, self._url
@@ -435,7 +471,9 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
     # -- writing --------------------------------------------------------------------------------------
     @property
     def out_waiting(self) -> int:
-        return 0  # a write returns once the device has taken it
+        """Bytes of the writes in flight (another thread's write) the device has not taken."""
+        with self._cond:
+            return sum(urb.length for urb in self._writes if not urb.done())
 
     def write(self, data: Any) -> int:
         if not self.is_open:
@@ -445,87 +483,199 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
             return 0
         dev, driver = self._dev, self._driver
         assert dev is not None and driver is not None
-        self._cancel_write = False
-        timeout = Timeout(self._write_timeout)
-        view = memoryview(payload)
-        total = len(payload)
+        with self._cond:
+            self._cancel_write = self._drop_write = False
+            self._writing += 1
+        try:
+            return self._write(dev, driver, memoryview(payload))
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._writes = [u for u in self._writes if not u.done()]
+                self._cond.notify_all()
+
+    def _write(self, dev: Device, driver: Driver, view: memoryview) -> int:
+        total = len(view)
+        write_timeout = self._write_timeout
+        deadline = None if write_timeout is None else time.monotonic() + write_timeout
         zlp = total % driver.out_packet == 0  # a zero-length packet ends a write of whole packets
         written = 0
         offset = 0
-        flight: Deque[Tuple[Urb, int]] = deque()  # (urb, its size)
+        flight: Deque[Tuple[Urb, int]] = deque()  # (urb, its size), in the device's order
+        stop: Optional[str] = None  # why the write was cut short: "timeout", "cancel" or "drop"
+        keep = 0  # after a stop: the URBs at the head of the flight left to finish, not unlinked
+        finish_by = 0.0
         try:
-            while offset < total or flight or zlp:
-                # One URB at a time until the server has taken one of the chunk's size: a
-                # refused size (-EMSGSIZE) is then learnt before anything is queued behind it.
-                limit = OUT_WINDOW if self._write_proven else 1
-                while (offset < total or (zlp and not flight)) and len(flight) < limit:
-                    size = min(self._write_chunk, total - offset)
-                    urb = dev.conn.submit(_BULK, driver.ep_out, data=view[offset:offset + size])
-                    if offset >= total:
-                        zlp = False
-                    offset += size
-                    flight.append((urb, size))
-                    with self._cond:
-                        self._writes.append(urb)
+            while True:
+                if stop is None:
+                    size = self._urb_size(driver)
+                    # One URB at a time until the server has taken one of this size: a refused
+                    # size (-EMSGSIZE) is then learnt before anything is queued behind it.
+                    limit = OUT_WINDOW if size <= self._write_proven else 1
+                    while (offset < total or (zlp and not flight)) and len(flight) < limit:
+                        n = min(size, total - offset)
+                        urb = dev.conn.submit(_BULK, driver.ep_out, data=view[offset:offset + n],
+                                              callback=_weak(self, "_write_done"))
+                        if offset >= total:
+                            zlp = False
+                        offset += n
+                        flight.append((urb, n))
+                        with self._cond:
+                            self._writes.append(urb)
+                            if urb.done():  # its callback ran before it was listed
+                                self._writes.remove(urb)
                 if not flight:
                     break
-                head, size = flight[0]
-                left = None if timeout.is_infinite else timeout.time_left()
-                if (left is not None and left <= 0) or self._cancel_write:
-                    break
-                try:
-                    head.wait(left)  # at the deadline the engine unlinks it; what went is counted
-                except (UsbipTimeoutError, UrbCancelledError):
-                    flight.popleft()
-                    written += head.actual_length
-                    break
-                except UrbError as exc:
-                    if exc.status == EMSGSIZE and not head.actual_length and len(flight) == 1 \
-                            and self._write_chunk > driver.out_packet:
-                        flight.popleft()
-                        offset -= size  # send it again in smaller pieces
-                        self._write_chunk = whole_packets(self._write_chunk // 2, driver.out_packet)
+                head, n = flight[0]
+                if stop is None:
+                    if not self._await(dev, head, deadline, True):
+                        stop = self._stop_reason()
+                        keep = 0 if stop == "drop" else min(self._keep(n, driver), len(flight))
+                        self._unlink(flight, keep)
+                        finish_by = time.monotonic() + self._finish_time([m for _, m in flight][:keep], driver)
                         continue
-                    raise
+                elif keep and not self._await(dev, head, finish_by, False):
+                    head.cancel()  # the device takes nothing more (flow control, a stall)
+                if not head.done():
+                    try:
+                        head.wait(CANCEL_WAIT)  # the unlink's verdict (its grace bounds the wait)
+                    except UsbipError:
+                        pass
                 flight.popleft()
-                written += head.actual_length
-                if size == self._write_chunk:
-                    self._write_proven = True
+                keep = max(keep - 1, 0)
+                if head.status == 0:
+                    written += head.actual_length
+                    self._write_proven = max(self._write_proven, n)
+                    self._took(head.actual_length)
+                    continue
+                error = head.exception()
+                if isinstance(error, (UrbCancelledError, UsbipTimeoutError)):
+                    # Unlinked unstarted (by us), or by close() / reset_output_buffer().
+                    if stop is None:
+                        stop = "drop"
+                        self._unlink(flight, 0)
+                    continue
+                if isinstance(error, UrbError) and error.status == EMSGSIZE and stop is None \
+                        and not head.actual_length and not flight and n > driver.out_packet:
+                    offset -= n  # send it again in smaller pieces
+                    self._write_chunk = whole_packets(n // 2, driver.out_packet)
+                    continue
+                assert error is not None
+                raise error
         except UsbipError as exc:
             raise SerialException(f"{self._where()}: write failed: {exc}") from exc
         finally:
-            for urb, _ in flight:
-                urb.cancel()
+            self._unlink(flight, 0)
             for urb, _ in flight:
                 try:
                     urb.wait(CANCEL_WAIT)
                 except UsbipError:
                     pass
-                if urb.status == 0:
-                    written += urb.actual_length
-            with self._cond:
-                self._writes = [u for u in self._writes if not u.done()]
-        if written < total:
-            timed_out = SerialTimeoutException(f"Write timeout: {written} of {total} bytes written")
-            timed_out.written = written
-            raise timed_out
+        if stop == "timeout" and written < total:
+            self._backlog, self._unpaced = 0.0, False  # it backs up: the line rate holds again
+            if write_timeout != 0:
+                timed_out = SerialTimeoutException(f"Write timeout: {written} of {total} bytes written")
+                timed_out.written = written
+                raise timed_out
         return written
 
-    def flush(self) -> None:
-        if not self.is_open:
-            raise PortNotOpenError()
+    def _urb_size(self, driver: Driver) -> int:
+        if self._unpaced or self._line_rate <= 0:
+            return self._write_chunk
+        return min(self._write_chunk, whole_packets(int(self._line_rate * URB_LINE_TIME), driver.out_packet))
 
-    def cancel_write(self) -> None:
-        self._cancel_write = True
-        with self._cond:
-            writes = list(self._writes)
-        for urb in writes:
+    @staticmethod
+    def _keep(size: int, driver: Driver) -> int:
+        """How many URBs a write cut short lets finish: the head, which the device may be
+        part-way through, and, for URBs of several packets, the one behind it too: the head may
+        have finished and the next begun before the unlinks reach the server (a round trip),
+        and an unlinked URB's progress is never told. One-packet URBs go whole or not at all."""
+        return 1 if size <= driver.out_packet else 2
+
+    def _finish_time(self, sizes: List[int], driver: Driver) -> float:
+        """How long the URBs left to finish may take: the line time of all but the packet the
+        device may be waiting to take (bounded: a device that stopped draining is given up)."""
+        rest = max(sum(sizes) - driver.out_packet, 0)
+        line_time = rest / self._line_rate if self._line_rate > 0 else 0.0
+        return FINISH_MARGIN + min(line_time, 4 * URB_LINE_TIME)
+
+    def _took(self, count: int) -> None:
+        """The device took ``count`` bytes: more than its line could have sent means unpaced."""
+        if self._unpaced or self._line_rate <= 0:
+            return
+        now = time.monotonic()
+        self._backlog = max(0.0, self._backlog - (now - self._backlog_at) * self._line_rate) + count
+        self._backlog_at = now
+        if self._backlog > UNPACED_BACKLOG:
+            self._unpaced = True
+
+    def _stop_reason(self) -> str:
+        if self._drop_write or self._closing:
+            return "drop"
+        return "cancel" if self._cancel_write else "timeout"
+
+    @staticmethod
+    def _unlink(flight: Deque[Tuple[Urb, int]], keep: int) -> None:
+        """Unlink the URBs of the flight but the first ``keep``, the last first: the server takes
+        the unlinks in order, so what the device took stays a prefix of the write."""
+        urbs = [urb for urb, _ in flight]
+        for urb in reversed(urbs[keep:]):
             urb.cancel()
 
-    def reset_output_buffer(self) -> None:
+    def _await(self, dev: Device, urb: Urb, until: Optional[float], cancellable: bool) -> bool:
+        """Wait for ``urb`` without unlinking it: True once it is done, False at ``until`` or
+        (``cancellable``) when cancel_write / reset_output_buffer / close asks. Reads the replies
+        itself when nobody else does (one thread wake-up less per URB)."""
+        while not urb.done():
+            if cancellable and (self._cancel_write or self._drop_write or self._closing):
+                return False
+            step = WAIT_SLICE
+            if until is not None:
+                step = min(step, until - time.monotonic())
+                if step <= 0:
+                    return False
+            began = time.monotonic()
+            if dev.conn.pump(step) or time.monotonic() - began >= step / 2:
+                continue
+            with self._cond:  # someone else reads the socket: _write_done wakes us
+                if not urb.done() and not (cancellable and self._cancel_write):
+                    self._cond.wait(step)
+        return True
+
+    def _write_done(self, urb: Urb) -> None:
+        """An OUT URB ended (on the thread that read its reply)."""
+        with self._cond:
+            try:
+                self._writes.remove(urb)
+            except ValueError:
+                pass
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Wait until the writes in flight (another thread's write) are done."""
         if not self.is_open:
             raise PortNotOpenError()
-        self.cancel_write()
+        with self._cond:
+            while (self._writing or self._writes) and self.is_open and not self._closing:
+                self._cond.wait()
+
+    def cancel_write(self) -> None:
+        """Make a blocked write return, with what the device took (from another thread)."""
+        with self._cond:
+            self._cancel_write = True
+            self._cond.notify_all()
+
+    def reset_output_buffer(self) -> None:
+        """Drop what is in flight: a write under way returns what the device took."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        with self._cond:
+            if self._writing:
+                self._drop_write = True
+            writes = list(self._writes)
+            self._cond.notify_all()
+        for urb in reversed(writes):
+            urb.cancel()
 
     # aliases pyserial 2 had (SerialBase provides inWaiting, setDTR, flushInput...)
 

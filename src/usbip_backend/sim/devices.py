@@ -8,6 +8,8 @@ from __future__ import annotations
 import collections
 import importlib
 import struct
+import threading
+import time
 from typing import Deque, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 from ..ch9 import gadget_pattern
@@ -125,22 +127,121 @@ class LoopbackDevice(Device):
 
 
 class _SerialEcho(Device):
-    """A USB serial device whose other side echoes: what the host writes on its bulk OUT comes
-    back on bulk IN :attr:`UART_IN`, up to :attr:`MAX_BUFFER` bytes held (beyond, OUT stalls)."""
+    """A USB serial device whose other side echoes: what the host writes on bulk OUT
+    :attr:`UART_OUT` goes out on the UART, whose TX is wired to its RX, and comes back on bulk IN
+    :attr:`UART_IN`, up to :attr:`MAX_BUFFER` bytes held for the host.
+
+    Paced (:attr:`paced`, the default), the UART sends at the line rate the host set (the baud
+    rate over the bits of a character: start, data, parity and stop bits; 960 bytes/s at 9600
+    8N1) from a transmit buffer of :attr:`TX_FIFO` bytes. The device takes the host's OUT packets
+    (of the endpoint's max packet size) while they fit in that buffer and NAKs the rest, so a
+    bulk OUT URB stays pending until the UART has made room for its last packet, and a write
+    bigger than the buffer takes its line time, as on a real bridge; each packet comes back on IN
+    once the line has sent its last byte. Unpaced, everything written is taken at once (beyond
+    MAX_BUFFER held bytes, OUT stalls), for echo-throughput tests. Paced, the echo stops while
+    MAX_BUFFER bytes wait for the host (the line is held, nothing is lost).
+    """
 
     UART_IN = 0x81
+    UART_OUT = 0x01
     MAX_BUFFER = 1024 * 1024
+    #: Bytes of host data the device holds for its UART (its transmit buffer).
+    TX_FIFO = 512
+    #: Send at the line rate (False: take every OUT at once). Set per device before its import.
+    paced = True
+    #: Longest the UART goes without looking at its line settings (the host may change the rate).
+    TICK = 0.05
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
         self.buffer = bytearray()
+        #: bytes the device took from the host (bulk OUT), in total
+        self.received = 0
+        self._fifo = bytearray()  # taken from the host, not sent on the line yet
+        self._packets: Deque[int] = collections.deque()  # the sizes of the packets in _fifo
+        self._line_t = 0.0  # when the line started sending the packet at the FIFO's head
+        self._out_waiting = False  # an OUT URB waits for room in the FIFO
+        self._pacer: Optional[threading.Thread] = None
+        self._pacer_wake = threading.Condition(self.lock)
 
-    def _echo_out(self, data: bytearray) -> Optional[bool]:
-        if len(self.buffer) + len(data) > self.MAX_BUFFER:
-            return False
-        self.buffer += data
-        self.notify(self.UART_IN)
-        return None
+    # -- the line -------------------------------------------------------------------------------
+    def line_settings(self) -> Tuple[int, int, int, float]:
+        """(baud rate, data bits, parity bits (0 or 1), stop bits) as the host set them."""
+        return 9600, 8, 0, 1.0
+
+    def line_rate(self) -> float:
+        """Characters (bytes) per second the UART sends; 0 when the baud rate is unusable."""
+        baud, data, parity, stop = self.line_settings()
+        if baud <= 0:
+            return 0.0
+        return baud / (1 + (data or 8) + parity + stop)
+
+    @property
+    def tx_pending(self) -> int:
+        """Bytes taken from the host that the UART has not sent yet."""
+        with self.lock:
+            self._advance(time.monotonic())
+            return len(self._fifo)
+
+    def _out_packet(self) -> int:
+        for itf in self.interfaces:
+            for ep in itf.endpoints:
+                if ep.address == self.UART_OUT:
+                    return self._max_packet(ep)
+        return 64
+
+    def _advance(self, now: float) -> None:
+        """Hand the packets the line has sent since it was last looked at to the host's side."""
+        packets = self._packets
+        rate = self.line_rate()
+        moved = 0
+        while packets:
+            size = packets[0]
+            if rate > 0 and self._line_t + size / rate > now:
+                break
+            if len(self.buffer) + size > self.MAX_BUFFER:
+                self._line_t = now  # the host's side is full: the line is held
+                break
+            packets.popleft()
+            self.buffer += memoryview(self._fifo)[:size]
+            del self._fifo[:size]
+            self._line_t = self._line_t + size / rate if rate > 0 else now
+            moved += size
+        if not packets:
+            self._line_t = now  # an idle line banks no time
+        if moved:
+            self.notify(self.UART_IN)
+
+    def _reset_line(self) -> None:
+        self._fifo.clear()
+        self._packets.clear()
+        self._out_waiting = False
+        self._pacer_wake.notify_all()
+
+    # -- the USB side ---------------------------------------------------------------------------
+    def _echo_out(self, data: bytearray) -> Optional[Union[bool, int]]:
+        if not self.paced:
+            if len(self.buffer) + len(data) > self.MAX_BUFFER:
+                return False
+            self.buffer += data
+            self.received += len(data)
+            self.notify(self.UART_IN)
+            return None
+        self._advance(time.monotonic())
+        packet = self._out_packet()
+        took = 0
+        while took < len(data):
+            size = min(packet, len(data) - took)
+            if self._fifo and len(self._fifo) + size > self.TX_FIFO:
+                break
+            self._fifo += memoryview(data)[took:took + size]
+            self._packets.append(size)
+            took += size
+        self.received += took
+        self._out_waiting = took < len(data)
+        if self._packets:
+            self._start_pacer()
+        return None if took == len(data) else took
 
     def _echo_in(self, length: int) -> Optional[bytes]:
         if not self.buffer:
@@ -149,6 +250,34 @@ class _SerialEcho(Device):
         del self.buffer[:length]
         return out
 
+    def _start_pacer(self) -> None:
+        if self._pacer is None and self._conn is not None:
+            self._pacer = threading.Thread(target=self._pace, name=f"usbip-sim-uart-{self.busid}", daemon=True)
+            self._pacer.start()
+        else:
+            self._pacer_wake.notify_all()
+
+    def _pace(self) -> None:
+        """The UART (a thread while it has something to send): hands each packet to the host's
+        side when the line has sent it, and offers a waiting OUT URB the room that made."""
+        with self.lock:
+            try:
+                while self._conn is not None and self.paced and self._packets:
+                    now = time.monotonic()
+                    self._advance(now)
+                    if self._out_waiting and len(self._fifo) + self._out_packet() <= self.TX_FIFO:
+                        # The server offers the rest; the handler says again if it still waits.
+                        self._out_waiting = False
+                        self.notify(self.UART_OUT)
+                        continue
+                    rate = self.line_rate()
+                    wait = self.TICK
+                    if self._packets and rate > 0:
+                        wait = min(wait, max(self._line_t + self._packets[0] / rate - now, 0.0002))
+                    self._pacer_wake.wait(wait)
+            finally:
+                self._pacer = None
+
 
 class CdcAcmDevice(_SerialEcho):
     """CDC-ACM serial port that echoes: bulk OUT 0x01 comes back on bulk IN 0x81.
@@ -156,7 +285,8 @@ class CdcAcmDevice(_SerialEcho):
     Comm interface 0 (IAD, header/call management/ACM/union functional descriptors, interrupt IN
     0x83 for SERIAL_STATE notifications), data interface 1 (bulk 0x01 / 0x81). SET_LINE_CODING,
     GET_LINE_CODING, SET_CONTROL_LINE_STATE and SEND_BREAK are supported. Python code can push
-    bytes to the host with :meth:`feed`.
+    bytes to the host with :meth:`feed`. Paced by its line coding, with a 512-byte receive
+    buffer (TinyUSB's CDC default at high speed: one packet).
     """
 
     pid = 0x0002
@@ -169,6 +299,7 @@ class CdcAcmDevice(_SerialEcho):
         Interface(1, cls=0x0A, name="CDC ACM data", endpoints=[Bulk(0x01), Bulk(0x81)]),
     ]
     SET_LINE_CODING, GET_LINE_CODING, SET_CONTROL_LINE_STATE, SEND_BREAK = 0x20, 0x21, 0x22, 0x23
+    TX_FIFO = 512
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -183,8 +314,13 @@ class CdcAcmDevice(_SerialEcho):
 
     def on_reset(self) -> None:
         self.buffer.clear()
+        self._reset_line()
         self.notifications.clear()
         self.control_line_state = 0
+
+    def line_settings(self) -> Tuple[int, int, int, float]:
+        baud, char_format, parity, data = struct.unpack("<IBBB", self.line_coding)
+        return baud, data, 1 if parity else 0, {1: 1.5, 2: 2.0}.get(char_format, 1.0)
 
     def feed(self, data: bytes) -> None:
         """Bytes the 'serial port' sends to the host (as if typed on the other side)."""
@@ -192,7 +328,7 @@ class CdcAcmDevice(_SerialEcho):
             self.buffer += data
             self.notify(0x81)
 
-    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+    def bulk_out_1(self, data: bytearray) -> Optional[Union[bool, int]]:
         return self._echo_out(data)
 
     def bulk_in_1(self, length: int) -> Optional[bytes]:
@@ -239,7 +375,8 @@ class Cp210xDevice(_SerialEcho):
     SET_MHS (DTR/RTS with their mask bits), GET_MDMSTS (1 byte: DTR 0x01, RTS 0x02, CTS 0x10,
     DSR 0x20, RI 0x40, DCD 0x80; here CTS, DSR and DCD follow the host's lines as a loopback
     cable would wire them), PURGE, SET_FLOW. Bulk OUT 0x01 echoes on bulk IN 0x81 (64-byte
-    packets, full speed) while the interface is enabled.
+    packets, full speed) while the interface is enabled, paced by SET_BAUDRATE / SET_LINE_CTL
+    from the CP2102's 640-byte transmit buffer.
     """
 
     vid, pid = 0x10C4, 0xEA60
@@ -250,6 +387,7 @@ class Cp210xDevice(_SerialEcho):
                             endpoints=[Bulk(0x81, 64), Bulk(0x01, 64)])]
     IFC_ENABLE, SET_LINE_CTL, GET_LINE_CTL, SET_BREAK = 0x00, 0x03, 0x04, 0x05
     SET_MHS, GET_MDMSTS, PURGE, SET_FLOW, GET_BAUDRATE, SET_BAUDRATE = 0x07, 0x08, 0x12, 0x13, 0x1D, 0x1E
+    TX_FIFO = 640
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -265,9 +403,14 @@ class Cp210xDevice(_SerialEcho):
     def on_reset(self) -> None:
         self.enabled = False
         self.buffer.clear()
+        self._reset_line()
         self.dtr = self.rts = False
 
-    def bulk_out_1(self, data: bytearray) -> Optional[bool]:
+    def line_settings(self) -> Tuple[int, int, int, float]:
+        ctl = self.line_ctl
+        return self.baudrate, ctl >> 8, 1 if ctl >> 4 & 0xF else 0, {1: 1.5, 2: 2.0}.get(ctl & 0xF, 1.0)
+
+    def bulk_out_1(self, data: bytearray) -> Optional[Union[bool, int]]:
         return self._echo_out(data) if self.enabled else False
 
     def bulk_in_1(self, length: int) -> Optional[bytes]:
@@ -296,6 +439,7 @@ class Cp210xDevice(_SerialEcho):
             self.breaks.append(value)
         elif req == self.PURGE:
             self.buffer.clear()
+            self._reset_line()
         elif req != self.SET_FLOW:
             return False
         return None
@@ -320,6 +464,8 @@ class Ch34xDevice(_SerialEcho):
     DCD following RTS/DTR as a loopback cable wires them), MODEM_CTRL (0xA4, lines inverted).
     :attr:`baudrate` is decoded from the prescaler/divisor registers. Bulk OUT 0x02 echoes on
     bulk IN 0x82 (32-byte packets, full speed); interrupt IN 0x81 is declared and stays quiet.
+    Paced by the divisor and LCR registers, from a 128-byte transmit buffer (WCH does not
+    document its size; the FT232R's).
     """
 
     vid, pid = 0x1A86, 0x7523
@@ -330,7 +476,8 @@ class Ch34xDevice(_SerialEcho):
                             endpoints=[Bulk(0x82, 32), Bulk(0x02, 32), Interrupt(0x81, 8)])]
     READ_VERSION, WRITE_REG, READ_REG, SERIAL_INIT, MODEM_CTRL = 0x5F, 0x9A, 0x95, 0xA1, 0xA4
     VERSION = 0x31
-    UART_IN = 0x82
+    UART_IN, UART_OUT = 0x82, 0x02
+    TX_FIFO = 128
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -342,7 +489,12 @@ class Ch34xDevice(_SerialEcho):
 
     def on_reset(self) -> None:
         self.buffer.clear()
+        self._reset_line()
         self.dtr = self.rts = False
+
+    def line_settings(self) -> Tuple[int, int, int, float]:
+        lcr = self.lcr
+        return self.baudrate or 9600, 5 + (lcr & 3), 1 if lcr & 0x08 else 0, 2.0 if lcr & 0x04 else 1.0
 
     @property
     def baudrate(self) -> Optional[int]:
@@ -357,7 +509,7 @@ class Ch34xDevice(_SerialEcho):
     def lcr(self) -> int:
         return self.regs.get(0x18, 0)
 
-    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+    def bulk_out_2(self, data: bytearray) -> Optional[Union[bool, int]]:
         return self._echo_out(data)
 
     def bulk_in_2(self, length: int) -> Optional[bytes]:
@@ -403,6 +555,7 @@ class FtdiDevice(_SerialEcho):
     :attr:`baudrate`), SET_DATA (4), GET_MODEM_STATUS (5: CTS/DSR/DCD follow RTS/DTR as a
     loopback cable wires them), SET_LATENCY_TIMER (9). Bulk OUT 0x02 echoes on bulk IN 0x81;
     every IN packet (64 bytes, full speed) starts with the two status bytes, as the chip sends.
+    Paced by SET_BAUD_RATE / SET_DATA, from the FT232R's 128-byte transmit buffer.
     """
 
     vid, pid = 0x0403, 0x6001
@@ -414,6 +567,8 @@ class FtdiDevice(_SerialEcho):
     RESET, MODEM_CTRL, SET_FLOW_CTRL, SET_BAUD_RATE, SET_DATA, GET_MODEM_STATUS = 0, 1, 2, 3, 4, 5
     SET_LATENCY_TIMER = 9
     _FRACTIONS = {0: 0, 3: 1, 2: 2, 4: 3, 1: 4, 5: 5, 6: 6, 7: 7}  # the chip's code -> eighths
+    UART_OUT = 0x02
+    TX_FIFO = 128
 
     def __init__(self, busid: Optional[str] = None) -> None:
         super().__init__(busid)
@@ -426,7 +581,12 @@ class FtdiDevice(_SerialEcho):
 
     def on_reset(self) -> None:
         self.buffer.clear()
+        self._reset_line()
         self.dtr = self.rts = False
+
+    def line_settings(self) -> Tuple[int, int, int, float]:
+        data = self.data
+        return self.baudrate, data & 0xFF, 1 if data >> 8 & 7 else 0, {1: 1.5, 2: 2.0}.get(data >> 11 & 7, 1.0)
 
     @property
     def baudrate(self) -> int:
@@ -441,7 +601,7 @@ class FtdiDevice(_SerialEcho):
     def _modem(self) -> int:
         return 0x01 | (0x10 if self.rts else 0) | (0x20 | 0x80 if self.dtr else 0)
 
-    def bulk_out_2(self, data: bytearray) -> Optional[bool]:
+    def bulk_out_2(self, data: bytearray) -> Optional[Union[bool, int]]:
         return self._echo_out(data)
 
     def bulk_in_1(self, length: int) -> Optional[bytes]:
@@ -460,8 +620,10 @@ class FtdiDevice(_SerialEcho):
     def vendor_request_out(self, setup: Setup, data: bytes) -> Optional[bool]:
         req = setup.bRequest
         if req == self.RESET:
-            if setup.wValue in (0, 1):
+            if setup.wValue in (0, 1):  # RX: what the chip holds for the host
                 self.buffer.clear()
+            if setup.wValue in (0, 2):  # TX: what it has yet to send
+                self._reset_line()
         elif req == self.MODEM_CTRL:
             if setup.wValue & 0x0100:
                 self.dtr = bool(setup.wValue & 1)
@@ -777,24 +939,37 @@ STOCK: Dict[str, Union[Type[Device], str]] = {
 DEFAULT_DEVICES = ("loopback", "acm", "hid", "iso")
 
 
+#: Appended to a serial echo's stock name ("acm-unpaced"): the device takes every write at once
+#: instead of at its line rate (see :class:`_SerialEcho`), for echo-throughput benchmarks.
+UNPACED = "-unpaced"
+
+
 def stock_devices(names: Sequence[str] = DEFAULT_DEVICES, count: int = 1) -> List[Device]:
     """Fresh instances of the stock devices: copy ``c`` (0-based) on bus ``c + 1``, busids
-    ``"<bus>-<port>"`` with ports 1, 2, ... in the order of ``names``."""
+    ``"<bus>-<port>"`` with ports 1, 2, ... in the order of ``names``. A serial echo's name
+    followed by ``-unpaced`` (:data:`UNPACED`) gives it ``paced = False``."""
     devices: List[Device] = []
     for copy in range(count):
         for port, name in enumerate(names, start=1):
+            base = name[:-len(UNPACED)] if name.endswith(UNPACED) else name
             try:
-                entry = STOCK[name]
+                entry = STOCK[base]
             except KeyError:
-                raise ValueError(f"unknown stock device {name!r} (known: {', '.join(STOCK)})") from None
+                raise ValueError(f"unknown stock device {name!r} (known: {', '.join(STOCK)}; a serial "
+                                 f"echo's name{UNPACED} takes writes at once)") from None
             if isinstance(entry, str):  # defined in another module (which imports this one)
                 module, _, attr = entry.partition(":")
                 cls: Type[Device] = getattr(importlib.import_module(f"{__package__}.{module}"), attr)
             else:
                 cls = entry
-            devices.append(cls(busid=f"{copy + 1}-{port}"))
+            device = cls(busid=f"{copy + 1}-{port}")
+            if base != name:
+                if not isinstance(device, _SerialEcho):
+                    raise ValueError(f"{base!r} is not a serial echo: {name!r} means nothing")
+                device.paced = False
+            devices.append(device)
     return devices
 
 
 __all__ = ["DEFAULT_DEVICES", "LoopbackDevice", "CdcAcmDevice", "Cp210xDevice", "Ch34xDevice", "FtdiDevice", "Ft2232hDevice", "HidKeyboard", "IsoDevice", "stock_devices", "STOCK",
-           "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]
+           "UNPACED", "pattern", "KEYBOARD_REPORT_DESCRIPTOR"]

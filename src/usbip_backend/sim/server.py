@@ -2,7 +2,8 @@
 
 One accept thread; one thread per TCP connection. A connection carries one OP_* request (as with
 usbipd) and is then closed, except a successful OP_REQ_IMPORT, after which the same connection
-carries the URB stream (CMD_SUBMIT / CMD_UNLINK) and its thread is the reader. Pending IN URBs are
+carries the URB stream (CMD_SUBMIT / CMD_UNLINK) and its thread is the reader. Pending URBs (IN
+waiting for data, bulk/interrupt OUT waiting for the device to take its data: see ``_try_out``) are
 completed later from whatever thread calls ``Device.notify``; every reply goes out under the
 connection's send lock while the device lock is held, so a RET_UNLINK(0) can never overtake the
 RET_SUBMIT of the URB it names. How CMD_UNLINK is answered is switchable (``SimServer(unlink=...)``,
@@ -78,12 +79,14 @@ class _DropConnection(Exception):
 
 
 class _Urb:
-    """A URB held by the server because the device had no data yet."""
+    """A URB held by the server: an IN URB the device has no data for yet, or an OUT URB whose
+    data the device has not all taken yet (its buffer is full)."""
 
-    __slots__ = ("seqnum", "address", "kind", "length", "flags", "iso", "handler")
+    __slots__ = ("seqnum", "address", "kind", "length", "flags", "iso", "handler", "data", "taken")
 
     def __init__(self, seqnum: int, address: int, kind: int, length: int, flags: int,
-                 iso: Optional[List[_IsoSlot]], handler: Optional[_Handler]) -> None:
+                 iso: Optional[List[_IsoSlot]], handler: Optional[_Handler],
+                 data: Optional[bytearray] = None) -> None:
         self.seqnum = seqnum
         self.address = address
         self.kind = kind
@@ -91,6 +94,8 @@ class _Urb:
         self.flags = flags
         self.iso = iso  # [(offset, length)] for ISO IN
         self.handler = handler  # None: nonexistent endpoint, never completes
+        self.data = data  # OUT: what the device has yet to take
+        self.taken = 0  # OUT: bytes the device took so far
 
 
 def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
@@ -367,11 +372,49 @@ class _Connection:
             self.frame = (self.frame + len(iso)) & 0x3FFF
             self._ret_submit(seqnum, 0, actual, descs, start_frame=frame, npk=len(iso))
             return
-        status = self._call(handler, address, data)
-        self._ret_submit(seqnum, status, len(data) if status == 0 else 0)
+        urb = _Urb(seqnum, address, kind, len(data), 0, None, handler, data)
+        if self.queues.get(address) or not self._try_out(urb):
+            # The device's buffer is full (or an earlier URB waits for it): no RET_SUBMIT until
+            # the device has taken every byte, as a device NAKs OUT packets it has no room for.
+            self.pending[seqnum] = urb
+            self.queues[address].append(urb)
+
+    def _try_out(self, urb: _Urb) -> bool:
+        """Offer the device what it has not taken of an OUT URB; send RET_SUBMIT and return True
+        once it took all, or False to keep the URB pending. Called with the device lock held.
+
+        The handler returns None (took all), False (stall) or how many bytes it took: fewer
+        than it was given keeps the URB pending until the device calls ``notify`` on the OUT
+        endpoint, when it is offered the rest (the same bytearray, the taken bytes removed).
+        """
+        device = self.device
+        assert device is not None and urb.handler is not None and urb.data is not None
+        if urb.address in device.halted:
+            self._fail(urb.seqnum, EPIPE, None)
+            return True
+        data = urb.data
+        try:
+            result = urb.handler(data)
+        except Stall:
+            device.halted.add(urb.address)
+            self._fail(urb.seqnum, EPIPE, None)
+            return True
+        except Exception:
+            log.exception("%r: handler for endpoint 0x%02x failed", device, urb.address)
+            self._fail(urb.seqnum, EPROTO, None)
+            return True
+        if result is False:
+            self._fail(urb.seqnum, EPIPE, None)
+            return True
+        if isinstance(result, int) and not isinstance(result, bool) and 0 <= result < len(data):
+            del data[:result]
+            urb.taken += result
+            return False
+        self._ret_submit(urb.seqnum, 0, urb.taken + len(data))
+        return True
 
     def _call(self, handler: _Handler, address: int, arg: Any) -> int:
-        """Run an OUT handler; return the URB status."""
+        """Run an ISO OUT handler; return the URB status."""
         device = self.device
         assert device is not None
         try:
@@ -447,11 +490,13 @@ class _Connection:
                          npk=len(urb.iso), errors=errors)
 
     def drain(self, address: int) -> None:
-        """Complete pending URBs of IN ``address`` while the device has data (device lock held)."""
+        """Complete pending URBs of ``address`` while the device has data for them (IN) or
+        takes their data (OUT); device lock held."""
         queue = self.queues.get(address)
+        attempt = self._try_in if address & 0x80 else self._try_out
         while queue:
             urb = queue[0]
-            if not self._try_in(urb):
+            if not attempt(urb):
                 return
             queue.popleft()
             self.pending.pop(urb.seqnum, None)
