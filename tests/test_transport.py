@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.util
 import os
 import select
 import socket
@@ -40,11 +41,19 @@ from usbip_backend.sim.devices import pattern
 
 CERTS = os.path.join(HERE, "certs")
 CA = os.path.join(CERTS, "ca.pem")
-PROXY = os.path.join(ROOT, "tools", "bench", "tlsproxy.py")
+BENCH = os.path.join(ROOT, "tools", "bench")
+PROXY = os.path.join(BENCH, "tlsproxy.py")
 VID, PID_LOOPBACK = 0x1209, 0x0001
 BULK = P.TransferType.BULK
 CONTROL = P.TransferType.CONTROL
 GET_DEVICE_DESCRIPTOR = (0x80, 6, 0x0100, 0, 18)
+
+# The least ``connect=`` may return (recv, sendall, close): the benchmark's, loaded by path.
+_spec = importlib.util.spec_from_file_location("barestream", os.path.join(BENCH, "barestream.py"))
+assert _spec is not None and _spec.loader is not None
+_barestream = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_barestream)
+BareStream = _barestream.BareStream
 
 #: A command for command_connector: what ``ssh -W %h:%p jumphost`` does, minus ssh: connect
 #: to argv[1]:argv[2] and carry stdin to it and it to stdout, exiting when it closes.
@@ -429,26 +438,6 @@ def test_connect_with_a_socketpair_bridged_to_the_server(sim_server):
         for b in bridges:
             b.close()
     assert len(bridges) == 1  # the import (busids given: no device list)
-
-
-class BareStream:
-    """The least ``connect=`` may return: recv, sendall, close (no fileno, no options)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def recv(self, n: int) -> bytes:
-        return self._sock.recv(n)
-
-    def sendall(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
-    def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
-        except OSError:
-            pass
-        self._sock.close()
 
 
 @pytest.mark.timeout(60)

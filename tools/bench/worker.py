@@ -544,28 +544,6 @@ class CeilingImpl(PyusbImpl):
         self.raw.close()
 
 
-class _BareStream:
-    """The least a connect= callable may return (recv, sendall, close): the engine's socket is
-    then relayed (BENCH_RELAY: what the relay alone costs, without TLS)."""
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-
-    def recv(self, n: int) -> bytes:
-        return self._sock.recv(n)
-
-    def sendall(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
-    def close(self) -> None:
-        import socket
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-
-
 def _transport_kw() -> Dict[str, Any]:
     """TLS (BENCH_TLS_CA: the CA to trust) or the relay alone (BENCH_RELAY), for our backend."""
     kw: Dict[str, Any] = {}
@@ -576,10 +554,12 @@ def _transport_kw() -> Dict[str, Any]:
     if os.environ.get("BENCH_RELAY"):
         import socket
 
-        def connect(host: str, port: int, timeout: Optional[float]) -> _BareStream:
+        from barestream import BareStream  # tools/bench is sys.path[0]
+
+        def connect(host: str, port: int, timeout: Optional[float]) -> BareStream:
             sock = socket.create_connection((host, port), timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return _BareStream(sock)
+            return BareStream(sock)
         kw["connect"] = connect
     return kw
 

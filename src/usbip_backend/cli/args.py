@@ -7,7 +7,9 @@ write it. Also the exit codes and :class:`CliError`, the one-line failure every 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Tuple
+from typing import Callable, Tuple, TypeVar
+
+_N = TypeVar("_N", int, float)
 
 #: Largest read/control length the CLI accepts (a typo should not allocate gigabytes).
 MAX_LENGTH = 1 << 20
@@ -65,12 +67,18 @@ def size_arg(text: str) -> int:
     scale = _SIZE_UNITS.get(t[-1:], 1) if t else 1
     if scale > 1:
         t = t[:-1]
+    return _non_negative(lambda: int(float(t) * scale) if scale > 1 else number(t),
+                         f"invalid size {text!r} (examples: 4096, 0x1000, 64K, 100M, 1G)", "a size must be >= 0")
+
+
+def _non_negative(parse: Callable[[], _N], invalid: str, negative: str) -> _N:
+    """``parse()``, which may not fail (``invalid`` says so) nor be below 0 (``negative``)."""
     try:
-        value = int(float(t) * scale) if scale > 1 else number(t)
+        value = parse()
     except (ValueError, argparse.ArgumentTypeError):
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 4096, 0x1000, 64K, 100M, 1G)") from None
+        raise argparse.ArgumentTypeError(invalid) from None
     if value < 0:
-        raise argparse.ArgumentTypeError("a size must be >= 0")
+        raise argparse.ArgumentTypeError(negative)
     return value
 
 
@@ -96,13 +104,7 @@ def hex_data(text: str) -> bytes:
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("a time must be >= 0")
-    return value
+    return _non_negative(lambda: float(text), f"invalid number of seconds {text!r}", "a time must be >= 0")
 
 
 def milliseconds(text: str) -> int:

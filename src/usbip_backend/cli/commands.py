@@ -171,6 +171,20 @@ def _streamed(ctx: Context, what: str, fn: Callable[..., Any], label: str) -> An
         bar.finish()
 
 
+def _stream_report(ctx: Context, busid: str, kind: str, file: str, done: Any, summary: str) -> int:
+    """The end of a streamed read or write: its JSON object, or ``summary`` with the time taken
+    and the final progress line."""
+    from ..progressbar import describe
+
+    if ctx.json:
+        ctx.emit_json({"busid": busid, "endpoint": ctx.args.ep, "transfer_type": kind, "file": file,
+                       "offset": done.offset, "bytes": done.confirmed, "seconds": round(done.elapsed, 6),
+                       "rate": round(done.rate)})
+    else:
+        ctx.print(f"{summary} in {done.elapsed:.2f} s: {describe(done)}")
+    return EXIT_OK
+
+
 def cmd_read(ctx: Context) -> int:
     args = ctx.args
     if args.out is not None:
@@ -191,7 +205,6 @@ def cmd_read(ctx: Context) -> int:
 
 
 def _read_to_file(ctx: Context) -> int:
-    from ..progressbar import describe
     from ..stream import read_into_file
 
     args = ctx.args
@@ -201,14 +214,8 @@ def _read_to_file(ctx: Context) -> int:
     what = f"{kind} IN stream from endpoint 0x{args.ep:02x} of {busid}"
     done = _streamed(ctx, what, lambda **kw: read_into_file(dev, args.ep, args.out, args.length,
                                                             **_stream_options(args), **kw), "read ")
-    if ctx.json:
-        ctx.emit_json({"busid": busid, "endpoint": args.ep, "transfer_type": kind, "file": args.out,
-                       "offset": done.offset, "bytes": done.confirmed, "seconds": round(done.elapsed, 6),
-                       "rate": round(done.rate)})
-    else:
-        ctx.print(f"read {done.confirmed} bytes from {kind} IN 0x{args.ep:02x} into {args.out} in "
-                  f"{done.elapsed:.2f} s: {describe(done)}")
-    return EXIT_OK
+    return _stream_report(ctx, busid, kind, args.out, done,
+                          f"read {done.confirmed} bytes from {kind} IN 0x{args.ep:02x} into {args.out}")
 
 
 def cmd_write(ctx: Context) -> int:
@@ -227,7 +234,6 @@ def cmd_write(ctx: Context) -> int:
 
 
 def _write_from_file(ctx: Context) -> int:
-    from ..progressbar import describe
     from ..stream import write_from_file
 
     args = ctx.args
@@ -241,14 +247,8 @@ def _write_from_file(ctx: Context) -> int:
     what = f"{kind} OUT stream to endpoint 0x{args.ep:02x} of {busid}"
     done = _streamed(ctx, what, lambda **kw: write_from_file(dev, args.ep, args.file,
                                                              **_stream_options(args), **kw), "write ")
-    if ctx.json:
-        ctx.emit_json({"busid": busid, "endpoint": args.ep, "transfer_type": kind, "file": args.file,
-                       "offset": done.offset, "bytes": done.confirmed, "seconds": round(done.elapsed, 6),
-                       "rate": round(done.rate)})
-    else:
-        ctx.print(f"wrote {done.confirmed} bytes of {args.file} to {kind} OUT 0x{args.ep:02x} in "
-                  f"{done.elapsed:.2f} s: {describe(done)}")
-    return EXIT_OK
+    return _stream_report(ctx, busid, kind, args.file, done,
+                          f"wrote {done.confirmed} bytes of {args.file} to {kind} OUT 0x{args.ep:02x}")
 
 
 def cmd_loopback(ctx: Context) -> int:

@@ -164,12 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     def stream_options(p: argparse.ArgumentParser) -> None:
+        """The options read and write end with: streaming, timeout, output."""
         p.add_argument("--chunk", type=size_arg, default=16384, metavar="N",
                        help="streaming: bytes per URB, whole packets (default 16K)")
         p.add_argument("--window", type=int, default=16, metavar="N",
                        help="streaming: most URBs in flight (default 16; the window grows to it)")
         p.add_argument("--offset", type=size_arg, default=0, metavar="N",
                        help="streaming: resume at this byte (as an interrupted run reports)")
+        p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N",
+                       help="timeout (per URB when streaming; default 1000; 0 waits forever)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("read", cmd_read, "read from a bulk or interrupt IN endpoint",
             "Read once from an IN endpoint (bulk or interrupt, taken from its descriptor) and hex-dump "
@@ -181,9 +185,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes to ask for (100M, 64K: 1024-based)")
     p.add_argument("--out", metavar="FILE", help="stream into FILE instead of hex-dumping one read")
     stream_options(p)
-    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N",
-                   help="timeout (per URB when streaming; default 1000; 0 waits forever)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("write", cmd_write, "write to a bulk or interrupt OUT endpoint",
             "Write once to an OUT endpoint (bulk or interrupt, taken from its descriptor); with --file, "
@@ -194,9 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     payload.add_argument("--data-hex", type=hex_data, metavar="HEX", help="payload as hex")
     payload.add_argument("--file", metavar="FILE", help="stream this file")
     stream_options(p)
-    p.add_argument("--timeout-ms", type=milliseconds, default=1000, metavar="N",
-                   help="timeout (per URB when streaming; default 1000; 0 waits forever)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = add("loopback", cmd_loopback, "write to an OUT endpoint, read it back from IN, compare",
             "Write a pattern to an OUT endpoint, read the same number of bytes back from an IN endpoint "

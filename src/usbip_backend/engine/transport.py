@@ -377,12 +377,7 @@ class _TlsRelay:
                 try:
                     # Until OpenSSL wants more bytes: then it holds no decrypted ones that
                     # poll() could not see.
-                    while len(down) < _LIMIT:
-                        n = tls.recv_into(buf)
-                        if not n:
-                            tls_eof = True
-                            break
-                        down += view[:n]
+                    tls_eof = _fill(tls.recv_into, down, buf, view)
                 except _ssl.SSLWantReadError:
                     read_wait = "r"
                 except _ssl.SSLWantWriteError:
@@ -401,12 +396,7 @@ class _TlsRelay:
             # Engine -> server.
             if not far_eof and far_readable and len(up) < _LIMIT:
                 try:
-                    while len(up) < _LIMIT:
-                        n = far.recv_into(buf)
-                        if not n:
-                            far_eof = True
-                            break
-                        up += view[:n]
+                    far_eof = _fill(far.recv_into, up, buf, view)
                 except BlockingIOError:
                     far_readable = False
                 except OSError:
@@ -439,6 +429,18 @@ class _TlsRelay:
                 read_wait = write_wait = ""  # both are tried again (a wasted try is rare)
             far_readable = far_readable or far_in or gone
             far_writable = far_writable or far_out
+
+
+def _fill(recv_into: Callable[[bytearray], int], into: bytearray, buf: bytearray, view: memoryview) -> bool:
+    """The TLS relay's reads: ``recv_into`` through ``buf`` (``view`` is its memoryview) onto
+    ``into`` until it holds _LIMIT bytes; True at the end of the stream. A refused call raises
+    (the caller knows which errors mean "not now")."""
+    while len(into) < _LIMIT:
+        n = recv_into(buf)
+        if not n:
+            return True
+        into += view[:n]
+    return False
 
 
 def _tls_reason(exc: BaseException) -> str:
