@@ -292,7 +292,17 @@ class _InPlan(_Plan):
         self.ended = False
 
     def fill(self) -> None:
-        """Submit URBs until the window is full or nothing more is to be asked for."""
+        """Submit URBs until the window is full or nothing more is to be asked for: once a
+        quarter of the window is free (or nothing is in flight), all of them in one send."""
+        pipe, flight, window = self.pipe, self.flight, self.window
+        if flight and window.size - len(flight) < window.size // 4:
+            return
+        try:
+            self._fill()
+        finally:
+            pipe.conn.flush()
+
+    def _fill(self) -> None:
         pipe, flight, window = self.pipe, self.flight, self.window
         while not self.ended and len(flight) < window.size and self.free:
             size = self.chunk if self.remaining is None else min(self.chunk, self.remaining)
@@ -307,7 +317,7 @@ class _InPlan(_Plan):
             try:
                 urb = pipe.conn.submit(pipe.transfer_type, pipe.endpoint,
                                        buffer=self.buffer[start:start + size], interval=pipe.interval,
-                                       timeout=self.timeout, block=self.block)
+                                       timeout=self.timeout, block=False, flush=False)
             except UsbipError as exc:
                 self.free.append(slot)
                 raise self.error(exc, b"") from exc

@@ -487,7 +487,7 @@ class Bench:
     def pipeline(self) -> None:
         jobs = []
         for kind, size, n in (("control", 18, 60 if self.smoke else 4000),
-                              ("bulk", 16 * KiB, 30 if self.smoke else 1500)):
+                              ("bulk", 16 * KiB, 30 if self.smoke else 15000)):
             for depth in DEPTHS:
                 jobs.append((f"pipe_{kind}_{depth}", "pipe", {"kind": kind, "depth": depth, "size": size, "n": n}))
         log(f"pipeline: {', '.join(map(str, DEPTHS))} in flight, control and bulk IN 16 KiB, {self.runs} runs")
@@ -521,7 +521,7 @@ class Bench:
 
     # -- 3b. windowed streaming --------------------------------------------------------------------------
     def stream(self) -> None:
-        n = 30 if self.smoke else 2000
+        n = 30 if self.smoke else 20000
         jobs = [(f"stream_{w}", "pipe", {"kind": "bulk", "depth": w, "size": 16 * KiB, "n": n})
                 for w in STREAM_WINDOWS]
         log(f"stream: bulk IN 16 KiB chunks, window {', '.join(map(str, STREAM_WINDOWS))}, {self.runs} runs")
