@@ -582,6 +582,23 @@ def test_dead_connection_is_imported_again():
         usb.util.dispose_resources(again)
 
 
+@pytest.mark.timeout(60)
+def test_a_device_that_leaves_the_bus_is_still_a_warning_for_pyusb(caplog):
+    """The engine's "connection lost" stays a WARNING for the PyUSB backend's connections (only
+    the serial port, which raises SerialException itself, has it logged at debug level)."""
+    with SimServer(stock_devices(["loopback"])) as srv, get_backend("127.0.0.1", srv.port) as be:
+        dev = find(be, PID_LOOPBACK)
+        dev.set_configuration()
+        with caplog.at_level(logging.WARNING, logger="usbip_backend.engine"):
+            srv.unplug("1-1")  # the server closes the connection
+            with pytest.raises(usb.core.USBError) as info:
+                dev.read(0x81, 8, timeout=5000)
+        assert info.value.errno == errno.ENODEV
+        lost = [r for r in caplog.records if r.name == "usbip_backend.engine" and "connection lost" in r.getMessage()]
+        assert [r.levelno for r in lost] == [logging.WARNING], caplog.records
+        usb.util.dispose_resources(dev)
+
+
 def test_pcap_path_is_written_and_closed(tmp_path):
     path = tmp_path / "capture.pcapng"
     with SimServer(stock_devices(["loopback"])) as srv:

@@ -321,8 +321,55 @@ def test_an_application_with_its_own_pid_and_esptool_finds_the_rom_again(tmp_pat
             == [(0x303A, 0x4001)]
         out = run_esptool(url, "verify-flash", "0x0", str(app))
         assert "Verification successful (digest matched)." in out
+        # Its connection cut by the reset is the port's to report: Python's last-resort handler
+        # (esptool configures no logging) prints no engine warning about it.
+        assert "connection lost" not in out, out
         assert chip.wait_enumerated(10)
         assert chip.bus_events[2:] == [("unplug", 1), ("plug", 0x1001), ("unplug", 0), ("plug", 0x4001)]
+
+
+#: A new program (as miniterm) reading the application's output: pyserial only (the installed
+#: package's .pth registers usbip://), Python's default logging (warnings and up on stderr) but
+#: the handler's INFO lines, which say when it waits for the device.
+NEW_SESSION = """
+import logging, sys, time, serial
+logging.basicConfig(format="%(name)s %(levelname)s %(message)s")
+logging.getLogger("usbip_backend.serial").setLevel(logging.INFO)
+with serial.serial_for_url(sys.argv[1], timeout=0.5) as port:
+    got, deadline = b"", time.monotonic() + 20
+    while sys.argv[2].encode() not in got and time.monotonic() < deadline:
+        got += port.read(port.in_waiting or 1)
+print(got)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_program_started_while_the_board_is_off_the_bus_waits_for_it(tmp_path):
+    """esptool --before usb-reset --after hard-reset write-flash; the application takes over USB
+    (the device leaves the bus) and a new program opens the port while it is away: its first
+    open waits for the device (``FIRST_OPEN_WAIT``) and hears the application. Neither program
+    prints the engine's "connection lost". (Off the bus 1.5 s here, longer than a process takes
+    to start; a program started within the 0.5 s before the device leaves opens it and is cut off
+    with it: its read raises.)"""
+    chip = Esp32S3Device("1-1", reenumerate=1.5)
+    with SimServer([chip]) as srv:
+        url = f"usbip://127.0.0.1:{srv.port}/1-1"
+        app = tmp_path / "app.bin"
+        app.write_bytes(app_image())
+        out = run_esptool(url, "--after", "hard-reset", "write-flash", "0x0", str(app))
+        assert "Hard resetting via RTS pin..." in out and "connection lost" not in out
+        deadline = time.monotonic() + 10
+        while not chip.bus_events:  # the device leaving (APP_USB_START after the application starts)
+            assert time.monotonic() < deadline, "the device did not leave the bus"
+            time.sleep(0.005)  # polls what the chip's thread records, bounded
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run([sys.executable, "-c", NEW_SESSION, url, Esp32S3Rom.APP_OUTPUT.decode("latin-1")],
+                              capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert repr(Esp32S3Rom.APP_OUTPUT)[2:-1] in done.stdout, done.stdout
+        assert "no device with busid 1-1" in done.stderr and "waiting up to 3 s" in done.stderr, done.stderr
+        assert "connection lost" not in done.stderr and "WARNING" not in done.stderr, done.stderr
+        assert chip.wait_enumerated(10) and chip.bus_events[1:] == [("plug", 0x1001)]
 
 
 @pytest.mark.timeout(60)

@@ -10,6 +10,7 @@ at a low baud rate use an unpaced one (``paced = False``, the stock name's ``-un
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import struct
@@ -65,6 +66,8 @@ def test_url_forms():
     assert (u.port, u.vid, u.pid, u.interface, u.timeout, u.baudrate) == (3241, 0x303A, 0x1001, 2, 1.5, 115200)
     u = parse_url("usbip://[fe80::1]:3240/1-1.3?logging=debug")
     assert (u.host, u.busid, u.logging, u.where) == ("fe80::1", "1-1.3", "debug", "[fe80::1]:3240")
+    assert u.wait is None  # not given: the port's defaults (FIRST_OPEN_WAIT, REENUMERATE_WAIT)
+    assert parse_url("usbip://h/1-1?wait=2.5").wait == 2.5 and parse_url("usbip://h/1-1?wait=0").wait == 0
 
 
 @pytest.mark.parametrize("bad, says", [
@@ -74,6 +77,9 @@ def test_url_forms():
     ("usbip://host/1-1?colour=red", "unknown option"),
     ("usbip://host:99999/1-1", "bad usbip:// URL"),
     ("usbip://host/1-1?interface=x", "interface"),
+    ("usbip://host/1-1?wait=soon", "wait='soon': expected seconds >= 0"),
+    ("usbip://host/1-1?wait=-1", "wait='-1': expected seconds >= 0"),
+    ("usbip://host/1-1?wait=inf", "wait='inf': expected seconds >= 0"),
     ("socket://host/1-1", "not a usbip:// URL"),
 ])
 def test_bad_urls_say_what_is_wrong(bad, says):
@@ -186,10 +192,12 @@ def test_fileno_raises_enotty_and_aliases_work(server):
 def test_errors_say_what_is_there(server):
     with pytest.raises(serial.SerialException, match="not a serial port.*1209:0001 with vendor-specific"):
         serial.serial_for_url(url(server, "1-1"))
-    with pytest.raises(serial.SerialException, match="no device with busid 9-9"):
-        serial.serial_for_url(url(server, "9-9"))
+    with pytest.raises(serial.SerialException, match="no device with busid 9-9") as info:
+        serial.serial_for_url(url(server, "9-9", "?wait=0"))  # (no wait: see the tests below)
+    assert "the server exports 1-4 (1209:0004), 1-3 (1209:0003), 1-2 (1209:0002), 1-1 (1209:0001)" \
+        in str(info.value) and "waited" not in str(info.value)
     with pytest.raises(serial.SerialException, match="no device 1234:5678 is free"):
-        serial.serial_for_url(url(server, "1234:5678"))
+        serial.serial_for_url(url(server, "1234:5678", "?wait=0"))
     with serial.serial_for_url(url(server)):
         with pytest.raises(serial.SerialException, match="busy"):
             serial.serial_for_url(url(server))
@@ -357,7 +365,134 @@ def test_reopen_waits_for_a_device_that_reenumerates():
         finally:
             back.join()
         with pytest.raises(serial.SerialException, match="no device 1209:7777"):
-            serial.serial_for_url(url(srv, "1209:7777"))  # a first open does not wait
+            serial.serial_for_url(url(srv, "1209:7777", "?wait=0"))  # a first open told not to wait
+
+
+class SerialLog(logging.Handler):
+    """What ``usbip_backend.serial`` logs at INFO and up; ``waiting`` is set once the port says
+    it waits for its device to be exported (which a test can answer by plugging it back)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+        self.waiting = threading.Event()
+
+    def emit(self, record):
+        message = record.getMessage()
+        self.messages.append(message)
+        if "waiting up to" in message:
+            self.waiting.set()
+
+
+@pytest.fixture
+def serial_log():
+    logger = logging.getLogger("usbip_backend.serial")
+    handler, level = SerialLog(), logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", ["1-2", "1209:0002"])
+def test_a_first_open_waits_for_a_device_off_the_bus(serial_log, target):
+    """A new program opening the port while the board is off the bus (re-enumerating after
+    another program's reset, esptool's --after hard-reset) waits for it (``FIRST_OPEN_WAIT``),
+    by busid or VID:PID. The device is plugged back only once the port has said it waits."""
+    with SimServer(stock_devices(["loopback", "acm"])) as srv:
+        acm = srv.unplug("1-2")
+
+        def plug_back():
+            serial_log.waiting.wait(30)
+            srv.plug(acm)
+        back = threading.Thread(target=plug_back)
+        back.start()
+        try:
+            with serial.serial_for_url(url(srv, target), timeout=2) as ser:
+                ser.write(b"back")
+                assert ser.read(4) == b"back"
+        finally:
+            serial_log.waiting.set()  # (the thread ends either way)
+            back.join()
+    said = [m for m in serial_log.messages if "waiting up to 3 s for it to be exported" in m]
+    assert len(said) == 1 and ("no device with busid 1-2" in said[0] or "no device 1209:0002" in said[0]), said
+
+
+@pytest.mark.timeout(60)
+def test_wait_0_fails_at_once_and_a_busy_device_never_waits(serial_log):
+    with SimServer(stock_devices(["loopback", "acm"])) as srv:
+        acm = srv.unplug("1-2")
+        with pytest.raises(serial.SerialException,
+                           match=r"^no device with busid 1-2 on [^;]*; the server exports 1-1 \(1209:0001\)$"):
+            serial.serial_for_url(url(srv, "1-2", "?wait=0"))
+        srv.plug(acm)
+        with serial.serial_for_url(url(srv)):
+            with pytest.raises(serial.SerialException, match="busy: another client has imported it"):
+                serial.serial_for_url(url(srv))  # the default wait: busy is not missing
+    with SimServer([]) as empty:
+        with pytest.raises(serial.SerialException, match="the server exports no free device$"):
+            serial.serial_for_url(url(empty, "1209:0002", "?wait=0"))
+    assert not serial_log.waiting.is_set(), serial_log.messages
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target, says, query, seconds", [
+    ("9-9", "no device with busid 9-9", "?wait=0.5", 0.5),
+    ("1234:5678", "no device 1234:5678 is free", "?wait=0.5", 0.5),
+    ("9-9", "no device with busid 9-9", "", 3),  # FIRST_OPEN_WAIT
+])
+def test_a_device_still_missing_fails_after_the_wait_saying_what_is_exported(server, target, says, query, seconds):
+    t0 = time.monotonic()
+    with pytest.raises(serial.SerialException, match=says) as info:
+        serial.serial_for_url(url(server, target, query))
+    assert time.monotonic() - t0 >= seconds
+    assert str(info.value).endswith(f"; waited {seconds:g} s for it to be exported; the server exports "
+                                    "1-4 (1209:0004), 1-3 (1209:0003), 1-2 (1209:0002), 1-1 (1209:0001)"), info.value
+
+
+@pytest.mark.timeout(60)
+def test_an_explicit_wait_bounds_the_reopen_wait_too():
+    with SimServer(stock_devices(["loopback", "acm"])) as srv:
+        ser = serial.serial_for_url(url(srv, "1-2", "?wait=0.3"), timeout=2)
+        srv.unplug("1-2")
+        with pytest.raises(serial.SerialException, match="stopped answering"):
+            ser.read(1)
+        ser.close()
+        t0 = time.monotonic()
+        with pytest.raises(serial.SerialException, match=r"no device with busid 1-2 .*; waited 0.3 s for it"):
+            ser.open()  # REENUMERATE_WAIT (10 s) without ?wait=
+        assert time.monotonic() - t0 >= 0.3
+
+
+@pytest.mark.timeout(60)
+def test_a_session_whose_device_leaves_prints_no_connection_lost_warning():
+    """A program with no logging configured (esptool, miniterm): Python's last-resort handler
+    would print the engine's WARNING "connection lost" on stderr. For a serial port's connection
+    that is not a warning (the port raises SerialException itself), so stderr stays empty."""
+    code = ("import sys, serial\n"  # registered by the installed package's .pth, as for esptool
+            "ser = serial.serial_for_url(sys.argv[1], timeout=10)\n"
+            "print('open', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "try:\n    ser.read(1)\nexcept serial.SerialException as exc:\n    print('raised', exc)\n"
+            "ser.close()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with SimServer(stock_devices(["loopback", "acm"])) as srv:
+        proc = subprocess.Popen([sys.executable, "-c", code, url(srv)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            assert proc.stdout.readline() == "open\n", proc.communicate(timeout=30)
+            srv.unplug("1-2")  # the board resets: the server closes the session's connection
+            out, err = proc.communicate("go\n", timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert "raised" in out and "stopped answering" in out and "connection lost" in out, out
+    assert "connection lost" not in err and not err.strip(), err
 
 
 def test_ft2232h_port_b_and_the_120_mhz_divisor():

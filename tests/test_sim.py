@@ -545,6 +545,30 @@ def test_command_line_mdns_options_parse():
            (True, ["127.0.0.1", "::1"], "bench", "_x._tcp.local.")
 
 
+@pytest.mark.timeout(60)
+def test_help_lists_the_stock_devices_with_their_transmit_buffers():
+    """--help names every stock device, the -unpaced variants of the paced serial echoes and
+    each one's transmit buffer, as the classes have them (README's table says the same)."""
+    from usbip_backend.sim.devices import STOCK, CdcAcmDevice, Ch34xDevice, Cp210xDevice, FtdiDevice
+
+    out = subprocess.run([sys.executable, "-m", "usbip_backend.sim", "--help"], capture_output=True,
+                         text=True, timeout=60).stdout
+    listed = {line.split()[0]: line for line in out.split("stock devices", 1)[1].splitlines()[1:]
+              if line.startswith("  ") and not line.startswith("   ")}
+    assert set(STOCK) <= set(listed), out
+    expected = {"acm": CdcAcmDevice, "cp210x": Cp210xDevice, "ch34x": Ch34xDevice, "ftdi": FtdiDevice}
+    for name, cls in expected.items():
+        assert f"{cls.vid:04x}:{cls.pid:04x}" in listed[name]
+        assert f"paced, {cls.TX_FIFO} B transmit buffer" in listed[name], listed[name]
+        assert stock_devices([f"{name}-unpaced"])[0].paced is False
+    assert all("paced," not in listed[n] for n in STOCK if n not in expected)
+    assert "acm-unpaced, cp210x-unpaced, ch34x-unpaced, ftdi-unpaced:" in out
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as f:
+        readme = f.read()
+    for name, cls in expected.items():
+        assert f"| `{name}` | {cls.vid:04x}:{cls.pid:04x} | paced | {cls.TX_FIFO} B |" in readme
+
+
 class IsoNoHandler(Device):
     pid = 0x0011
     interfaces = [Interface(0, endpoints=[Iso(0x81, 256, 1)])]

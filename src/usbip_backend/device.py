@@ -487,7 +487,7 @@ def open_device(host: str, port: int, busid: str, *, timeout: Optional[float] = 
 
     ``ssl`` (TLS to the server) and ``connect`` (a callable returning a connected socket-like
     object) are as for :func:`~.client.connect`. ``kwargs`` go to :func:`~.client.import_device`
-    (``hook``, ``unlink_grace``...) except ``max_transfer``, which goes to :class:`Device`.
+    (``hook``, ``unlink_grace``, ``loss_level``...) except ``max_transfer``, which goes to :class:`Device`.
     """
     from .client import import_device
 

@@ -588,6 +588,11 @@ class Connection:
         reply_stall: seconds a reply may stop moving before the connection is failed; None
             (default) follows the round-trip time (at least 0.5 s).
         rtt: a first round-trip sample in seconds (the import exchange), for the estimator.
+        loss_level: the logging level of the one message saying the connection was lost (the
+            server closed it, a reset; a protocol error is logged as such too). WARNING
+            (default) for users that report nothing themselves; an owner that reports the loss
+            in its own way (the serial port: its read and write raise) passes ``logging.DEBUG``.
+            Also the attribute of that name.
     """
 
     def __init__(
@@ -600,8 +605,10 @@ class Connection:
         unlink_grace: Optional[float] = None,
         reply_stall: Optional[float] = None,
         rtt: Optional[float] = None,
+        loss_level: int = logging.WARNING,
     ) -> None:
         self.name = name or f"device {device.busid}"
+        self.loss_level = loss_level
         self.sock = sock = engine_socket(sock, self.name)
         self.device = device
         self.busid = device.busid
@@ -1542,9 +1549,9 @@ class Connection:
 
     def _fail_all(self, reason: str, include_receiving: bool = False, warn: bool = True) -> ConnectionLostError:
         """Mark the connection lost and end every pending URB at once (the URB being received,
-        too, if its reader asks). Shuts the socket down, which wakes every blocked recv. A loss
-        the program caused itself (``warn=False``: a KeyboardInterrupt mid-reply) is logged at
-        debug level only; the interrupted caller knows."""
+        too, if its reader asks). Shuts the socket down, which wakes every blocked recv. Logged at
+        ``loss_level``; a loss the program caused itself (``warn=False``: a KeyboardInterrupt
+        mid-reply) at debug level only: the interrupted caller knows."""
         with self._lock:
             first = self._lost is None
             if first:
@@ -1559,7 +1566,7 @@ class Connection:
                 urb._callbacks = None
         if first:
             if not self._closing:
-                _log.log(logging.WARNING if warn else logging.DEBUG, "%s", lost)
+                _log.log(self.loss_level if warn else logging.DEBUG, "%s", lost)
             try:
                 self.sock.shutdown(socket.SHUT_RDWR)
             except OSError:

@@ -1,7 +1,10 @@
 """pyserial's ``Serial`` for ``usbip://`` URLs: a USB serial device on a USB/IP server.
 
 ``serial.serial_for_url("usbip://192.168.1.20/1-2", timeout=1)`` after ``import usbip_backend``
-(which registers the handler with pyserial).
+(which registers the handler with pyserial). URL options (:mod:`.url`): ``?baudrate=N``,
+``?interface=N``, ``?timeout=SECONDS`` (the import and each request), ``?wait=SECONDS`` (how
+long opening waits for a device that is not on the server, see below; 0: fail at once),
+``?logging=debug``.
 
 The SerialBase contract, as pyserial 3.5 and esptool rely on it:
 
@@ -22,14 +25,25 @@ The SerialBase contract, as pyserial 3.5 and esptool rely on it:
   ``written`` is what the device took, so writing the rest next sends every byte once, in order
   (``write_timeout=0`` returns that count instead, as pyserial's POSIX port does). To keep that
   count exact, URBs carry at most ``URB_LINE_TIME`` of line time until the device has shown it
-  takes data faster than its baud rate (then ``WRITE_CHUNK``), and a write cut short lets the
-  URB in progress finish. ``cancel_write`` from another thread makes a blocked ``write`` return
+  takes data faster than its baud rate (then ``WRITE_CHUNK``); with a ``write_timeout``, a URB
+  of several packets goes out only if the line can finish it before the deadline, one-packet
+  URBs after that, and a write cut short unlinks only those (taken whole or not at all) and lets
+  the others finish. ``cancel_write`` from another thread makes a blocked ``write`` return
   that count; ``reset_output_buffer`` drops what is in flight at once; ``flush`` waits for the
   writes in flight; ``out_waiting`` counts their bytes. A write of a whole number of max-size
   packets ends with a zero-length packet.
 * ``fileno()`` raises ``OSError(ENOTTY)``: there is no file descriptor (esptool then falls back
-  from its ioctl-based reset). A closed port can be opened again; if its device dropped off the
-  bus meanwhile (a board resetting), ``open`` waits for it to be exported again.
+  from its ioctl-based reset). A closed port can be opened again.
+* Opening waits for a device that is not on the server (not listed, or ST_NODEV) to be exported,
+  polling the server's device list a few times a second: a first open up to ``?wait=``
+  (``FIRST_OPEN_WAIT``, 3 s, if not given: a program started right after another one's reset,
+  esptool's ``--after hard-reset``, finds the board re-enumerating), a port opened again after
+  its device dropped off the bus (a board resetting) up to ``?wait=`` or ``REENUMERATE_WAIT``
+  (10 s), for the same busid or, for a VID:PID URL, the same VID on that busid. A busy device
+  (another client imported it) or an unreachable server fails at once; a device still missing
+  fails saying how long it was waited for and what the server exports. A port's own connection
+  loss (the device left the bus) is not logged as a warning: ``read`` and ``write`` raise
+  ``SerialException``, and ``usbip_backend.serial`` says so at INFO.
 """
 
 from __future__ import annotations
@@ -66,16 +80,17 @@ CANCEL_WAIT = 1.0
 #: Most line time (seconds at the line rate: the baud rate over the bits of a character) one OUT
 #: URB carries while the device may be draining at that rate. The stub answers the unlink of a
 #: pending URB with RET_UNLINK alone, never saying how much of it the device took, so a write cut
-#: short lets the URBs the device may have begun finish (see ``Serial._keep``: at most about
-#: twice this long) and unlinks only the others.
+#: short lets the URBs the device may have begun finish (see ``Serial._keep``) and unlinks only
+#: the others.
 URB_LINE_TIME = 0.025
 #: Bytes the device may have taken beyond what its line could have sent (a leaky bucket drained
 #: at the line rate) before it counts as not paced by its baud rate, as a USB-native CDC-ACM (the
 #: ESP32's USB-Serial-JTAG) is not: its URBs are then WRITE_CHUNK big. No UART bridge buffers that
 #: much.
 UNPACED_BACKLOG = 64 * 1024
-#: What a write cut short gives the URB in progress beyond its line time (the reply's way back).
-FINISH_MARGIN = 0.02
+#: What a write cut short gives the URBs it lets finish beyond their line time (the replies' way
+#: back, on a loaded host too).
+FINISH_MARGIN = 0.1
 #: How long a waiting write reads replies at a time before it looks at cancel_write again.
 WAIT_SLICE = 0.02
 #: (host, port, busid) -> when this process last gave that import back (see REIMPORT_WINDOW):
@@ -114,8 +129,15 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
                  921600, 1000000, 1500000, 2000000, 3000000)
     #: Most bytes kept in the input buffer before the IN window pauses.
     MAX_BUFFER = 1024 * 1024
-    #: Seconds a port opened again waits for its device to be exported again (re-enumeration).
+    #: Seconds a port opened again waits for its device to be exported again (re-enumeration);
+    #: the URL's ``?wait=`` replaces it.
     REENUMERATE_WAIT = 10.0
+    #: Seconds a first open waits for a device that is not on the server (a board re-enumerating
+    #: after the reset of the previous program's session); the URL's ``?wait=`` replaces it.
+    FIRST_OPEN_WAIT = 3.0
+    #: Seconds between two looks at the server's device list while waiting (the first ones
+    #: quicker: a board is usually back within a second).
+    POLL_FIRST, POLL_EVERY = 0.05, 0.25
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._dev: Optional[Device] = None
@@ -195,34 +217,84 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
         return parsed
 
     def _import(self, url: SerialUrl) -> Device:
-        """Import the device the URL names. Opened again after it was open (esptool after a
-        reset), a device that has dropped off the bus is waited for (up to ``REENUMERATE_WAIT``
-        seconds): the same busid, or for a VID:PID URL the same VID on the same busid (a board
-        that resets into its bootloader or application may come back with another PID)."""
+        """Import the device the URL names. A device that is not on the server (not listed, or
+        ST_NODEV) is waited for: a first open up to ``?wait=`` seconds (``FIRST_OPEN_WAIT`` if
+        not given: the board may be re-enumerating after the previous program's reset); opened
+        again after it was open (esptool after a reset), up to ``?wait=`` or
+        ``REENUMERATE_WAIT``, for the same busid, or for a VID:PID URL the same VID on the same
+        busid (a board that resets into its bootloader or application may come back with another
+        PID). Meanwhile the server's device list is polled (``POLL_FIRST`` to ``POLL_EVERY``
+        seconds apart). A busy device or an unreachable server fails at once."""
         last = self._last if self._last is not None and self._last[:2] == (url.host, url.port) else None
-        deadline = time.monotonic() + self.REENUMERATE_WAIT if last is not None else None
+        wait = url.wait if url.wait is not None else self.FIRST_OPEN_WAIT if last is None else self.REENUMERATE_WAIT
+        deadline = time.monotonic() + wait
+        delay = self.POLL_FIRST
+        records: Optional[List[P.UsbDevice]] = None  # the server's list, from the last poll
+        listed = True  # worth an import attempt
         while True:
-            try:
-                dev = self._import_once(url, last)
-            except _Missing as exc:
-                if deadline is None or time.monotonic() > deadline:
-                    waited = f" (waited {self.REENUMERATE_WAIT:g} s for it to come back)" if deadline else ""
-                    raise SerialException(f"{exc}{waited}") from None
-                time.sleep(0.05)  # polling the server's device list for the device to reappear
-                continue
-            self._last = (url.host, url.port, dev.busid, dev.descriptor.idVendor)
-            return dev
+            if listed:
+                try:
+                    dev = self._import_once(url, last, records)
+                    break
+                except _Missing as exc:
+                    missing = exc
+                if delay == self.POLL_FIRST and wait > 0:
+                    _log.info("%s: %s; waiting up to %g s for it to be exported", self._where(), missing, wait)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if records is None:
+                    try:
+                        records = list_devices(url.host, url.port, timeout=url.timeout)
+                    except UsbipError:
+                        pass  # (only for the message)
+                raise SerialException(f"{missing}{self._waited(wait, records)}") from None
+            time.sleep(min(delay, left))  # polling the server's device list, at a modest rate
+            delay = min(delay * 2, self.POLL_EVERY)
+            records = self._list(url)
+            # Listed now, or the wait is over: one more import (it may be back, or busy now).
+            listed = bool(self._match(records, url, last)) or time.monotonic() >= deadline
+        self._last = (url.host, url.port, dev.busid, dev.descriptor.idVendor)
+        return dev
 
-    def _import_once(self, url: SerialUrl, last: Optional[Tuple[str, int, str, int]]) -> Device:
+    @staticmethod
+    def _waited(wait: float, records: Optional[List[P.UsbDevice]]) -> str:
+        """The tail of the error of a device still missing: how long it was waited for and
+        what the server does export."""
+        parts = [f"waited {wait:g} s for it to be exported"] if wait > 0 else []
+        if records is not None:
+            listed = ", ".join(f"{r.busid} ({r.idVendor:04x}:{r.idProduct:04x})" for r in records)
+            parts.append(f"the server exports {listed}" if listed else "the server exports no free device")
+        return "".join(f"; {part}" for part in parts)
+
+    def _list(self, url: SerialUrl) -> List[P.UsbDevice]:
+        try:
+            return list_devices(url.host, url.port, timeout=url.timeout)
+        except UsbipError as exc:
+            raise SerialException(f"cannot open usbip://{url.where}/{url.busid or url.device}: {exc}") from None
+
+    @staticmethod
+    def _match(records: List[P.UsbDevice], url: SerialUrl,
+               last: Optional[Tuple[str, int, str, int]]) -> List[P.UsbDevice]:
+        """The listed devices the URL names: its busid, or its VID:PID, or, for a port opened
+        again whose device came back with another PID, the same VID on the same busid."""
+        if url.busid is not None:
+            return [r for r in records if r.busid == url.busid]
+        found = [r for r in records if r.idVendor == url.vid and r.idProduct == url.pid]
+        if not found and last is not None:
+            found = [r for r in records if r.idVendor == last[3] and r.busid == last[2]]
+        return found
+
+    def _import_once(self, url: SerialUrl, last: Optional[Tuple[str, int, str, int]],
+                     records: Optional[List[P.UsbDevice]] = None) -> Device:
+        """One import: for a VID:PID URL, the device found in ``records`` (the server's list,
+        asked for if None)."""
         where = url.where
         busid = url.busid
         try:
             if busid is None:
-                records = list_devices(url.host, url.port, timeout=url.timeout)
-                found = [r for r in records if r.idVendor == url.vid and r.idProduct == url.pid]
-                if not found and last is not None:
-                    # came back with another PID: the same VID on the same port
-                    found = [r for r in records if r.idVendor == last[3] and r.busid == last[2]]
+                if records is None:
+                    records = list_devices(url.host, url.port, timeout=url.timeout)
+                found = self._match(records, url, last)
                 if not found:
                     raise _Missing(f"no device {url.device} is free on {where} (a device another "
                                    "client has imported is not listed)")
@@ -232,7 +304,9 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
                 busid = found[0].busid
             key = (url.host, url.port, busid)
             return retry_busy_after_release(
-                lambda: open_device(url.host, url.port, key[2], timeout=url.timeout), _released.get(key))
+                # Its connection's loss is the port's to report (read/write raise): not a warning.
+                lambda: open_device(url.host, url.port, key[2], timeout=url.timeout, loss_level=logging.DEBUG),
+                _released.get(key))
         except ImportRefusedError as exc:
             if exc.status == P.Status.ST_DEV_BUSY:
                 raise SerialException(f"device {busid} on {where} is busy: another client has imported "
@@ -283,6 +357,9 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
                     if len(self._rx) >= self._want:
                         self._cond.notify_all()  # (a reader waiting for more sleeps on)
             elif not self._closing:
+                if self._failure is None:
+                    _log.info("%s: the device stopped answering (%s); reading and writing fail until "
+                              "the port is opened again", self._where(), urb.exception())
                 self._failure = urb.exception()
                 self._cond.notify_all()
                 return
@@ -505,32 +582,35 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
         stop: Optional[str] = None  # why the write was cut short: "timeout", "cancel" or "drop"
         keep = 0  # after a stop: the URBs at the head of the flight left to finish, not unlinked
         finish_by = 0.0
+        tail = False  # near the deadline: one-packet URBs only (see _before_deadline)
         try:
             while True:
-                if stop is None:
+                while stop is None and (offset < total or (zlp and not flight)):
                     size = self._urb_size(driver)
+                    if deadline is not None and not self._unpaced and self._line_rate > 0:
+                        size, tail = self._before_deadline(size, driver, deadline, flight, tail)
                     # One URB at a time until the server has taken one of this size: a refused
                     # size (-EMSGSIZE) is then learnt before anything is queued behind it.
-                    limit = OUT_WINDOW if size <= self._write_proven else 1
-                    while (offset < total or (zlp and not flight)) and len(flight) < limit:
-                        n = min(size, total - offset)
-                        urb = dev.conn.submit(_BULK, driver.ep_out, data=view[offset:offset + n],
-                                              callback=_weak(self, "_write_done"))
-                        if offset >= total:
-                            zlp = False
-                        offset += n
-                        flight.append((urb, n))
-                        with self._cond:
-                            self._writes.append(urb)
-                            if urb.done():  # its callback ran before it was listed
-                                self._writes.remove(urb)
+                    if len(flight) >= (OUT_WINDOW if size <= self._write_proven else 1):
+                        break
+                    n = min(size, total - offset)
+                    urb = dev.conn.submit(_BULK, driver.ep_out, data=view[offset:offset + n],
+                                          callback=_weak(self, "_write_done"))
+                    if offset >= total:
+                        zlp = False
+                    offset += n
+                    flight.append((urb, n))
+                    with self._cond:
+                        self._writes.append(urb)
+                        if urb.done():  # its callback ran before it was listed
+                            self._writes.remove(urb)
                 if not flight:
                     break
                 head, n = flight[0]
                 if stop is None:
                     if not self._await(dev, head, deadline, True):
                         stop = self._stop_reason()
-                        keep = 0 if stop == "drop" else min(self._keep(n, driver), len(flight))
+                        keep = self._keep(flight, driver, stop)
                         self._unlink(flight, keep)
                         finish_by = time.monotonic() + self._finish_time([m for _, m in flight][:keep], driver)
                         continue
@@ -584,17 +664,46 @@ class Serial(SerialBase):  # type: ignore[misc]  # pyserial ships no type inform
             return self._write_chunk
         return min(self._write_chunk, whole_packets(int(self._line_rate * URB_LINE_TIME), driver.out_packet))
 
-    @staticmethod
-    def _keep(size: int, driver: Driver) -> int:
-        """How many URBs a write cut short lets finish: the head, which the device may be
-        part-way through, and, for URBs of several packets, the one behind it too: the head may
-        have finished and the next begun before the unlinks reach the server (a round trip),
-        and an unlinked URB's progress is never told. One-packet URBs go whole or not at all."""
-        return 1 if size <= driver.out_packet else 2
+    def _before_deadline(self, size: int, driver: Driver, deadline: float,
+                         flight: Deque[Tuple[Urb, int]], tail: bool) -> Tuple[int, bool]:
+        """The size of the next URB of a write with a deadline, and whether the write is in its
+        tail. A URB of several packets goes out only if the line can finish it, behind what is
+        in flight, before the deadline; past that point every URB is one packet, taken whole or
+        not at all, so a write cut short unlinks only those and lets the others finish: the
+        count it reports is then exact (the unlink of a URB the device is part-way through is
+        answered without saying how much it took)."""
+        packet = driver.out_packet
+        if not tail:
+            queued = sum(n for urb, n in flight if not urb.done())
+            room = (deadline - time.monotonic()) * self._line_rate - queued
+            if room >= 2 * packet:
+                return min(size, whole_packets(int(room), packet)), False
+        return packet, True
+
+    def _keep(self, flight: Deque[Tuple[Urb, int]], driver: Driver, stop: str) -> int:
+        """How many URBs at the head of the flight a write cut short lets finish. Dropped
+        (reset_output_buffer, close): none. Timed out on a paced line: every URB of several
+        packets (the tail behind them is one-packet URBs, see _before_deadline). Otherwise (a
+        cancel_write, or an unpaced device) the head, which the device may be part-way through,
+        and for URBs of several packets the one behind it too: the head may have finished and the
+        next begun before the unlinks reach the server (a round trip). One-packet URBs go whole
+        or not at all."""
+        if stop == "drop" or not flight:
+            return 0
+        packet = driver.out_packet
+        if stop == "timeout" and not self._unpaced and self._line_rate > 0:
+            keep = 0
+            for _, n in flight:
+                if n <= packet:
+                    break
+                keep += 1
+            return keep
+        return min(1 if flight[0][1] <= packet else 2, len(flight))
 
     def _finish_time(self, sizes: List[int], driver: Driver) -> float:
         """How long the URBs left to finish may take: the line time of all but the packet the
-        device may be waiting to take (bounded: a device that stopped draining is given up)."""
+        device may be waiting to take, and a margin for the replies on a loaded host (bounded: a
+        device that stopped draining is given up)."""
         rest = max(sum(sizes) - driver.out_packet, 0)
         line_time = rest / self._line_rate if self._line_rate > 0 else 0.0
         return FINISH_MARGIN + min(line_time, 4 * URB_LINE_TIME)

@@ -15,7 +15,7 @@ _LOGGING = ("debug", "info", "warning", "error")
 
 FORMS = ("usbip://HOST[:PORT]/BUSID (e.g. usbip://192.168.1.20/1-2) or "
          "usbip://HOST[:PORT]/VID:PID (hex, e.g. usbip://192.168.1.20:3240/303a:1001), "
-         "options ?baudrate=N&interface=N&timeout=SECONDS&logging=debug")
+         "options ?baudrate=N&interface=N&timeout=SECONDS&wait=SECONDS&logging=debug")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class SerialUrl:
     timeout: float = 5.0  #: seconds for the import and the requests the port sends
     logging: Optional[str] = None
     baudrate: Optional[int] = None  #: ``?baudrate=`` (applied when the port opens)
+    #: ``?wait=``: seconds opening waits for a device that is not on the server to be exported
+    #: (None: not given, the port's defaults apply; 0: fail at once)
+    wait: Optional[float] = None
 
     @property
     def where(self) -> str:
@@ -75,6 +78,7 @@ def parse_url(url: str) -> SerialUrl:
     timeout = 5.0
     level: Optional[str] = None
     baudrate: Optional[int] = None
+    wait: Optional[float] = None
     for name, values in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
         value = values[-1]
         if name == "interface":
@@ -88,6 +92,14 @@ def parse_url(url: str) -> SerialUrl:
                 raise ValueError(f"timeout={value!r}: expected seconds") from None
             if timeout < 0:
                 raise ValueError(f"timeout={value!r}: expected seconds >= 0")
+        elif name == "wait":
+            try:
+                wait = float(value)
+            except ValueError:
+                wait = None
+            if wait is None or not 0 <= wait < float("inf"):  # (NaN fails both)
+                raise ValueError(f"wait={value!r}: expected seconds >= 0 (how long opening waits for "
+                                 "a device that is not on the server; 0: fail at once)")
         elif name == "logging":
             if value not in _LOGGING:
                 raise ValueError(f"logging={value!r}: expected one of {', '.join(_LOGGING)}")
@@ -97,6 +109,6 @@ def parse_url(url: str) -> SerialUrl:
                 raise ValueError(f"baudrate={value!r}: expected a positive number")
             baudrate = int(value)
         else:
-            raise ValueError(f"unknown option {name!r} in {url!r}; known: baudrate, interface, timeout, logging")
+            raise ValueError(f"unknown option {name!r} in {url!r}; known: baudrate, interface, timeout, wait, logging")
     return SerialUrl(host, port if port is not None else P.USBIP_PORT, interface=interface,
-                     timeout=timeout, logging=level, baudrate=baudrate, **fields)
+                     timeout=timeout, logging=level, baudrate=baudrate, wait=wait, **fields)

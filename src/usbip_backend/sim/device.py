@@ -4,7 +4,7 @@ A device is a subclass of :class:`Device`. Class attributes declare what the hos
 strings, interfaces, endpoints); methods define what it does. Endpoint handlers are found by name
 from the endpoint's type, direction and number::
 
-    bulk_out_1(self, data)                  # OUT data (a bytearray the method may keep)
+    bulk_out_1(self, data) -> None | False | int   # OUT data (a bytearray); see "OUT handlers"
     bulk_in_1(self, length) -> bytes | None # None: nothing yet, the URB stays pending until the
                                             # device calls self.notify(0x81)
     interrupt_in_2 / interrupt_out_2        # same signatures as bulk
@@ -20,8 +20,30 @@ handler stalls the request; on a bulk/interrupt endpoint it also halts the endpo
 sends CLEAR_FEATURE(ENDPOINT_HALT). Standard requests (descriptors, configuration, interface, halt,
 status, reset) are answered by the framework from the declaration.
 
-Methods run under the device's lock, one at a time; ``notify`` and any public method a device adds
-may be called from other threads.
+OUT handlers (``bulk_out_N`` / ``interrupt_out_N``) are called with the URB's whole payload, a
+bytearray, and say what the device did with it (as :class:`~.devices.CdcAcmDevice` and the other
+serial echoes of :mod:`.devices` do, whose transmit buffer drains at the line rate):
+
+* ``None``: the device took everything (it may keep the bytearray); the URB completes
+  (RET_SUBMIT, status 0, ``actual_length`` the URB's length). A count of ``len(data)`` or more
+  means the same.
+* ``False``: the URB fails with -EPIPE (a stall of this URB only; raise :class:`Stall` to halt
+  the endpoint as well).
+* a count ``n``, ``0 <= n < len(data)``: the device took the first ``n`` bytes and has no room
+  for the rest, as a device NAKs OUT packets. The server deletes those bytes from ``data`` and
+  keeps the URB pending: no RET_SUBMIT yet, and later OUT URBs of the endpoint wait behind it, in
+  order. When the device has made room, it calls ``self.notify(address)`` with the OUT endpoint's
+  address (``0x01``), typically from a thread of its own (the serial echoes' UART, sending at the
+  line rate); the server then calls the handler again with the same bytearray, now holding only
+  what is left, and the answer counts the same way, until the URB completes with
+  ``actual_length`` the sum taken. Call ``notify`` for an OUT endpoint outside its handler (from
+  inside, the URB is not queued yet, or the handler is re-entered). A pending URB that is
+  unlinked is answered RET_UNLINK -ECONNRESET and never RET_SUBMIT, as Linux's stub does: what
+  the device took of it stays taken, and the host is not told how much.
+
+Methods run under the device's lock, one at a time; ``notify`` (IN endpoints: data to offer
+pending IN URBs; OUT endpoints: room for pending OUT URBs) and any public method a device adds may
+be called from other threads.
 """
 
 from __future__ import annotations
@@ -245,7 +267,9 @@ class Device:
 
     # -- things a device calls --------------------------------------------------------------------
     def notify(self, endpoint: int) -> None:
-        """Data became available on IN ``endpoint`` (0x81 style): complete pending URBs now.
+        """Data became available on IN ``endpoint`` (0x81 style), or room on OUT ``endpoint``
+        (0x01 style): offer the pending URBs of that endpoint to its handler again, in order,
+        completing those it answers (see the module docstring's OUT handlers).
 
         Safe from any thread; a no-op when no client has the device imported.
         """
