@@ -343,6 +343,53 @@ def test_many_threads_submit_at_once():
         assert not errors
 
 
+@pytest.mark.timeout(30)
+def test_resubmit_makes_the_same_urb_again_into_the_same_buffer():
+    """resubmit(done): a new URB with the ended one's type, endpoint, flags and buffer (IN data
+    lands in the same memory) or data (OUT sent again as it is now), a fresh seqnum and its
+    own timeout and callback; a URB not ended, or of another connection, is refused."""
+    seen = []
+
+    def script(sock):
+        while True:
+            cmd, _, data, _ = read_cmd(sock)
+            if isinstance(cmd, P.CmdUnlink):
+                sock.sendall(ret_unlink(cmd.seqnum, -104))  # the held URB, unlinked
+                continue
+            if cmd.ep == 3:
+                continue  # held: never answered
+            seen.append((cmd.seqnum, cmd.direction, cmd.ep, cmd.transfer_flags, cmd.transfer_buffer_length, data))
+            if cmd.direction:
+                sock.sendall(ret_submit(cmd.seqnum, data=bytes([cmd.seqnum & 0xFF]) * cmd.transfer_buffer_length))
+            else:
+                sock.sendall(ret_submit(cmd.seqnum, actual=len(data)))
+
+    with ScriptedServer(script) as srv, connect(srv) as conn, \
+            ScriptedServer(script) as srv2, connect(srv2) as other:
+        buf = bytearray(8)
+        first = conn.submit(BULK, 0x81, buffer=buf, transfer_flags=P.USBIP_URB_SHORT_NOT_OK).wait(5)
+        assert bytes(buf) == bytes([first.seqnum & 0xFF]) * 8
+        with pytest.raises(ValueError, match="not an ended URB of this connection"):
+            other.resubmit(first)
+        done = []
+        again = conn.resubmit(first, timeout=5, callback=done.append).wait(5)
+        assert again is not first and again.seqnum != first.seqnum and done == [again]
+        assert bytes(buf) == bytes([again.seqnum & 0xFF]) * 8 and again.in_data.obj is first.in_data.obj
+        payload = bytearray(b"abcd")
+        out = conn.submit(BULK, 0x02, data=payload).wait(5)
+        payload[:] = b"wxyz"  # the buffer is sent as it is at the resubmit
+        assert conn.resubmit(out).wait(5).actual_length == 4
+        held = conn.submit(BULK, 0x83, length=4)
+        with pytest.raises(ValueError, match="not an ended URB"):
+            conn.resubmit(held)
+        held.cancel()
+        with pytest.raises(UrbCancelledError):
+            held.wait(5)
+    ins = [s for s in seen if s[1]]
+    assert ins[0][2:5] == ins[1][2:5] == (1, P.USBIP_URB_SHORT_NOT_OK | 0x200, 8)
+    assert [s[5] for s in seen if not s[1]] == [b"abcd", b"wxyz"]
+
+
 def test_pending_bulk_in_does_not_delay_control():
     def script(sock):
         held = read_cmd(sock)[0]  # a bulk IN nobody answers yet

@@ -728,6 +728,31 @@ class Connection:
         self._post(urb, timeout, False, block, flush)
         return urb
 
+    def resubmit(self, done: Urb, *, timeout: Optional[float] = None, callback: Optional[DoneCallback] = None,
+                 block: bool = True, flush: bool = True) -> Urb:
+        """Submit a new URB like ``done``, an ended URB of this connection: the same type,
+        endpoint, setup, flags, interval, ISO packet lengths and buffer (IN, received into
+        again) or data (OUT, sent again as it is now). Its arguments were checked when ``done``
+        was made, so this is the cheap way to keep a pump going (python-libusb1's transfer
+        reuse). Other arguments as :meth:`submit`.
+
+        Raises:
+            ValueError: ``done`` is not an ended URB of this connection.
+            ConnectionLostError: the connection is gone.
+        """
+        if done.conn is not self or done.state is not _DONE:
+            raise ValueError(f"{done!r} is not an ended URB of this connection")
+        if self._lost is not None:
+            raise self._lost
+        direction = done.direction
+        urb = Urb(self, done.transfer_type, done.endpoint, direction, done.setup, done.length, done.interval,
+                  done.buffer if direction else done.out_data, done.transfer_flags)  # type: ignore[arg-type]
+        urb.iso_packets = done.iso_packets
+        if callback is not None:
+            urb._callbacks = [callback]
+        self._post(urb, timeout, False, block, flush)
+        return urb
+
     def transfer(self, transfer_type: P.TransferType, endpoint: int, *, timeout: Optional[float] = None,
                  setup: Optional[bytes] = None, data: Optional[Buffer] = None,
                  buffer: Optional[Buffer] = None, length: Optional[int] = None, interval: int = 0,
@@ -1241,6 +1266,12 @@ class Connection:
         except BaseException:
             self._unlink(urb, EndedBy.CANCEL)  # nobody waits any more: it must still end
             raise
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes of a reply have been read and not dispatched yet (a :meth:`pump` of 0 would
+        not start with a recv)."""
+        return self._rd.end > self._rd.start
 
     def pump(self, timeout: float) -> bool:
         """Read and dispatch replies on this thread, as a waiting caller does: wait at most

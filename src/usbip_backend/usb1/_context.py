@@ -48,6 +48,9 @@ _T = TypeVar("_T")
 _HANDLE_EVENTS_TIMEOUT = 60.0
 #: How long handleEvents() reads one connection's socket itself before it looks again at
 #: interrupts and at completions another thread read.
+#: How many times one handleEvents*() call goes on with replies already read (bounded: the
+#: caller's own loop must get a turn).
+_MORE_ROUNDS = 4
 _PUMP_SLICE = 0.02
 #: "Some devices choke on size > 255" (libusb, descriptor.c).
 _STRING_LENGTH = 255
@@ -324,12 +327,19 @@ class USBDeviceHandle:
         self._inflight.add(transfer)
         conn = dev.conn
         context = self._context
+        last = transfer._urb
         try:
-            if context._batch_thread == threading.get_ident():
-                transfer._urb = conn.submit(engine_type, transfer._endpoint, block=False, flush=False, **args)
-                context._batch_conns.add(conn)
+            batched = context._batch_thread == threading.get_ident()
+            if last is not None and transfer._urb_args is args and last.conn is conn and last.done():
+                # Set up as before: the engine makes the same URB again without checking it.
+                transfer._urb = conn.resubmit(last, timeout=args["timeout"], callback=args["callback"],
+                                              block=not batched, flush=not batched)
             else:
-                transfer._urb = conn.submit(engine_type, transfer._endpoint, **args)
+                transfer._urb = conn.submit(engine_type, transfer._endpoint, block=not batched,
+                                            flush=not batched, **args)
+                transfer._urb_args = args
+            if batched:
+                context._batch_conns.add(conn)
         except BaseException as exc:
             with self._context._events:
                 queue.remove(transfer)
@@ -750,8 +760,6 @@ class USBContext:
                         self._cond.wait(min(left, _PUMP_SLICE) if conn is not None else left)
             with self._cond:
                 self._interrupted = False
-                batch = list(self._ready)
-                self._ready.clear()
             if self._poll_r is not None:
                 try:
                     self._poll_r.recv(512)
@@ -759,14 +767,23 @@ class USBContext:
                     pass
             self._batch_thread = threading.get_ident()
             try:
-                for i, transfer in enumerate(batch):
-                    transfer._completed = True
-                    try:
-                        self._deliver(transfer)
-                    except BaseException:
-                        with self._cond:
-                            self._ready.extendleft(reversed(batch[i + 1:]))
-                        raise
+                for _ in range(_MORE_ROUNDS):
+                    with self._cond:
+                        batch = list(self._ready)
+                        self._ready.clear()
+                    for i, transfer in enumerate(batch):
+                        transfer._completed = True
+                        try:
+                            self._deliver(transfer)
+                        except BaseException:
+                            with self._cond:
+                                self._ready.extendleft(reversed(batch[i + 1:]))
+                            raise
+                    # Replies that came in the same recv: theirs too before the resubmitted
+                    # transfers go out, so one send carries more of them.
+                    conn = self._busy_connection()
+                    if conn is None or not conn.buffered or not conn.pump(0):
+                        break
             finally:
                 self._batch_thread = None
                 conns, self._batch_conns = self._batch_conns, set()

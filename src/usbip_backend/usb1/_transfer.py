@@ -72,6 +72,7 @@ class USBTransfer:
         self._submitted = False
         self._completed = False  # its URB ended; handed back by handleEvents, in order
         self._urb: Optional[Urb] = None
+        self._urb_args: Optional[Dict[str, Any]] = None  # the _args _urb was made from
         self._status = C.TRANSFER_COMPLETED
         self._actual = 0
         self._iso_results: List[Tuple[int, int, int]] = []  # (length, actual_length, status)
