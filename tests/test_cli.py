@@ -334,7 +334,7 @@ def test_demo_command(capsys):
     assert "virtual USB/IP server on 127.0.0.1:" in err
     port = err.split("virtual USB/IP server on 127.0.0.1:")[1].split()[0]
     # announced and found over mDNS on 127.0.0.1, as 'discover' finds it, then checked there
-    assert f"mDNS: found usbip-sim-" in out and f".local:{port}  [127.0.0.1]" in out and "target=sim" in out
+    assert "mDNS: found usbip-sim-" in out and f".local:{port}  [127.0.0.1]" in out and "target=sim" in out
     assert "isochronous IN 0x81" in out
     assert out.strip().splitlines()[-1].split(",")[1].strip() == "0 failed"
 

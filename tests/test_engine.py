@@ -517,7 +517,6 @@ def test_reply_buffered_by_a_leader_reaches_the_follower(round_):
 
 
 def test_send_failure_fails_fast_and_completes_the_urb_for_hooks():
-    import struct as _struct
     from usbip_backend.hooks import UrbHook
 
     release = threading.Event()

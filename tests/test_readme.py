@@ -15,7 +15,7 @@ import shlex
 import socket
 import subprocess
 import sys
-from typing import Iterator, List, NamedTuple, Optional
+from typing import Iterator, List, NamedTuple
 
 import pytest
 

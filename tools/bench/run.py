@@ -542,7 +542,7 @@ class Bench:
 
     # -- 3c. asyncio ---------------------------------------------------------------------------------------
     def aio(self) -> None:
-        n = 40 if self.smoke else 1500
+        n = 40 if self.smoke else 6000
         jobs = [("aio_ctrl", "ctrl", {"n": n}),
                 ("aio_ctrl16", "pipe", {"kind": "control", "depth": 16, "size": 18, "n": 4 * n})]
         log(f"aio: control round trips, 1 and 16 at a time, {self.runs} runs")
