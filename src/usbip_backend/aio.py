@@ -660,13 +660,15 @@ class Device:
         inbox = _Inbox.of(loop)
         fut: "asyncio.Future[Urb]" = loop.create_future()
         post = inbox._post
+        # The first URB of a loop iteration goes out at once (a lone round trip waits for
+        # nothing); what the rest of the iteration submits goes out together, in one syscall.
+        first = not self._flush_soon
         try:
-            urb = self.conn.submit(transfer_type, endpoint, block=False, flush=False,
+            urb = self.conn.submit(transfer_type, endpoint, block=False, flush=first,
                                    callback=lambda u: post(fut, u), **kwargs)
         except UsbipError as exc:
             _raise(exc)
-        if not self._flush_soon:
-            # What this loop iteration submits goes out together, in one syscall.
+        if first:
             self._flush_soon = True
             loop.call_soon(self._flush)
         await _ended(urb, on_cancel_done, fut)
