@@ -124,6 +124,39 @@ def test_get_backend_without_host_finds_the_sim(monkeypatch):
 
 
 @pytest.mark.timeout(60)
+def test_every_front_end_asks_mdns_on_the_interfaces_it_is_given(monkeypatch):
+    """get_backend, usb1.USBContext and aio.Context with host=None and mdns_interfaces: mDNS
+    asks on those addresses only (here 127.0.0.1; the service type is the test's own)."""
+    import asyncio
+
+    from usbip_backend import aio, usb1
+    from usbip_backend.backend import get_backend
+
+    proc, port, stype, _name = start_advertised_sim("--mdns-type", unique_type(), "--devices", "loopback")
+    asked = []
+
+    def resolve(timeout=2.0, interfaces=None, service_type=SERVICE_TYPE):
+        asked.append(interfaces)
+        return resolve_single_server(timeout=2.0, interfaces=interfaces, service_type=stype)
+
+    monkeypatch.setattr(discovery, "resolve_single_server", resolve)
+    try:
+        with get_backend(timeout=5.0, mdns_interfaces=LOOPBACK) as backend:
+            assert [d.busid for d in backend.enumerate_devices()] == ["1-1"]
+        with usb1.USBContext(mdns_interfaces=LOOPBACK) as ctx:
+            assert (ctx.host, ctx.port) == ("127.0.0.1", port)
+            assert [(d.getVendorID(), d.getProductID()) for d in ctx.getDeviceList()] == [(0x1209, 0x0001)]
+
+        async def main():
+            async with aio.Context(mdns_interfaces=LOOPBACK) as actx:
+                return actx.host, actx.port, [d.vendor_id for d in actx]
+        assert asyncio.run(main()) == ("127.0.0.1", port, [0x1209])
+    finally:
+        stop_sim_process(proc)
+    assert asked == [LOOPBACK] * 3
+
+
+@pytest.mark.timeout(60)
 def test_stopping_the_sim_withdraws_the_service():
     stype = unique_type()
     watch = _Watch()

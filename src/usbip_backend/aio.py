@@ -417,6 +417,7 @@ class Context:
         connect: ``connect(host, port, timeout)`` returning a connected socket-like object (an
             SSH channel, :func:`~usbip_backend.client.command_connector`'s); it runs in the
             loop's executor, as every connect does.
+        mdns_interfaces: with ``host=None``, the local addresses mDNS asks on (None: all).
 
     Over TLS or ``connect``, the engine's socket is one end of a socketpair that a relay thread
     carries to the real transport (:mod:`usbip_backend.engine.transport`), so the loop still
@@ -425,9 +426,11 @@ class Context:
 
     def __init__(self, host: Optional[str] = None, port: int = P.USBIP_PORT, *,
                  busids: Optional[Sequence[str]] = None, timeout: float = DEFAULT_TIMEOUT,
-                 pcap: Any = None, ssl: TlsArg = None, connect: Optional[Connector] = None) -> None:
+                 pcap: Any = None, ssl: TlsArg = None, connect: Optional[Connector] = None,
+                 mdns_interfaces: Optional[Sequence[str]] = None) -> None:
         self.host = host
         self.port = port
+        self.mdns_interfaces = mdns_interfaces
         self.ssl = tls_context(ssl)
         self.connect = connect
         self.busids = None if busids is None else set(busids)
@@ -452,7 +455,8 @@ class Context:
         if self.host is None:
             from .discovery import resolve_single_server
 
-            server = await loop.run_in_executor(None, resolve_single_server)
+            server = await loop.run_in_executor(
+                None, functools.partial(resolve_single_server, interfaces=self.mdns_interfaces))
             self.host, self.port = server.address, server.port
         pcap = self._pcap_arg
         if isinstance(pcap, str):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import errno as _errno
 import logging
 import threading
-from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple
 
 # PyUSB ships no type information (ignored, whether or not stubs are installed).
 import usb.backend  # type: ignore[import-untyped, unused-ignore]
@@ -509,6 +509,7 @@ def get_backend(
     connect_timeout: Optional[float] = None,
     ssl: TlsArg = None,
     connect: Optional[Connector] = None,
+    mdns_interfaces: Optional[Sequence[str]] = None,
 ) -> UsbipBackend:
     """A PyUSB backend for the USB/IP server at ``host:port``.
 
@@ -529,6 +530,8 @@ def get_backend(
             (``recv``, ``sendall``, ``close``): a paramiko ``direct-tcpip`` channel, a socket
             connected through a proxy, or ``client.command_connector("ssh -W %h:%p jumphost")``.
             With ``ssl`` too, TLS runs inside it.
+        mdns_interfaces: with ``host=None``, the local addresses mDNS asks on (e.g.
+            ``["192.168.1.5"]``); None asks on every interface.
 
     ``timeout`` and ``pcap`` may be given by position (``get_backend(host, port, timeout,
     pcap)``, as 0.0.1 took them); the rest are keyword-only.
@@ -539,7 +542,7 @@ def get_backend(
     if host is None:
         from .discovery import resolve_single_server  # lazy: zeroconf only when asked for
 
-        server = resolve_single_server()
+        server = resolve_single_server(interfaces=mdns_interfaces)
         host, port = server.address, server.port
     return UsbipBackend(host, port, timeout=timeout, busids=busids, pcap=pcap, max_transfer=max_transfer,
                         connect_timeout=connect_timeout, ssl=ssl, connect=connect)

@@ -23,7 +23,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Deque, Dict, Iterator, List, NoReturn, Optional, Sequence, Set, Tuple, TypeVar
 
 from .. import protocol as P
 from ..client import list_devices, socket_timeout
@@ -554,6 +554,7 @@ class USBContext:
         connect: ``connect(host, port, timeout)`` returning a connected socket-like object
             (an SSH channel, :func:`~usbip_backend.client.command_connector`'s); the device list
             and every import connect through it.
+        mdns_interfaces: with ``host=None``, the local addresses mDNS asks on (None: all).
 
     Use it as ``with USBContext(host=...) as ctx:``; leaving it cancels the transfers still in
     flight, lets their callbacks run, and closes every connection.
@@ -561,9 +562,11 @@ class USBContext:
 
     def __init__(self, host: Optional[str] = None, port: int = P.USBIP_PORT, *,
                  busids: Optional[List[str]] = None, timeout: float = 5.0, pcap: Any = None,
-                 ssl: TlsArg = None, connect: Optional[Connector] = None) -> None:
+                 ssl: TlsArg = None, connect: Optional[Connector] = None,
+                 mdns_interfaces: Optional[Sequence[str]] = None) -> None:
         self.host = host
         self.port = port
+        self._mdns_interfaces = mdns_interfaces
         self._ssl = tls_context(ssl)
         self._connect = connect
         self.busids = list(busids) if busids is not None else None
@@ -596,7 +599,7 @@ class USBContext:
         if self.host is None:
             from ..discovery import resolve_single_server  # lazy: zeroconf only when asked for
 
-            server = resolve_single_server()
+            server = resolve_single_server(interfaces=self._mdns_interfaces)
             self.host, self.port = server.address, server.port
         pcap = self._pcap
         if pcap is not None and not isinstance(pcap, UrbHook):
