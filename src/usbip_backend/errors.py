@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import errno as _errno
 import os
+import sys
 from typing import TYPE_CHECKING, Dict, List, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover - discovery imports this module
@@ -164,6 +165,7 @@ URB_STATUS_TEXT = {
     -19: "no such device (ENODEV)",
     -22: "invalid request (EINVAL)",
     -27: "transfer too large (EFBIG)",
+    -28: "no bandwidth left for the transfer (ENOSPC)",
     -32: "endpoint stalled (EPIPE)",
     -61: "no data",
     -62: "device did not respond (ETIME)",
@@ -176,6 +178,7 @@ URB_STATUS_TEXT = {
     -104: "URB was cancelled (ECONNRESET)",
     -108: "device or host controller shut down (ESHUTDOWN)",
     -110: "server-side timeout (ETIMEDOUT)",
+    -115: "URB still in progress (EINPROGRESS)",
     -121: "short packet (EREMOTEIO)",
 }
 
@@ -189,7 +192,14 @@ def describe_status(status: int) -> str:
     """A readable text for a negative URB status."""
     text = URB_STATUS_TEXT.get(status)
     if text is None:
-        text = f"{linux_errno_name(status)} ({os.strerror(-status) if status < 0 else 'ok'})"
+        if status >= 0:
+            text = f"{linux_errno_name(status)} (ok)"
+        elif sys.platform.startswith("linux"):
+            text = f"{linux_errno_name(status)} ({os.strerror(-status)})"
+        else:
+            # The host's errno table is not the wire's (Linux) one: its text could be another
+            # error's; the name comes from the Linux table when it is known.
+            text = f"{linux_errno_name(status)} (a Linux errno)"
     return f"{text}, status {status}"
 
 
