@@ -948,7 +948,9 @@ class AsyncInStream:
                 if plan.done:
                     await self.aclose()
                     raise StopAsyncIteration
-                await _ended(plan.flight[0][0])
+                head = plan.flight[0][0]
+                if not head.done():  # (often it is: one read of the socket ends several)
+                    await _ended(head)
                 view = plan.settle()
                 if view is not None:
                     return view
