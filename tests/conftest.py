@@ -46,6 +46,17 @@ def no_leaks(request):
     assert not leaked_socks, f"test leaked {len(leaked_socks)} socket(s)"
 
 
+def closed_port() -> int:
+    """A 127.0.0.1 port nobody listens on (bound, then closed)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def start_sim_process(*extra_args: str):
     """Start ``python -m usbip_backend.sim`` on 127.0.0.1, port 0; return (proc, port)."""
     env = dict(os.environ)

@@ -12,6 +12,7 @@ import pytest
 
 from usbip_backend import cli
 from usbip_backend.client import import_device
+from conftest import closed_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -41,13 +42,6 @@ def run_module(*argv: str, timeout: float = 60):
                           env=subprocess_env(), timeout=timeout)
 
 
-def closed_port() -> int:
-    """A 127.0.0.1 port nobody listens on (bound, then closed)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # --- usage and help -----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Optional
 
 import pytest
 
-from conftest import ROOT, start_sim_process, stop_sim_process
+from conftest import ROOT, closed_port, start_sim_process, stop_sim_process
 
 
 @pytest.fixture
@@ -35,12 +34,6 @@ def _start_stream(port: int, out_file: str, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _wait_streaming(proc: subprocess.Popen, out_file: str, deadline: float) -> None:
@@ -87,5 +80,5 @@ def test_repeated_ctrl_c_while_closing_exits_quietly(private_sim, tmp_path, roun
     command, in its error handling, in closing (the capture, the syslog receiver's thread, the
     reader thread) and in the interpreter's shutdown: every one of those ends quietly with 130."""
     err = _interrupt(private_sim, str(tmp_path / "data.bin"), "--pcap", str(tmp_path / "c.pcapng"), "--syslog",
-                     "--syslog-port", str(_closed_port()), every=0.002)
+                     "--syslog-port", str(closed_port()), every=0.002)
     assert "Exception ignored" not in err, err

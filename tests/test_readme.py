@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 from typing import Iterator, List, NamedTuple
 
 import pytest
 
-from conftest import ROOT, start_sim_process, stop_sim_process
+from conftest import ROOT, closed_port, start_sim_process, stop_sim_process
 
 README = os.path.join(ROOT, "README.md")
 PROGRAMS = {"usbip-pyusb-test": "usbip_backend.cli", "lsusbip": "usbip_backend.lsusbip"}
@@ -103,12 +102,6 @@ def matches(expected: List[str], actual: List[str]) -> bool:
     return bool(actual) and expected[0] == actual[0] and matches(expected[1:], actual[1:])
 
 
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")
