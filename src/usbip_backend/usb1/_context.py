@@ -32,7 +32,7 @@ from ..device import (
     Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, retry_busy_after_release,
     seconds,
 )
-from ..engine import flat
+from ..engine import Urb, flat
 from ..engine.transport import Connector, TlsArg, tls_context
 from ..errors import UsbipError
 from ..hooks import UrbHook
@@ -301,11 +301,18 @@ class USBDeviceHandle:
         return USBTransfer(self, iso_packets, short_is_error, add_zero_packet)
 
     def _submit(self, transfer: USBTransfer) -> None:
-        dev = self._alive()
+        if self._closed:
+            raise USBErrorNoDevice()
+        dev = self._dev
         kind = transfer._type
         assert kind is not None
-        engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
         args = transfer._args
+        last = transfer._urb
+        if args is not None and last is not None and transfer._urb_args is args \
+                and last.conn is dev.conn and last.done() and transfer._queue is not None:
+            self._resubmit(transfer, args, last)
+            return
+        engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
         if args is None:
             # What the engine is given, made once per setup (a pump resubmits the same transfer).
             interval = 0
@@ -327,27 +334,44 @@ class USBDeviceHandle:
         self._inflight.add(transfer)
         conn = dev.conn
         context = self._context
-        last = transfer._urb
         try:
             batched = context._batch_thread == threading.get_ident()
-            if last is not None and transfer._urb_args is args and last.conn is conn and last.done():
-                # Set up as before: the engine makes the same URB again without checking it.
-                transfer._urb = conn.resubmit(last, timeout=args["timeout"], callback=args["callback"],
-                                              block=not batched, flush=not batched)
-            else:
-                transfer._urb = conn.submit(engine_type, transfer._endpoint, block=not batched,
-                                            flush=not batched, **args)
-                transfer._urb_args = args
+            transfer._urb = conn.submit(engine_type, transfer._endpoint, block=not batched,
+                                        flush=not batched, **args)
+            transfer._urb_args = args
             if batched:
                 context._batch_conns.add(conn)
         except BaseException as exc:
-            with self._context._events:
-                queue.remove(transfer)
-                self._inflight.discard(transfer)
-            transfer._submitted = False
-            if isinstance(exc, UsbipError):
-                raise usb_error(exc) from exc
-            raise
+            self._submit_failed(transfer, queue, exc)
+
+    def _resubmit(self, transfer: USBTransfer, args: Dict[str, Any], last: Urb) -> None:
+        """A transfer submitted again as it was set up (a pump): the engine makes the same URB
+        again without checking its arguments."""
+        queue = transfer._queue
+        assert queue is not None
+        transfer._completed = False
+        transfer._submitted = True
+        queue.append(transfer)
+        self._inflight.add(transfer)
+        conn = last.conn
+        context = self._context
+        try:
+            batched = context._batch_thread == threading.get_ident()
+            transfer._urb = conn.resubmit(last, timeout=args["timeout"], callback=args["callback"],
+                                          block=not batched, flush=not batched)
+            if batched:
+                context._batch_conns.add(conn)
+        except BaseException as exc:
+            self._submit_failed(transfer, queue, exc)
+
+    def _submit_failed(self, transfer: USBTransfer, queue: Deque[USBTransfer], exc: BaseException) -> NoReturn:
+        with self._context._events:
+            queue.remove(transfer)
+            self._inflight.discard(transfer)
+        transfer._submitted = False
+        if isinstance(exc, UsbipError):
+            raise usb_error(exc) from exc
+        raise exc
 
 
 class USBDevice:
@@ -586,6 +610,7 @@ class USBContext:
         # transfers resubmitted from their callbacks does every round.
         self._batch_thread: Optional[int] = None
         self._batch_conns: Set[Any] = set()
+        self._handler: Optional[int] = None  # the thread in handleEvents*(), if one is
         self._poll_r: Optional[socket.socket] = None
         self._poll_w: Optional[socket.socket] = None
 
@@ -685,10 +710,16 @@ class USBContext:
     # -- events ---------------------------------------------------------------------------------------------
     def _urb_done(self, transfer: USBTransfer) -> None:
         """The engine ended a transfer's URB (any thread): queue it for handleEvents*()."""
-        with self._cond:
+        if self._handler == threading.get_ident():
+            # Read by the thread handling events, which is the only one that waits on _cond:
+            # nobody to wake (deque.append is atomic against the reader thread's).
             was_empty = not self._ready
             self._ready.append(transfer)
-            self._cond.notify_all()
+        else:
+            with self._cond:
+                was_empty = not self._ready
+                self._ready.append(transfer)
+                self._cond.notify_all()
         if was_empty and self._poll_w is not None:
             try:
                 self._poll_w.send(b"\0")
@@ -741,57 +772,64 @@ class USBContext:
     def _handle_events(self, timeout: float, until: Any = None) -> None:
         deadline = time.monotonic() + timeout
         with self._events:
-            conn = self._busy_connection()
-            if conn is not None:
-                # Take what has arrived on this thread: the reader thread then leaves the socket
-                # to us while we keep handling events (one thread, no hand-over per reply).
-                conn.pump(0)
-            while True:
-                with self._cond:
-                    if self._ready or self._interrupted or (until is not None and until()):
-                        break
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                conn = self._busy_connection()
-                # One device busy: read its replies on this thread (the callbacks run here
-                # anyway), in slices, so an interrupt or a completion from elsewhere is seen.
-                if conn is not None and conn.pump(min(left, _PUMP_SLICE)):
-                    continue
-                with self._cond:
-                    if not self._ready and not self._interrupted:
-                        self._cond.wait(min(left, _PUMP_SLICE) if conn is not None else left)
-            with self._cond:
-                self._interrupted = False
-            if self._poll_r is not None:
-                try:
-                    self._poll_r.recv(512)
-                except (BlockingIOError, OSError):
-                    pass
-            self._batch_thread = threading.get_ident()
+            outer, self._handler = self._handler, threading.get_ident()
             try:
-                for _ in range(_MORE_ROUNDS):
-                    with self._cond:
-                        batch = list(self._ready)
-                        self._ready.clear()
-                    for i, transfer in enumerate(batch):
-                        transfer._completed = True
-                        try:
-                            self._deliver(transfer)
-                        except BaseException:
-                            with self._cond:
-                                self._ready.extendleft(reversed(batch[i + 1:]))
-                            raise
-                    # Replies that came in the same recv: theirs too before the resubmitted
-                    # transfers go out, so one send carries more of them.
-                    conn = self._busy_connection()
-                    if conn is None or not conn.buffered or not conn.pump(0):
-                        break
+                self._handle_events_locked(deadline, until)
             finally:
-                self._batch_thread = None
-                conns, self._batch_conns = self._batch_conns, set()
-                for conn in conns:
-                    conn.flush()
+                self._handler = outer
+
+    def _handle_events_locked(self, deadline: float, until: Any) -> None:
+        conn = self._busy_connection()
+        if conn is not None:
+            # Take what has arrived on this thread: the reader thread then leaves the socket
+            # to us while we keep handling events (one thread, no hand-over per reply).
+            conn.pump(0)
+        while True:
+            with self._cond:
+                if self._ready or self._interrupted or (until is not None and until()):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+            conn = self._busy_connection()
+            # One device busy: read its replies on this thread (the callbacks run here
+            # anyway), in slices, so an interrupt or a completion from elsewhere is seen.
+            if conn is not None and conn.pump(min(left, _PUMP_SLICE)):
+                continue
+            with self._cond:
+                if not self._ready and not self._interrupted:
+                    self._cond.wait(min(left, _PUMP_SLICE) if conn is not None else left)
+        with self._cond:
+            self._interrupted = False
+        if self._poll_r is not None:
+            try:
+                self._poll_r.recv(512)
+            except (BlockingIOError, OSError):
+                pass
+        self._batch_thread = threading.get_ident()
+        try:
+            for _ in range(_MORE_ROUNDS):
+                with self._cond:
+                    batch = list(self._ready)
+                    self._ready.clear()
+                for i, transfer in enumerate(batch):
+                    transfer._completed = True
+                    try:
+                        self._deliver(transfer)
+                    except BaseException:
+                        with self._cond:
+                            self._ready.extendleft(reversed(batch[i + 1:]))
+                        raise
+                # Replies that came in the same recv: theirs too before the resubmitted
+                # transfers go out, so one send carries more of them.
+                conn = self._busy_connection()
+                if conn is None or not conn.buffered or not conn.pump(0):
+                    break
+        finally:
+            self._batch_thread = None
+            conns, self._batch_conns = self._batch_conns, set()
+            for conn in conns:
+                conn.flush()
 
     def _deliver(self, transfer: USBTransfer) -> None:
         """Hand back ``transfer`` and those behind it on its endpoint, in submission order,
