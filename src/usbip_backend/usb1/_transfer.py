@@ -338,6 +338,8 @@ class USBTransfer:
         error = urb._error
         if error is not None:
             self._status = transfer_status_of(error)
+        elif status == 0:
+            self._status = C.TRANSFER_COMPLETED  # (the common case, as transfer_status says)
         else:
             self._status = transfer_status(status, int(urb._ended_by), short_not_ok=self._short_is_error)
         self._actual = urb.actual_length
