@@ -277,15 +277,26 @@ class _Sender:
         sock, queue = self.sock, self.queue
         while True:
             batch: List[Tuple[List[Any], Optional[Callable[[], None]]]]
+            every: List[Any] = []  # the batch's buffers, in order
+            total = 0
             if self.tail is not None:
                 batch = [(self.tail, self.tail_sent)]
+                every = self.tail
+                total = sum(_nbytes(v) for v in every)
                 self.tail = self.tail_sent = None
             elif queue:
                 batch = []
                 parts = 0
                 while queue and parts < _IOV_MAX - 3:
                     message, sent = queue.popleft()
-                    batch.append(([m if type(m) is bytes else memoryview(m).cast("B") for m in message], sent))
+                    if len(message) == 1 and type(message[0]) is bytes:
+                        views = message  # a lone CMD_SUBMIT or CMD_UNLINK header (most are)
+                        total += len(message[0])
+                    else:
+                        views = [m if type(m) is bytes else memoryview(m).cast("B") for m in message]
+                        total += sum(_nbytes(v) for v in views)
+                    batch.append((views, sent))
+                    every += views
                     parts += len(message)
             else:
                 return False
@@ -296,7 +307,7 @@ class _Sender:
                     if sent is not None:
                         sent()
                 continue
-            flat_views = _head([v for views, _ in batch for v in views], _SEND_SLICE)
+            flat_views = every if total <= _SEND_SLICE else _head(every, _SEND_SLICE)
             try:
                 if len(flat_views) == 1:
                     n = sock.send(flat_views[0], socket.MSG_DONTWAIT)
@@ -304,6 +315,11 @@ class _Sender:
                     n = sock.sendmsg(flat_views, [], socket.MSG_DONTWAIT)
             except BlockingIOError:
                 n = 0
+            if n >= total:  # all of it went (the usual case): no message to split
+                for _, sent in batch:
+                    if sent is not None:
+                        sent()
+                continue
             for i, (views, sent) in enumerate(batch):
                 size = sum(_nbytes(v) for v in views)
                 if n >= size:
