@@ -853,14 +853,17 @@ class Esp32S3Device(CdcAcmDevice):
             busid = self.busid or ""
             cut_off = int(self._conn is not None)
             self._leaving = True
+        # Recorded before it is done: whoever sees the device gone then finds the event too.
+        event = ("unplug", cut_off)
+        self.bus_events.append(event)
         try:
             server.unplug(busid)
         except KeyError:
+            self.bus_events.remove(event)
             with self.lock:
                 self._leaving = False
             self._on_bus.set()  # unplugged by someone else: theirs to bring back
             return
-        self.bus_events.append(("unplug", cut_off))
         deadline = time.monotonic() + 5.0
         while self._conn is not None and time.monotonic() < deadline:
             time.sleep(0.005)  # the server's connection thread letting go of the device
@@ -876,12 +879,12 @@ class Esp32S3Device(CdcAcmDevice):
             self._strap, self._lines = False, (0, 0)
             if self.chip.mode == "app":
                 self._emit(self.chip.app_console())  # what it printed once its USB was up
+        event = ("plug", pid)
+        self.bus_events.append(event)  # (before: a client that finds it back finds the event)
         try:
             server.plug(self)
         except ValueError:
-            pass  # the busid was taken meanwhile: it stays off the bus
-        else:
-            self.bus_events.append(("plug", pid))
+            self.bus_events.remove(event)  # the busid was taken meanwhile: it stays off the bus
         with self.lock:
             self._leaving = False
         self._on_bus.set()
