@@ -327,51 +327,43 @@ class USBDeviceHandle:
             if queue is None:
                 queue = self._queues[transfer._endpoint] = collections.deque()
             transfer._queue = queue
-        transfer._completed = False
-        transfer._submitted = True
-        # deque.append and set.add are atomic: handleEvents' thread may be popping meanwhile.
-        queue.append(transfer)
-        self._inflight.add(transfer)
         conn = dev.conn
-        context = self._context
-        try:
-            batched = context._batch_thread == threading.get_ident()
-            transfer._urb = conn.submit(engine_type, transfer._endpoint, block=not batched,
-                                        flush=not batched, **args)
-            transfer._urb_args = args
-            if batched:
-                context._batch_conns.add(conn)
-        except BaseException as exc:
-            self._submit_failed(transfer, queue, exc)
+        self._send(transfer, queue, conn, lambda batched: conn.submit(
+            engine_type, transfer._endpoint, block=not batched, flush=not batched, **args))
+        transfer._urb_args = args
 
     def _resubmit(self, transfer: USBTransfer, args: Dict[str, Any], last: Urb) -> None:
         """A transfer submitted again as it was set up (a pump): the engine makes the same URB
         again without checking its arguments."""
         queue = transfer._queue
         assert queue is not None
+        conn = last.conn
+        self._send(transfer, queue, conn, lambda batched: conn.resubmit(
+            last, timeout=args["timeout"], callback=args["callback"], block=not batched, flush=not batched))
+
+    def _send(self, transfer: USBTransfer, queue: Deque[USBTransfer], conn: Any,
+              make: Callable[[bool], Urb]) -> None:
+        """Queue ``transfer`` on its endpoint and have ``make(batched)`` send its URB: batched
+        (queued, sent after the batch) when a callback of handleEvents' batch submits it."""
         transfer._completed = False
         transfer._submitted = True
+        # deque.append and set.add are atomic: handleEvents' thread may be popping meanwhile.
         queue.append(transfer)
         self._inflight.add(transfer)
-        conn = last.conn
         context = self._context
         try:
             batched = context._batch_thread == threading.get_ident()
-            transfer._urb = conn.resubmit(last, timeout=args["timeout"], callback=args["callback"],
-                                          block=not batched, flush=not batched)
+            transfer._urb = make(batched)
             if batched:
                 context._batch_conns.add(conn)
         except BaseException as exc:
-            self._submit_failed(transfer, queue, exc)
-
-    def _submit_failed(self, transfer: USBTransfer, queue: Deque[USBTransfer], exc: BaseException) -> NoReturn:
-        with self._context._events:
-            queue.remove(transfer)
-            self._inflight.discard(transfer)
-        transfer._submitted = False
-        if isinstance(exc, UsbipError):
-            raise usb_error(exc) from exc
-        raise exc
+            with context._events:
+                queue.remove(transfer)
+                self._inflight.discard(transfer)
+            transfer._submitted = False
+            if isinstance(exc, UsbipError):
+                raise usb_error(exc) from exc
+            raise
 
 
 class USBDevice:
