@@ -188,28 +188,31 @@ class _Inbox:
                 fut.set_result(urb)
 
 
-async def _ended(urb: Urb, on_cancel_done: Optional[Callable[[Urb], None]] = None,
-                 fut: "Optional[asyncio.Future[Urb]]" = None) -> Urb:
-    """Wait for ``urb`` to end (``fut``: a future already watching it). Cancelled meanwhile:
-    unlink it, wait until it has ended (cancelled again meanwhile: go on waiting, the unlink's
-    grace bounds it), hand a result that won the race to ``on_cancel_done``, then re-raise."""
+async def _ended(urb: Urb, on_cancel_done: Optional[Callable[[Urb], None]] = None) -> Urb:
+    """Wait for ``urb`` to end. Cancelled meanwhile: see :func:`_cancelled`."""
     if urb.done():
         return urb
-    inbox = _Inbox.of(asyncio.get_running_loop())
-    if fut is None:
-        fut = inbox.watch(urb)
+    fut = _Inbox.of(asyncio.get_running_loop()).watch(urb)
     try:
         return await fut
     except asyncio.CancelledError:
-        urb.cancel()
-        while not urb.done():
-            try:
-                await inbox.watch(urb)
-            except asyncio.CancelledError:
-                continue
-        if on_cancel_done is not None and urb.status == 0:
-            on_cancel_done(urb)
+        await _cancelled(urb, on_cancel_done)
         raise
+
+
+async def _cancelled(urb: Urb, on_cancel_done: Optional[Callable[[Urb], None]]) -> None:
+    """The task awaiting ``urb`` was cancelled: unlink it, wait until it has ended (cancelled
+    again meanwhile: go on waiting, the unlink's grace bounds it), and hand a result that won
+    the race to ``on_cancel_done``. The caller then re-raises the cancellation."""
+    urb.cancel()
+    inbox = _Inbox.of(asyncio.get_running_loop())
+    while not urb.done():
+        try:
+            await inbox.watch(urb)
+        except asyncio.CancelledError:
+            continue
+    if on_cancel_done is not None and urb.status == 0:
+        on_cancel_done(urb)
 
 
 def _result(urb: Urb) -> Urb:
@@ -604,6 +607,7 @@ class Device:
         self.conn.set_loop_reader(True)
 
     def _readable(self) -> None:
+        self._sent = False
         got = self.conn.pump_ready(self._handed_back)
         if got is None or self.conn.closed:
             self._detach_reader()
@@ -629,10 +633,11 @@ class Device:
             self._watching = False
 
     _watching = True
+    _sent = False  # a CMD_SUBMIT went out since the loop last read this socket (or flushed)
     _flush_soon = False
 
     def _flush(self) -> None:
-        self._flush_soon = False
+        self._flush_soon = self._sent = False
         self.conn.flush()
 
     @property
@@ -664,18 +669,26 @@ class Device:
         inbox = _Inbox.of(loop)
         fut: "asyncio.Future[Urb]" = loop.create_future()
         post = inbox._post
-        # The first URB of a loop iteration goes out at once (a lone round trip waits for
-        # nothing); what the rest of the iteration submits goes out together, in one syscall.
-        first = not self._flush_soon
+        # The first URB since the loop last read the socket goes out at once (a lone round
+        # trip waits for nothing); what follows it goes out together at the end of the loop's
+        # iteration, in one syscall (replies read together are resubmitted together).
+        first = not self._sent
         try:
             urb = self.conn.submit(transfer_type, endpoint, block=False, flush=first,
                                    callback=lambda u: post(fut, u), **kwargs)
         except UsbipError as exc:
             _raise(exc)
         if first:
+            self._sent = True
+        elif not self._flush_soon:
             self._flush_soon = True
             loop.call_soon(self._flush)
-        await _ended(urb, on_cancel_done, fut)
+        if not urb.done():
+            try:
+                await fut
+            except asyncio.CancelledError:
+                await _cancelled(urb, on_cancel_done)
+                raise
         return _result(urb)
 
     # control (ausb's device.read / device.write)

@@ -232,6 +232,39 @@ class _Sender:
         self.queue.append(([message] if isinstance(message, bytes) else message, sent))
         self.kick()
 
+    def push(self, parts: List[Any], total: int) -> None:
+        """Send one message of ``total`` bytes (at most ``_SEND_SLICE``) at once, as ``post`` and
+        ``kick`` would, without the queue when nothing waits in it and the lock is free (most
+        submits from an event loop). What the socket does not take becomes the tail.
+
+        Raises:
+            OSError: the socket failed (the caller fails the connection).
+        """
+        if self.queue or not _HAVE_DONTWAIT or not self.lock.acquire(False):
+            self.queue.append((parts, None))
+            self.kick()
+            return
+        stuck = False
+        try:
+            try:
+                if len(parts) == 1:
+                    n = self.sock.send(parts[0], socket.MSG_DONTWAIT)
+                else:
+                    n = self.sock.sendmsg(parts, [], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                n = 0
+            if n < total:
+                self.tail = _advance([memoryview(v).cast("B") for v in parts], n)
+                self.tail_sent = None
+                stuck = True
+        finally:
+            if not stuck:
+                self.lock.release()
+        if stuck:
+            self.on_stuck()
+        elif self.queue:
+            self.kick()  # queued by another thread while the lock was held
+
     def kick(self) -> None:
         """Send queued messages if the lock is free; never blocks (except on Windows).
 
@@ -950,12 +983,22 @@ class Connection:
         seq, wake = self._enter(urb, timeout, led)
         parts: List[Any] = [self._submit_header(seq, urb.direction, urb.endpoint, urb.transfer_flags,
                                                 urb.length, urb.interval, urb.setup, iso_raw)]
+        total = _HEADER
         if payload is not None and urb.length:
             parts.append(payload)
+            total += urb.length
         if iso_raw is not None:
             parts.append(iso_raw)
-        self._sender.queue.append((parts, None))
-        if flush:
+            total += len(iso_raw)
+        if not flush:
+            self._sender.queue.append((parts, None))
+        elif total <= _SEND_SLICE:
+            try:
+                self._sender.push(parts, total)
+            except OSError as exc:
+                self._fail_all(f"send failed: {exc}")
+        else:
+            self._sender.queue.append((parts, None))
             self._kick()
         if wake:
             self._wake()
@@ -1331,10 +1374,15 @@ class Connection:
             return False
         got: Optional[bool] = False
         rd = self._rd
+        drained = False
         try:
             while True:
-                need = self._whole_reply()
-                if need is not None:
+                if rd.end - rd.start >= _HEADER:
+                    if self._take_buffered():
+                        got = True
+                        continue
+                    need = self._whole_reply()
+                    assert need is not None
                     if need > len(rd.buf):
                         self._handoff = handed_back
                         got = None
@@ -1343,15 +1391,24 @@ class Connection:
                         self._read_one(None)  # all of it is in the buffer: no recv
                         got = True
                         continue
-                if rd.start:
+                if drained:
+                    # The last recv did not fill the buffer: the socket was empty then. What
+                    # came since makes it readable again (the loop's poll is level-triggered),
+                    # so a recv that would most likely fail with EAGAIN is not tried.
+                    break
+                if rd.start == rd.end:
+                    rd.start = rd.end = 0
+                elif rd.start:
                     self._compact()
+                space = len(rd.buf) - rd.end
                 try:
-                    n = self.sock.recv_into(rd.view[rd.end:], len(rd.buf) - rd.end, socket.MSG_DONTWAIT)
+                    n = self.sock.recv_into(rd.view[rd.end:], space, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     break
                 if n == 0:
                     raise EOFError
                 rd.end += n
+                drained = n < space
         except BaseException as exc:
             self._read_error(exc)
         finally:
@@ -1426,9 +1483,58 @@ class Connection:
         return urb.actual_length
 
     # -- reading replies -----------------------------------------------------------------------------
+    def _take_buffered(self) -> bool:
+        """Dispatch the next reply in one step if it lies whole in the read buffer and is plain
+        (a RET_SUBMIT for a pending non-ISO URB with no unlink out, a sane length): True. Else
+        False, nothing consumed, for :meth:`_read_one`'s general path (token held).
+
+        The URB goes from PENDING to DONE under one hold of the lock, its data copied meanwhile:
+        nobody can see it done before its result is whole, and nothing else could end it first.
+        """
+        rd = self._rd
+        start = rd.start
+        if rd.end - start < _HEADER:
+            return False
+        (command, seq, _, _, _, status, actual, _, _,
+         error_count) = _RET_SUBMIT_UNPACK(rd.buf, start)
+        if command != _RET_SUBMIT:
+            return False
+        table = self._table
+        with self._lock:
+            urb = table.pending.get(seq)
+            if urb is None or urb.iso_packets is not None or urb._unlink_seqnum or not 0 <= actual <= urb.length:
+                return False
+            begin = start + _HEADER
+            if urb.direction:
+                end = begin + actual
+                if end > rd.end:
+                    return False
+                dest = urb.buffer
+                assert dest is not None
+                if actual:
+                    dest[:actual] = rd.view[begin:end]
+                urb.in_data = dest[:actual]
+            else:
+                end = begin
+            rd.start = end
+            del table.pending[seq]
+            urb.actual_length = actual
+            urb.error_count = error_count
+            urb.status = status
+            urb.state = _DONE
+            if urb._timers:
+                table._stale += urb._timers
+                urb._timers = 0
+            callbacks = urb._callbacks
+            urb._callbacks = None
+        self._finished(urb, callbacks)
+        return True
+
     def _read_one(self, first: Optional[float]) -> bool:
         """Read and dispatch one reply (token held); False if none began by ``first``."""
         rd = self._rd
+        if rd.end - rd.start >= _HEADER and self._take_buffered():
+            return True
         rd.begin(first)
         rd.chunk = self._chunk()
         try:
