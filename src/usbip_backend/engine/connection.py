@@ -778,12 +778,16 @@ class Connection:
         return urb
 
     def resubmit(self, done: Urb, *, timeout: Optional[float] = None, callback: Optional[DoneCallback] = None,
-                 block: bool = True, flush: bool = True) -> Urb:
+                 block: bool = True, flush: bool = True, in_place: bool = False) -> Urb:
         """Submit a new URB like ``done``, an ended URB of this connection: the same type,
         endpoint, setup, flags, interval, ISO packet lengths and buffer (IN, received into
         again) or data (OUT, sent again as it is now). Its arguments were checked when ``done``
         was made, so this is the cheap way to keep a pump going (python-libusb1's transfer
         reuse). Other arguments as :meth:`submit`.
+
+        ``in_place``: the caller is the only one holding ``done`` (nobody waits on it or reads
+        its result any more), so ``done`` itself may be made new and returned, where nothing
+        else could tell (no capture hook, never unlinked). Otherwise a new URB is made.
 
         Raises:
             ValueError: ``done`` is not an ended URB of this connection.
@@ -793,10 +797,14 @@ class Connection:
             raise ValueError(f"{done!r} is not an ended URB of this connection")
         if self._lost is not None:
             raise self._lost
-        direction = done.direction
-        urb = Urb(self, done.transfer_type, done.endpoint, direction, done.setup, done.length, done.interval,
-                  done.buffer if direction else done.out_data, done.transfer_flags)  # type: ignore[arg-type]
-        urb.iso_packets = done.iso_packets
+        if in_place and self.hook is None and not done._unlink_seqnum:
+            urb = done
+            urb._renew()
+        else:
+            direction = done.direction
+            urb = Urb(self, done.transfer_type, done.endpoint, direction, done.setup, done.length, done.interval,
+                      done.buffer if direction else done.out_data, done.transfer_flags)  # type: ignore[arg-type]
+            urb.iso_packets = done.iso_packets
         if callback is not None:
             urb._callbacks = [callback]
         self._post(urb, timeout, False, block, flush)
@@ -1621,13 +1629,22 @@ class Connection:
     def _finished(self, urb: Urb, callbacks: Optional[List[DoneCallback]]) -> None:
         """After the transition to DONE (outside the lock): hook, callbacks, waiters."""
         urb.complete_time = time.time()
+        done = urb._done  # (a callback may make the URB new in place: it gets a new lock)
         hook = self.hook
         if hook is not None:
             self._call_hook(hook.urb_completed, urb)
         if callbacks:
-            for fn in callbacks:
-                self._call_back(fn, urb)
-        urb._done.release()
+            outer = getattr(_in_callback, "urb", None)
+            _in_callback.urb = urb
+            try:
+                for fn in callbacks:
+                    try:
+                        fn(urb)
+                    except Exception:  # a broken callback must never break the engine
+                        _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
+            finally:
+                _in_callback.urb = outer
+        done.release()
 
     def _call_back(self, fn: DoneCallback, urb: Urb) -> None:
         outer = getattr(_in_callback, "urb", None)

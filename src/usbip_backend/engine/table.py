@@ -64,7 +64,9 @@ class UrbTable:
         self.receiving: Optional[Urb] = None  # the URB whose reply is being read, if any
         self.lost = False
         self._seqnums = itertools.count(1)
-        self._timers: List[Tuple[float, int, int, Urb]] = []  # heap of (when, n, kind, urb)
+        # heap of (when, n, kind, urb, seqnum): the seqnum tells a URB made again in place
+        # (Connection.resubmit) from the life the timer was set for
+        self._timers: List[Tuple[float, int, int, Urb, int]] = []
         self._timer_n = 0
         self._stale = 0
 
@@ -254,12 +256,13 @@ class UrbTable:
         self._timer_n += 1
         if kind == DEADLINE:
             urb._timers += 1
-        heapq.heappush(self._timers, (when, self._timer_n, kind, urb))
+        heapq.heappush(self._timers, (when, self._timer_n, kind, urb, urb.seqnum))
 
     def next_timer(self) -> Optional[float]:
         """When the next timer is due (time.monotonic() value), None if none is set."""
         timers = self._timers
-        while timers and timers[0][2] == DEADLINE and timers[0][3].state is _DONE:
+        while timers and timers[0][2] == DEADLINE and (timers[0][3].state is _DONE or
+                                                       timers[0][3].seqnum != timers[0][4]):
             heapq.heappop(timers)
             self._stale -= 1
         return timers[0][0] if timers else None
@@ -269,9 +272,9 @@ class UrbTable:
         out: List[Tuple[int, Urb]] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, kind, urb = heapq.heappop(timers)
+            _, _, kind, urb, seq = heapq.heappop(timers)
             if kind == DEADLINE:
-                if urb.state is _DONE:
+                if urb.state is _DONE or urb.seqnum != seq:
                     self._stale -= 1
                     continue
                 urb._timers -= 1
@@ -279,7 +282,8 @@ class UrbTable:
         if self._stale > 64 and self._stale * 2 > len(timers):
             # Sweep: URBs that end before their deadline leave entries behind (a stream of
             # transfers with long timeouts would otherwise grow the heap by rate x timeout).
-            self._timers = [t for t in timers if t[2] != DEADLINE or t[3].state is not _DONE]
+            self._timers = [t for t in timers
+                            if t[2] != DEADLINE or (t[3].state is not _DONE and t[3].seqnum == t[4])]
             heapq.heapify(self._timers)
             self._stale = 0
         return out

@@ -118,6 +118,24 @@ class Urb:
         self._abandoned = False  # its unlink got no verdict within the grace
         self._verdict: Optional[int] = None  # the status its RET_UNLINK carried
 
+    def _renew(self) -> None:
+        """Back to NEW for :meth:`Connection.resubmit` in place (the caller knows nobody else
+        looks at the ended life; its timers tell the lives apart by seqnum)."""
+        self.status = None
+        self.actual_length = 0
+        self.in_data = None
+        self.iso_results = None
+        self.error_count = 0
+        self.complete_time = 0.0
+        self.start_frame = 0
+        self.submit_failed = False
+        self.state = _NEW
+        self.timeout = None
+        self._done = threading.Lock()  # a new one: a late waiter of the last life holds the old
+        self._done.acquire()
+        self._error = None
+        self._led = False
+
     def __repr__(self) -> str:
         return (f"<Urb seq={self.seqnum} {self.transfer_type.name.lower()} ep=0x{self.endpoint:02x} "
                 f"len={self.length} {self.state.name.lower()} status={self.status} "

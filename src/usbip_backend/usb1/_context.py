@@ -334,12 +334,14 @@ class USBDeviceHandle:
 
     def _resubmit(self, transfer: USBTransfer, args: Dict[str, Any], last: Urb) -> None:
         """A transfer submitted again as it was set up (a pump): the engine makes the same URB
-        again without checking its arguments."""
+        again without checking its arguments, in place (only the transfer holds its URB, and
+        its result was taken before the callback that resubmits it)."""
         queue = transfer._queue
         assert queue is not None
         conn = last.conn
         self._send(transfer, queue, conn, lambda batched: conn.resubmit(
-            last, timeout=args["timeout"], callback=args["callback"], block=not batched, flush=not batched))
+            last, timeout=args["timeout"], callback=args["callback"], block=not batched, flush=not batched,
+            in_place=True))
 
     def _send(self, transfer: USBTransfer, queue: Deque[USBTransfer], conn: Any,
               make: Callable[[bool], Urb]) -> None:
