@@ -1297,8 +1297,10 @@ class Connection:
         """Dispatch the replies the last recv buffered (token held). The reader thread may be
         asleep in poll() on a socket that now looks empty, so they must not wait for it."""
         rd = self._rd
+        take = self._take_buffered
         while rd.end > rd.start:
-            self._read_one(None)
+            if rd.end - rd.start < _HEADER or not take():
+                self._read_one(None)
 
     def _read_error(self, exc: BaseException, urb: Optional[Urb] = None) -> None:
         """Reading (token held) raised ``exc``. A broken stream fails the connection (the URB

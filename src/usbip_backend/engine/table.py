@@ -64,6 +64,7 @@ class UrbTable:
         self.receiving: Optional[Urb] = None  # the URB whose reply is being read, if any
         self.lost = False
         self._seqnums = itertools.count(1)
+        self._reused = False  # seqnums may come round again (wrapped, or moved by seqnums_from)
         # heap of (when, n, kind, urb, seqnum): the seqnum tells a URB made again in place
         # (Connection.resubmit) from the life the timer was set for
         self._timers: List[Tuple[float, int, int, Urb, int]] = []
@@ -78,11 +79,15 @@ class UrbTable:
         lane may take a seqnum without the table's lock (only the wrap, after 2**32 URBs, is not).
         """
         seq = next(self._seqnums)
-        if seq > 0xFFFFFFFF or seq in self.pending or seq in self.unlinks or seq in self.retired:
+        # Until the counter first wraps (or is moved), every seqnum in use was handed out
+        # before, so is smaller: a fresh one needs no look-up.
+        if seq > 0xFFFFFFFF or (self._reused and (seq in self.pending or seq in self.unlinks
+                                                  or seq in self.retired)):
             return self._free_seqnum(seq)
         return seq
 
     def _free_seqnum(self, seq: int) -> int:
+        self._reused = True
         while True:
             seq &= 0xFFFFFFFF
             if seq and seq not in self.pending and seq not in self.unlinks and seq not in self.retired:
@@ -93,6 +98,7 @@ class UrbTable:
     def seqnums_from(self, seq: int) -> None:
         """Hand out seqnums from ``seq`` on (tests use it to cross the wrap)."""
         self._seqnums = itertools.count(seq)
+        self._reused = True
 
     def add(self, urb: Urb, seq: int = 0) -> int:
         """Enter a NEW URB as PENDING under ``seq`` (0: a fresh one); returns its seqnum."""

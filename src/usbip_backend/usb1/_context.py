@@ -18,6 +18,7 @@ Where USB/IP differs from a local bus:
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import select
 import socket
@@ -308,9 +309,13 @@ class USBDeviceHandle:
         assert kind is not None
         args = transfer._args
         last = transfer._urb
+        queue = transfer._queue
         if args is not None and last is not None and transfer._urb_args is args \
-                and last.conn is dev.conn and last.done() and transfer._queue is not None:
-            self._resubmit(transfer, args, last)
+                and last.conn is dev.conn and last.done() and queue is not None:
+            # Submitted again as it was set up (a pump): the engine makes the same URB again
+            # without checking its arguments, in place (only the transfer holds its URB, and
+            # its result was taken before the callback that resubmits it).
+            self._send(transfer, queue, last.conn, args, last)
             return
         engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
         if args is None:
@@ -320,33 +325,20 @@ class USBDeviceHandle:
                 interval = dev.interval(engine_type, dev.endpoint(transfer._endpoint))
             args = transfer._args = transfer._engine_args(interval)
             context = self._context
-            args["callback"] = lambda urb, transfer=transfer: context._urb_done(transfer)
-        queue = transfer._queue
+            args["callback"] = functools.partial(context._urb_done, transfer)
         if queue is None:
             queue = self._queues.get(transfer._endpoint)
             if queue is None:
                 queue = self._queues[transfer._endpoint] = collections.deque()
             transfer._queue = queue
-        conn = dev.conn
-        self._send(transfer, queue, conn, lambda batched: conn.submit(
-            engine_type, transfer._endpoint, block=not batched, flush=not batched, **args))
+        self._send(transfer, queue, dev.conn, args, None, engine_type)
         transfer._urb_args = args
 
-    def _resubmit(self, transfer: USBTransfer, args: Dict[str, Any], last: Urb) -> None:
-        """A transfer submitted again as it was set up (a pump): the engine makes the same URB
-        again without checking its arguments, in place (only the transfer holds its URB, and
-        its result was taken before the callback that resubmits it)."""
-        queue = transfer._queue
-        assert queue is not None
-        conn = last.conn
-        self._send(transfer, queue, conn, lambda batched: conn.resubmit(
-            last, timeout=args["timeout"], callback=args["callback"], block=not batched, flush=not batched,
-            in_place=True))
-
-    def _send(self, transfer: USBTransfer, queue: Deque[USBTransfer], conn: Any,
-              make: Callable[[bool], Urb]) -> None:
-        """Queue ``transfer`` on its endpoint and have ``make(batched)`` send its URB: batched
-        (queued, sent after the batch) when a callback of handleEvents' batch submits it."""
+    def _send(self, transfer: USBTransfer, queue: Deque[USBTransfer], conn: Any, args: Dict[str, Any],
+              last: Optional[Urb], engine_type: Any = None) -> None:
+        """Queue ``transfer`` on its endpoint and send its URB (``last`` made again, or a new one
+        of ``engine_type``): batched (queued, sent after the batch) when a callback of
+        handleEvents' batch submits it."""
         transfer._completed = False
         transfer._submitted = True
         # deque.append and set.add are atomic: handleEvents' thread may be popping meanwhile.
@@ -355,7 +347,12 @@ class USBDeviceHandle:
         context = self._context
         try:
             batched = context._batch_thread == threading.get_ident()
-            transfer._urb = make(batched)
+            if last is not None:
+                transfer._urb = conn.resubmit(last, timeout=args["timeout"], callback=args["callback"],
+                                              block=not batched, flush=not batched, in_place=True)
+            else:
+                transfer._urb = conn.submit(engine_type, transfer._endpoint, block=not batched,
+                                            flush=not batched, **args)
             if batched:
                 context._batch_conns.add(conn)
         except BaseException as exc:
@@ -702,7 +699,7 @@ class USBContext:
         return device.open() if device is not None else None
 
     # -- events ---------------------------------------------------------------------------------------------
-    def _urb_done(self, transfer: USBTransfer) -> None:
+    def _urb_done(self, transfer: USBTransfer, _urb: Optional[Urb] = None) -> None:
         """The engine ended a transfer's URB (any thread): queue it for handleEvents*()."""
         if self._handler == threading.get_ident():
             # Read by the thread handling events, which is the only one that waits on _cond:
@@ -834,7 +831,12 @@ class USBContext:
         while queue and queue[0]._completed:
             head = queue.popleft()
             handle = head._handle
-            head._finish()
+            urb = head._urb
+            if urb is not None and urb.status == 0 and urb.iso_packets is None:
+                head._status = C.TRANSFER_COMPLETED  # (the common case of _finish)
+                head._actual = urb.actual_length
+            else:
+                head._finish()
             head._submitted = False
             head._completed = False
             if handle is not None:
