@@ -288,6 +288,9 @@ class _InPlan(_Plan):
         self.remaining = None if total is None else total - offset  # not yet asked for
         self.lent: Optional[int] = None  # the slot the caller holds a view of
         self.flight: Deque[Tuple[Urb, int, int]] = deque()  # (urb, slot, size)
+        # each slot's last URB: made again in place when the slot is refilled with as much
+        # (the plan is the only holder of its URBs once settled)
+        self.slot_urbs: List[Optional[Urb]] = [None] * len(self.free)
         self.proven = 0  # the largest URB the server has accepted
         self.ended = False
 
@@ -314,13 +317,19 @@ class _InPlan(_Plan):
                 return
             slot = self.free.pop()
             start = slot * self.stride
+            last = self.slot_urbs[slot]
             try:
-                urb = pipe.conn.submit(pipe.transfer_type, pipe.endpoint,
-                                       buffer=self.buffer[start:start + size], interval=pipe.interval,
-                                       timeout=self.timeout, block=False, flush=False)
+                if last is not None and last.length == size and last.done():
+                    urb = pipe.conn.resubmit(last, timeout=self.timeout, block=False, flush=False,
+                                             in_place=True)
+                else:
+                    urb = pipe.conn.submit(pipe.transfer_type, pipe.endpoint,
+                                           buffer=self.buffer[start:start + size], interval=pipe.interval,
+                                           timeout=self.timeout, block=False, flush=False)
             except UsbipError as exc:
                 self.free.append(slot)
                 raise self.error(exc, b"") from exc
+            self.slot_urbs[slot] = urb
             if self.remaining is not None:
                 self.remaining -= size
             flight.append((urb, slot, size))
