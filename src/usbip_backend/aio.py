@@ -675,7 +675,7 @@ class Device:
         first = not self._sent
         try:
             urb = self.conn.submit(transfer_type, endpoint, block=False, flush=first,
-                                   callback=lambda u: post(fut, u), **kwargs)
+                                   callback=functools.partial(post, fut), **kwargs)
         except UsbipError as exc:
             _raise(exc)
         if first:
