@@ -165,6 +165,64 @@ class RawDevice:
         self.seq = seq
 
 
+class _PumpTransfer:
+    __slots__ = ("view", "seq", "actual", "status", "callback")
+
+
+def callback_pump_loop(dev: "RawDevice", ep: int, size: int, depth: int, count: int) -> None:
+    """``count`` IN URBs through the least a python-libusb1-shaped pump does per URB: a transfer
+    object per slot, a seqnum -> transfer table, the transfer's callback called with it, which
+    resubmits it. One thread, no locks, no timers, no reader thread, no batching: what the
+    engine's guarantees (timeouts, unlinks, exactly-once, thread safety, per-endpoint order)
+    are measured against."""
+    sock, pack, unpack, devid = dev.sock, _CMD.pack, _RET.unpack_from, dev.devid
+    sendall, recv_into = sock.sendall, sock.recv_into
+    hview, header = dev.hview, dev.header
+    setup = GET_DEVICE_DESCRIPTOR if ep == 0 else bytes(8)
+    if ep == 0:
+        size = 18
+    pending = {}
+    state = [dev.seq, count]  # last seqnum, URBs still to submit
+
+    def submit(t: _PumpTransfer) -> None:
+        state[0] += 1
+        state[1] -= 1
+        t.seq = state[0]
+        pending[t.seq] = t
+        sendall(pack(_CMD_SUBMIT, t.seq, devid, 1, ep, _DIR_IN_FLAG, size, 0, 0, 0, setup))
+
+    def on_done(t: _PumpTransfer) -> None:
+        if t.status != 0:
+            raise RuntimeError(f"transfer ended with status {t.status}")
+        if state[1] > 0:
+            submit(t)
+
+    for _ in range(min(depth, count)):
+        t = _PumpTransfer()
+        t.view = memoryview(bytearray(size))
+        t.callback = on_done
+        submit(t)
+    for _ in range(count):
+        got = 0
+        while got < 48:
+            n = recv_into(hview[got:], 48 - got)
+            if not n:
+                raise EOFError
+            got += n
+        _, seq, _, _, _, status, actual, _, _, _ = unpack(header)
+        t = pending.pop(seq)
+        view = t.view
+        got = 0
+        while got < actual:
+            n = recv_into(view[got:], actual - got)
+            if not n:
+                raise EOFError
+            got += n
+        t.actual, t.status = actual, status
+        t.callback(t)
+    dev.seq = state[0]
+
+
 def scale_round(devices: List[RawDevice], rounds: int) -> None:
     """One control URB in flight on every device at once, ``rounds`` times (one thread)."""
     pack, unpack = _CMD.pack, _RET.unpack_from

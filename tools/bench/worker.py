@@ -3,6 +3,8 @@
 ``python worker.py IMPL HOST PORT BUSID`` with IMPL one of
 
 * ``raw``    - the socket+struct floor (rawclient.py, no usbip_backend import at all);
+* ``rawpump`` - a bare python-libusb1-shaped callback pump on a raw socket (rawclient.py): what a
+  pump costs without the engine's guarantees;
 * ``engine`` - our URB engine used directly (usbip_backend.client.import_device);
 * ``ceiling`` - usb.core over ceiling.CeilingBackend (raw socket code in the backend methods);
 * ``stream`` - our windowed streaming layer (usbip_backend.stream.stream_in);
@@ -83,6 +85,14 @@ class RawImpl:
 
     def close(self) -> None:
         self.dev.close()
+
+
+class RawPumpImpl(RawImpl):
+    """rawclient.callback_pump_loop: a bare usb1-shaped callback pump on a raw socket."""
+
+    def pipe(self, kind: str, depth: int, size: int, n: int) -> Dict[str, float]:
+        ep = 0 if kind == "control" else BULK_SOURCE_IN & 0x0F
+        return _measure(lambda: self.rc.callback_pump_loop(self.dev, ep, size, depth, n), n)
 
 
 class EngineImpl:
@@ -729,7 +739,8 @@ def main(argv: List[str]) -> int:
                 if impl is None:
                     cls = {"raw": RawImpl, "engine": EngineImpl, "pyusb": PyusbImpl,
                            "ceiling": CeilingImpl, "usb1": Usb1Impl, "stream": StreamImpl,
-                           "aio": AioImpl, "rawaio": RawAioImpl, "serial": SerialImpl}[impl_name]
+                           "aio": AioImpl, "rawaio": RawAioImpl, "serial": SerialImpl,
+                           "rawpump": RawPumpImpl}[impl_name]
                     impl = cls(host, port, busid)
                 if op == "hello":
                     result = {"module": getattr(impl, "module", None), "pid": os.getpid()}
