@@ -1030,13 +1030,14 @@ class Connection:
             if table.lost:
                 assert self._lost is not None
                 raise self._lost
-            seq = table.add(urb)
             now = _monotonic()
             if timeout is not None and timeout > 0:
                 urb.timeout = timeout
                 when = now + timeout
-                table.add_timer(when, DEADLINE, urb)
+                seq = table.add(urb, 0, when)
                 wake = when < self._r_until
+            else:
+                seq = table.add(urb)
             if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF \
                     and (not self._external or self._handoff is not None):
                 # Someone must read the reply: the reader thread sleeps. (Backing off or awake,

@@ -100,8 +100,9 @@ class UrbTable:
         self._seqnums = itertools.count(seq)
         self._reused = True
 
-    def add(self, urb: Urb, seq: int = 0) -> int:
-        """Enter a NEW URB as PENDING under ``seq`` (0: a fresh one); returns its seqnum."""
+    def add(self, urb: Urb, seq: int = 0, deadline: Optional[float] = None) -> int:
+        """Enter a NEW URB as PENDING under ``seq`` (0: a fresh one), with a DEADLINE timer at
+        ``deadline`` if given (see :meth:`add_timer`); returns its seqnum."""
         if self.lost:
             raise RuntimeError("the connection is lost")
         if urb.state is not UrbState.NEW:
@@ -111,6 +112,10 @@ class UrbTable:
         urb.seqnum = seq
         urb.state = _PENDING
         self.pending[seq] = urb
+        if deadline is not None:
+            self._timer_n += 1
+            urb._timers += 1
+            heapq.heappush(self._timers, (deadline, self._timer_n, DEADLINE, urb, seq))
         return seq
 
     # -- replies ------------------------------------------------------------------------------------

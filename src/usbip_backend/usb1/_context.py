@@ -302,6 +302,8 @@ class USBDeviceHandle:
         return USBTransfer(self, iso_packets, short_is_error, add_zero_packet)
 
     def _submit(self, transfer: USBTransfer) -> None:
+        """Queue ``transfer`` on its endpoint and send its URB: batched (queued, sent after the
+        batch) when a callback of handleEvents' batch submits it."""
         if self._closed:
             raise USBErrorNoDevice()
         dev = self._dev
@@ -310,35 +312,27 @@ class USBDeviceHandle:
         args = transfer._args
         last = transfer._urb
         queue = transfer._queue
-        if args is not None and last is not None and transfer._urb_args is args \
-                and last.conn is dev.conn and last.done() and queue is not None:
-            # Submitted again as it was set up (a pump): the engine makes the same URB again
-            # without checking its arguments, in place (only the transfer holds its URB, and
-            # its result was taken before the callback that resubmits it).
-            self._send(transfer, queue, last.conn, args, last)
-            return
-        engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
-        if args is None:
-            # What the engine is given, made once per setup (a pump resubmits the same transfer).
-            interval = 0
-            if kind in (C.TRANSFER_TYPE_INTERRUPT, C.TRANSFER_TYPE_ISOCHRONOUS):
-                interval = dev.interval(engine_type, dev.endpoint(transfer._endpoint))
-            args = transfer._args = transfer._engine_args(interval)
-            context = self._context
-            args["callback"] = functools.partial(context._urb_done, transfer)
-        if queue is None:
-            queue = self._queues.get(transfer._endpoint)
+        engine_type = None
+        if args is None or last is None or transfer._urb_args is not args \
+                or last.conn is not dev.conn or not last.done() or queue is None:
+            # Not a transfer submitted again as it was set up (a pump, which the engine makes
+            # again in place, without checking its arguments: only the transfer holds its URB,
+            # and its result was taken before the callback that resubmits it).
+            last = None
+            engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
+            if args is None:
+                # What the engine is given, made once per setup (a pump resubmits the same transfer).
+                interval = 0
+                if kind in (C.TRANSFER_TYPE_INTERRUPT, C.TRANSFER_TYPE_ISOCHRONOUS):
+                    interval = dev.interval(engine_type, dev.endpoint(transfer._endpoint))
+                args = transfer._args = transfer._engine_args(interval)
+                args["callback"] = functools.partial(self._context._urb_done, transfer)
             if queue is None:
-                queue = self._queues[transfer._endpoint] = collections.deque()
-            transfer._queue = queue
-        self._send(transfer, queue, dev.conn, args, None, engine_type)
-        transfer._urb_args = args
-
-    def _send(self, transfer: USBTransfer, queue: Deque[USBTransfer], conn: Any, args: Dict[str, Any],
-              last: Optional[Urb], engine_type: Any = None) -> None:
-        """Queue ``transfer`` on its endpoint and send its URB (``last`` made again, or a new one
-        of ``engine_type``): batched (queued, sent after the batch) when a callback of
-        handleEvents' batch submits it."""
+                queue = self._queues.get(transfer._endpoint)
+                if queue is None:
+                    queue = self._queues[transfer._endpoint] = collections.deque()
+                transfer._queue = queue
+        conn = dev.conn
         transfer._completed = False
         transfer._submitted = True
         # deque.append and set.add are atomic: handleEvents' thread may be popping meanwhile.
@@ -351,8 +345,10 @@ class USBDeviceHandle:
                 transfer._urb = conn.resubmit(last, timeout=args["timeout"], callback=args["callback"],
                                               block=not batched, flush=not batched, in_place=True)
             else:
+                assert engine_type is not None
                 transfer._urb = conn.submit(engine_type, transfer._endpoint, block=not batched,
                                             flush=not batched, **args)
+                transfer._urb_args = args
             if batched:
                 context._batch_conns.add(conn)
         except BaseException as exc:
