@@ -589,7 +589,9 @@ class USBContext:
         self._devices: Dict[str, USBDevice] = {}
         # Completions the engine queued, in the order they ended; handled by handleEvents*().
         self._events = threading.RLock()  # one event handler at a time (re-entered by callbacks)
-        self._cond = threading.Condition(threading.Lock())
+        # _cond's lock, held directly where nothing waits or notifies (no Python frame per with)
+        self._cond_lock = threading.Lock()
+        self._cond = threading.Condition(self._cond_lock)
         self._ready: Deque[USBTransfer] = collections.deque()
         self._interrupted = False
         # While handleEvents*() runs callbacks, the transfers they resubmit are queued and their
@@ -772,7 +774,7 @@ class USBContext:
             # to us while we keep handling events (one thread, no hand-over per reply).
             conn.pump(0)
         while True:
-            with self._cond:
+            with self._cond_lock:
                 if self._ready or self._interrupted or (until is not None and until()):
                     break
                 left = deadline - time.monotonic()
@@ -786,7 +788,7 @@ class USBContext:
             with self._cond:
                 if not self._ready and not self._interrupted:
                     self._cond.wait(min(left, _PUMP_SLICE) if conn is not None else left)
-        with self._cond:
+        with self._cond_lock:
             self._interrupted = False
         if self._poll_r is not None:
             try:
@@ -796,7 +798,7 @@ class USBContext:
         self._batch_thread = threading.get_ident()
         try:
             for _ in range(_MORE_ROUNDS):
-                with self._cond:
+                with self._cond_lock:
                     batch = list(self._ready)
                     self._ready.clear()
                 for i, transfer in enumerate(batch):
@@ -804,7 +806,7 @@ class USBContext:
                     try:
                         self._deliver(transfer)
                     except BaseException:
-                        with self._cond:
+                        with self._cond_lock:
                             self._ready.extendleft(reversed(batch[i + 1:]))
                         raise
                 # Replies that came in the same recv: theirs too before the resubmitted
