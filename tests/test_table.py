@@ -202,6 +202,30 @@ def test_timers_fire_in_order_and_deadlines_of_ended_urbs_are_dropped():
     assert t.due(10.0) == [(GRACE, b)]  # a grace still fires: it sweeps the unlink out
 
 
+def test_a_deadline_of_a_urb_s_last_life_never_fires_in_the_next():
+    """A URB made new in place (Connection.resubmit(in_place=True)) keeps its object: the timers
+    of its ended life must not unlink the new one."""
+    t = UrbTable()
+    u = urb()
+    t.add(u, deadline=1.0)
+    t.finish(u, 0)
+    u._renew()
+    t.add(u, deadline=5.0)
+    assert t.due(2.0) == []  # the first life's deadline: stale
+    assert t.next_timer() == 5.0
+    assert t.due(6.0) == [(DEADLINE, u)]
+
+
+def test_seqnums_are_looked_up_once_they_can_come_round_again():
+    t = UrbTable()
+    a = urb()
+    t.add(a)
+    t.seqnums_from(a.seqnum)  # the next fresh seqnum would be a's, still pending
+    b = urb()
+    t.add(b)
+    assert b.seqnum != a.seqnum and set(t.pending) == {a.seqnum, b.seqnum}
+
+
 def test_stale_deadlines_are_swept_so_the_heap_stays_bounded():
     t = UrbTable()
     for _ in range(10000):

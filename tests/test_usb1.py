@@ -180,6 +180,38 @@ def test_sixteen_transfer_bulk_in_pump_with_resubmission(ctx):
     handle.close()
 
 
+def test_a_resubmitted_transfer_is_timed_from_its_own_submission(ctx):
+    """A transfer resubmitted from its callback is made again in place (the same engine URB):
+    the deadline of its first submission, still ahead, must not cut the second short."""
+    handle = loopback(ctx)
+    done = []
+    again = []
+
+    def on_done(tr):
+        done.append((tr.getStatus(), time.monotonic()))
+        if len(done) == 1:
+            again.append(time.monotonic())
+            tr.submit()  # its own deadline: 0.4 s from now
+
+    with handle.claimInterface(0):
+        t = handle.getTransfer()
+        t.setBulk(0x81, 64, callback=on_done, timeout=400)
+        start = time.monotonic()
+        t.submit()  # the loop IN stays pending until something is written to 0x01
+        while time.monotonic() - start < 0.25:  # well into this submission's 400 ms
+            ctx.handleEventsTimeout(0.05)
+        handle.bulkWrite(0x01, b"first", timeout=2000)
+        pump(ctx, [t], lambda: done)
+        assert done[0][0] == usb1.TRANSFER_COMPLETED and again
+        while time.monotonic() - start < 0.55:  # past the first deadline, before its own
+            ctx.handleEventsTimeout(0.05)
+        if time.monotonic() - again[0] < 0.38:  # (a loaded machine may have slept past its own)
+            assert len(done) == 1 and t.isSubmitted(), f"ended early: {done[1:]}"
+        pump(ctx, [t], lambda: len(done) == 2)
+    assert done[1][0] == usb1.TRANSFER_TIMED_OUT and done[1][1] - again[0] >= 0.39
+    handle.close()
+
+
 def test_async_control_transfers_and_user_data(ctx):
     handle = loopback(ctx)
     seen = []
