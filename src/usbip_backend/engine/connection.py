@@ -1398,7 +1398,7 @@ class Connection:
         try:
             while True:
                 if rd.end - rd.start >= _HEADER:
-                    if self._take_buffered():
+                    if self._take_buffered(False):
                         got = True
                         continue
                     need = self._whole_reply()
@@ -1503,13 +1503,17 @@ class Connection:
         return urb.actual_length
 
     # -- reading replies -----------------------------------------------------------------------------
-    def _take_buffered(self) -> bool:
-        """Dispatch the next reply in one step if it lies whole in the read buffer and is plain
-        (a RET_SUBMIT for a pending non-ISO URB with no unlink out, a sane length): True. Else
-        False, nothing consumed, for :meth:`_read_one`'s general path (token held).
+    def _take_buffered(self, rest: bool = True) -> bool:
+        """Dispatch the next reply in one step if its header is in the read buffer and it is
+        plain (a RET_SUBMIT for a pending non-ISO URB with no unlink out, a sane length): True.
+        Else False, nothing consumed, for :meth:`_read_one`'s general path (token held).
 
-        The URB goes from PENDING to DONE under one hold of the lock, its data copied meanwhile:
-        nobody can see it done before its result is whole, and nothing else could end it first.
+        Whole in the buffer, the URB goes from PENDING to DONE under one hold of the lock, its
+        data copied meanwhile: nobody can see it done before its result is whole, and nothing
+        else could end it first. Begun only (IN data running past what the last recv brought):
+        with ``rest`` the URB is RECEIVING while the rest of its data comes straight into its
+        buffer, each wait bounded by the stall time as for any begun reply; without (an event
+        loop, which must not wait) False.
         """
         rd = self._rd
         start = rd.start
@@ -1520,33 +1524,53 @@ class Connection:
         if command != _RET_SUBMIT:
             return False
         table = self._table
+        begin = start + _HEADER
         with self._lock:
             urb = table.pending.get(seq)
             if urb is None or urb.iso_packets is not None or urb._unlink_seqnum or not 0 <= actual <= urb.length:
                 return False
-            begin = start + _HEADER
+            dest = urb.buffer
             if urb.direction:
+                assert dest is not None
                 end = begin + actual
                 if end > rd.end:
-                    return False
-                dest = urb.buffer
-                assert dest is not None
-                if actual:
+                    if not rest:
+                        return False
+                    table.claim(urb)  # PENDING -> RECEIVING: ours until its data is in
+                    end = -1
+                elif actual:
                     dest[:actual] = rd.view[begin:end]
-                urb.in_data = dest[:actual]
             else:
                 end = begin
-            rd.start = end
-            del table.pending[seq]
+            if end >= 0:
+                rd.start = end
+                del table.pending[seq]
+                urb.actual_length = actual
+                urb.error_count = error_count
+                if dest is not None:
+                    urb.in_data = dest[:actual]
+                urb.status = status
+                urb.state = _DONE
+                if urb._timers:
+                    table._stale += urb._timers
+                    urb._timers = 0
+                callbacks = urb._callbacks
+                urb._callbacks = None
+        if end < 0:
+            assert dest is not None
+            got = rd.end - begin
+            dest[:got] = rd.view[begin:rd.end]
+            rd.start = rd.end = 0
+            rd.first = None
+            rd.busy = True
+            rd.chunk = self._chunk()
+            rd.read_into(dest[got:actual])
+            rd.busy = False
+            urb.in_data = dest[:actual]
             urb.actual_length = actual
             urb.error_count = error_count
-            urb.status = status
-            urb.state = _DONE
-            if urb._timers:
-                table._stale += urb._timers
-                urb._timers = 0
-            callbacks = urb._callbacks
-            urb._callbacks = None
+            self._complete(urb, status)
+            return True
         self._finished(urb, callbacks)
         return True
 
