@@ -1398,11 +1398,13 @@ class Connection:
         try:
             while True:
                 if rd.end - rd.start >= _HEADER:
+                    self._short_by = 0
                     if self._take_buffered(False):
                         got = True
                         continue
-                    need = self._whole_reply()
-                    assert need is not None
+                    whole = rd.end - rd.start + self._short_by if self._short_by else self._whole_reply()
+                    assert whole is not None
+                    need = whole
                     if need > len(rd.buf):
                         self._handoff = handed_back
                         got = None
@@ -1503,6 +1505,8 @@ class Connection:
         return urb.actual_length
 
     # -- reading replies -----------------------------------------------------------------------------
+    _short_by = 0  # what the last _take_buffered(False) found missing of a plain reply begun
+
     def _take_buffered(self, rest: bool = True) -> bool:
         """Dispatch the next reply in one step if its header is in the read buffer and it is
         plain (a RET_SUBMIT for a pending non-ISO URB with no unlink out, a sane length): True.
@@ -1535,6 +1539,7 @@ class Connection:
                 end = begin + actual
                 if end > rd.end:
                     if not rest:
+                        self._short_by = end - rd.end  # (pump_ready: no second parse)
                         return False
                     table.claim(urb)  # PENDING -> RECEIVING: ours until its data is in
                     end = -1
