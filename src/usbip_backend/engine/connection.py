@@ -19,7 +19,8 @@ So the socket is read by whoever holds the *read token*:
 * the reader thread reads the replies no leader reads for (asynchronous submits, unlinks,
   followers). It waits in poll() *without* the token, so a caller may lead meanwhile; when it
   finds a caller leading, or one that led since it last looked (a pipelining ``wait()`` loop), it
-  looks again ``_READER_BACKOFF`` later rather than take the token between that caller's calls;
+  looks again ``_READER_BACKOFF`` later (twice that while the caller keeps at it, up to
+  ``_READER_BACKOFF_MOST``) rather than take the token between that caller's calls;
 * the PyUSB backend's calls take a lane (:meth:`Connection.sync_transfer`) that builds no
   :class:`Urb` unless something unusual happens: one send, one recv (a scatter recv for a big IN
   reply: header into the buffer, data straight into the caller's), the count returned.
@@ -106,8 +107,11 @@ _INF = math.inf
 _LEAD_WAIT = 0.02
 #: How long the reader thread waits before looking at the socket again when a leader holds the
 #: read token (the leader dispatches what arrives while it leads; this bounds how late a reply
-#: that arrives just after the leader let go is read).
+#: that arrives just after the leader let go is read). It doubles, up to the most below, each
+#: time the reader finds the leader still at it (a pipelining loop, a handleEvents pump): every
+#: wake-up of the reader takes the GIL from that loop, which measurably slows it.
 _READER_BACKOFF = 0.001
+_READER_BACKOFF_MOST = 0.004
 #: How long the reader thread, idle while a caller holds the read token (a synchronous transfer
 #: that builds no URB), waits before it watches the socket for a hang-up again.
 _IDLE_RECHECK = 0.25
@@ -699,6 +703,7 @@ class Connection:
         self._hview = memoryview(self._header)
         self._r_sock = False  # the reader thread polls the socket
         self._r_until = _INF  # ... and sleeps until then at the latest (0: it is awake)
+        self._r_backoff = False  # ... and that sleep is a backoff (it looks again by itself)
         # An event loop reads the socket (pump_ready); the reader thread keeps the timers, and
         # reads only while a reply too big for the loop is handed over to it.
         self._external = False
@@ -1047,7 +1052,8 @@ class Connection:
                 wake = when < self._r_until
             else:
                 seq = table.add(urb)
-            if not led and not self._r_sock and self._r_until - now > _READER_BACKOFF \
+            if not led and not self._r_sock and not self._r_backoff \
+                    and self._r_until - now > _READER_BACKOFF \
                     and (not self._external or self._handoff is not None):
                 # Someone must read the reply: the reader thread sleeps. (Backing off or awake,
                 # it looks again by itself: a pipelining caller submitting while it leads must
@@ -1135,7 +1141,7 @@ class Connection:
         # backing off, it looks again by itself. Not waking it needlessly matters: it would
         # contend for the GIL with this caller's next transfer.)
         table = self._table
-        if (table.pending or table.unlinks) and not self._r_sock \
+        if (table.pending or table.unlinks) and not self._r_sock and not self._r_backoff \
                 and self._r_until - _monotonic() > _READER_BACKOFF \
                 and (not self._external or self._handoff is not None):
             self._wake()
@@ -1831,6 +1837,7 @@ class Connection:
             quick = select.poll()
             quick.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         seen_leads = -1
+        backoff = _READER_BACKOFF
         try:
             while True:
                 now = _monotonic()
@@ -1851,14 +1858,22 @@ class Connection:
                         seen_leads = leads
                         nxt = table.next_timer()
                         until = _INF if nxt is None else nxt
+                        backing_off = False
                         if self._external and self._handoff is None:
                             watch = False  # the loop reads (and notices a hang-up)
                         elif not watch:
-                            pause = _READER_BACKOFF if owed else _IDLE_RECHECK
+                            if owed:
+                                pause, backing_off = backoff, True
+                                backoff = min(backoff * 2, _READER_BACKOFF_MOST)
+                            else:
+                                pause = _IDLE_RECHECK
                             if until > now + pause:
                                 until = now + pause
+                        if not backing_off:
+                            backoff = _READER_BACKOFF
                         self._r_sock = watch
                         self._r_until = until
+                        self._r_backoff = backing_off
                 if due:
                     for kind, urb in due:
                         if kind == DEADLINE:
@@ -1874,6 +1889,7 @@ class Connection:
                         None if until == _INF else max(until - _monotonic(), 0.0))
                 self._r_sock = False
                 self._r_until = 0.0  # awake: wakers need not write to the wake socket
+                self._r_backoff = False
                 if woken:
                     # Drain first, then say so: a waker that sees _woken still set skips its
                     # byte, but made its change before calling, and the loop re-reads the state.
