@@ -1837,6 +1837,7 @@ class Connection:
             quick = select.poll()
             quick.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         seen_leads = -1
+        called = False  # woken through the wake socket since it last decided
         backoff = _READER_BACKOFF
         try:
             while True:
@@ -1854,8 +1855,10 @@ class Connection:
                         leads = self._leads
                         # Idle, it watches the socket too, so a server that hangs up is noticed
                         # at once (the connection fails, and whoever watches it sees that).
-                        watch = not self._leading and (leads == seen_leads or not owed)
+                        # Woken (a follower's unlink, a leader handing over): look now.
+                        watch = not self._leading and (called or leads == seen_leads or not owed)
                         seen_leads = leads
+                        called = False
                         nxt = table.next_timer()
                         until = _INF if nxt is None else nxt
                         backing_off = False
@@ -1900,6 +1903,7 @@ class Connection:
                     except (BlockingIOError, InterruptedError):
                         pass
                     self._woken = False
+                    called = True
                 if writable:
                     sender.resume()
                 if readable and token.acquire(False):
