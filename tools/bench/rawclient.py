@@ -176,7 +176,7 @@ def callback_pump_loop(dev: "RawDevice", ep: int, size: int, depth: int, count: 
     engine's guarantees (timeouts, unlinks, exactly-once, thread safety, per-endpoint order)
     are measured against."""
     sock, pack, unpack, devid = dev.sock, _CMD.pack, _RET.unpack_from, dev.devid
-    sendall, recv_into = sock.sendall, sock.recv_into
+    sendall = sock.sendall
     hview, header = dev.hview, dev.header
     setup = GET_DEVICE_DESCRIPTOR if ep == 0 else bytes(8)
     if ep == 0:
@@ -203,21 +203,10 @@ def callback_pump_loop(dev: "RawDevice", ep: int, size: int, depth: int, count: 
         t.callback = on_done
         submit(t)
     for _ in range(count):
-        got = 0
-        while got < 48:
-            n = recv_into(hview[got:], 48 - got)
-            if not n:
-                raise EOFError
-            got += n
+        _recv_exact(sock, hview)
         _, seq, _, _, _, status, actual, _, _, _ = unpack(header)
         t = pending.pop(seq)
-        view = t.view
-        got = 0
-        while got < actual:
-            n = recv_into(view[got:], actual - got)
-            if not n:
-                raise EOFError
-            got += n
+        _recv_exact(sock, t.view[:actual])
         t.actual, t.status = actual, status
         t.callback(t)
     dev.seq = state[0]

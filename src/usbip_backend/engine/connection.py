@@ -1568,19 +1568,12 @@ class Connection:
                 callbacks = urb._callbacks
                 urb._callbacks = None
         if end < 0:
-            assert dest is not None
-            got = rd.end - begin
-            dest[:got] = rd.view[begin:rd.end]
-            rd.start = rd.end = 0
+            rd.start = begin  # the header is consumed; the data is read as any begun reply's
             rd.first = None
             rd.busy = True
             rd.chunk = self._chunk()
-            rd.read_into(dest[got:actual])
+            self._receive(urb, status, actual, 0, 0, error_count)
             rd.busy = False
-            urb.in_data = dest[:actual]
-            urb.actual_length = actual
-            urb.error_count = error_count
-            self._complete(urb, status)
             return True
         self._finished(urb, callbacks)
         return True
