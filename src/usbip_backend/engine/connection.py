@@ -1404,13 +1404,11 @@ class Connection:
         try:
             while True:
                 if rd.end - rd.start >= _HEADER:
-                    self._short_by = 0
                     if self._take_buffered(False):
                         got = True
                         continue
-                    whole = rd.end - rd.start + self._short_by if self._short_by else self._whole_reply()
-                    assert whole is not None
-                    need = whole
+                    need = self._whole_reply()
+                    assert need is not None
                     if need > len(rd.buf):
                         self._handoff = handed_back
                         got = None
@@ -1511,8 +1509,6 @@ class Connection:
         return urb.actual_length
 
     # -- reading replies -----------------------------------------------------------------------------
-    _short_by = 0  # what the last _take_buffered(False) found missing of a plain reply begun
-
     def _take_buffered(self, rest: bool = True) -> bool:
         """Dispatch the next reply in one step if its header is in the read buffer and it is
         plain (a RET_SUBMIT for a pending non-ISO URB with no unlink out, a sane length): True.
@@ -1545,7 +1541,6 @@ class Connection:
                 end = begin + actual
                 if end > rd.end:
                     if not rest:
-                        self._short_by = end - rd.end  # (pump_ready: no second parse)
                         return False
                     table.claim(urb)  # PENDING -> RECEIVING: ours until its data is in
                     end = -1
@@ -1674,25 +1669,19 @@ class Connection:
         if hook is not None:
             self._call_hook(hook.urb_completed, urb)
         if callbacks:
-            outer = getattr(_in_callback, "urb", None)
-            _in_callback.urb = urb
-            try:
-                for fn in callbacks:
-                    try:
-                        fn(urb)
-                    except Exception:  # a broken callback must never break the engine
-                        _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
-            finally:
-                _in_callback.urb = outer
+            self._call_back(callbacks, urb)
         done.release()
 
-    def _call_back(self, fn: DoneCallback, urb: Urb) -> None:
+    def _call_back(self, callbacks: List[DoneCallback], urb: Urb) -> None:
+        """Run ``urb``'s done callbacks, in order, marked as running inside one (see _wait)."""
         outer = getattr(_in_callback, "urb", None)
         _in_callback.urb = urb
         try:
-            fn(urb)
-        except Exception:  # a broken callback must never break the engine
-            _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
+            for fn in callbacks:
+                try:
+                    fn(urb)
+                except Exception:  # a broken callback must never break the engine
+                    _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
         finally:
             _in_callback.urb = outer
 
@@ -1704,7 +1693,7 @@ class Connection:
                 else:
                     urb._callbacks.append(fn)
                 return
-        self._call_back(fn, urb)
+        self._call_back([fn], urb)
 
     def _unlink(self, urb: Urb, why: EndedBy) -> None:
         """Send a CMD_UNLINK for a PENDING URB (no-op otherwise) and arm its grace; never blocks."""

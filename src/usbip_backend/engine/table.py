@@ -113,9 +113,7 @@ class UrbTable:
         urb.state = _PENDING
         self.pending[seq] = urb
         if deadline is not None:
-            self._timer_n += 1
-            urb._timers += 1
-            heapq.heappush(self._timers, (deadline, self._timer_n, DEADLINE, urb, seq))
+            self.add_timer(deadline, DEADLINE, urb)
         return seq
 
     # -- replies ------------------------------------------------------------------------------------

@@ -829,12 +829,7 @@ class USBContext:
         while queue and queue[0]._completed:
             head = queue.popleft()
             handle = head._handle
-            urb = head._urb
-            if urb is not None and urb.status == 0 and urb.iso_packets is None:
-                head._status = C.TRANSFER_COMPLETED  # (the common case of _finish)
-                head._actual = urb.actual_length
-            else:
-                head._finish()
+            head._finish()
             head._submitted = False
             head._completed = False
             if handle is not None:
