@@ -66,7 +66,7 @@ from .descriptors import (
 )
 from .device import Device as _Device
 from .device import libusb_speed, read_descriptors
-from .engine import Connection, Urb, flat
+from .engine import Connection, Urb, UrbState, flat
 from .ch9 import DT_STRING
 from .errors import (
     ConnectionLostError, LinuxErrno, NotFoundError, UrbCancelledError, UrbError, UsbipError, UsbipTimeoutError,
@@ -83,6 +83,8 @@ _INTERRUPT = P.TransferType.INTERRUPT
 _ISOCHRONOUS = P.TransferType.ISOCHRONOUS
 _EPIPE, _EOVERFLOW, _EXDEV = -LinuxErrno.EPIPE, -LinuxErrno.EOVERFLOW, -LinuxErrno.EXDEV
 _STRING_LENGTH = 255
+_SETUP_PACK = P.SETUP_STRUCT.pack
+_DONE = UrbState.DONE
 #: The loop reads sockets itself where a non-blocking recv on a blocking socket exists.
 _LOOP_READS = hasattr(socket, "MSG_DONTWAIT")
 T = TypeVar("T")
@@ -633,6 +635,7 @@ class Device:
             self._watching = False
 
     _watching = True
+    _inbox: Optional[_Inbox] = None  # the inbox of the loop it last submitted from
     _sent = False  # a CMD_SUBMIT went out since the loop last read this socket (or flushed)
     _flush_soon = False
 
@@ -664,9 +667,13 @@ class Device:
                      **kwargs: Any) -> Urb:
         """Submit one URB (never blocking the loop) and await its end; arguments as
         :meth:`Connection.submit`. Returns the URB (raises its error, translated)."""
-        self._check()
+        conn = self.conn
+        if conn.closed:
+            self._check()
         loop = asyncio.get_running_loop()
-        inbox = _Inbox.of(loop)
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = _Inbox.of(loop)
         fut: "asyncio.Future[Urb]" = loop.create_future()
         post = inbox._post
         # The first URB since the loop last read the socket goes out at once (a lone round
@@ -674,8 +681,8 @@ class Device:
         # iteration, in one syscall (replies read together are resubmitted together).
         first = not self._sent
         try:
-            urb = self.conn.submit(transfer_type, endpoint, block=False, flush=first,
-                                   callback=functools.partial(post, fut), **kwargs)
+            urb = conn.submit(transfer_type, endpoint, block=False, flush=first,
+                              callback=functools.partial(post, fut), **kwargs)
         except UsbipError as exc:
             _raise(exc)
         if first:
@@ -683,12 +690,14 @@ class Device:
         elif not self._flush_soon:
             self._flush_soon = True
             loop.call_soon(self._flush)
-        if not urb.done():
+        if urb.state is not _DONE:
             try:
                 await fut
             except asyncio.CancelledError:
                 await _cancelled(urb, on_cancel_done)
                 raise
+        if urb.status == 0:
+            return urb
         return _result(urb)
 
     # control (ausb's device.read / device.write)
@@ -696,7 +705,8 @@ class Device:
                    timeout: Optional[float] = None) -> bytes:
         """A control IN transfer of up to ``size`` bytes; returns what came."""
         buf = bytearray(size)
-        setup = P.pack_setup((request_type | 0x80) & 0xFF, request & 0xFF, value & 0xFFFF, index & 0xFFFF, size)
+        setup = _SETUP_PACK((request_type | 0x80) & 0xFF, request & 0xFF, value & 0xFFFF, index & 0xFFFF,
+                            size & 0xFFFF)
         urb = await self.submit(_CONTROL, 0x80, setup=setup, buffer=buf, timeout=timeout)
         return bytes(buf[:urb.actual_length])
 

@@ -97,7 +97,7 @@ _NO_SETUP = bytes(8)
 _RET_SUBMIT = P.USBIP_RET_SUBMIT
 _RET_UNLINK = P.USBIP_RET_UNLINK
 _HEADER = P.URB_HEADER_SIZE
-_PENDING, _DONE = UrbState.PENDING, UrbState.DONE
+_NEW, _PENDING, _DONE = UrbState.NEW, UrbState.PENDING, UrbState.DONE
 _monotonic = time.monotonic
 _INF = math.inf
 
@@ -1478,7 +1478,7 @@ class Connection:
         that led in vain then waits as a follower), else follow."""
         if urb.state is _DONE:
             return
-        if urb.state is UrbState.NEW:
+        if urb.state is _NEW:
             raise RuntimeError(f"{urb!r} was never submitted")
         if timeout is not None and timeout > 0 and urb.timeout is None:
             urb.timeout = timeout

@@ -30,7 +30,7 @@ from .. import protocol as P
 from ..errors import ProtocolError
 from .urb import ECONNRESET, ESHUTDOWN, EndedBy, Urb, UrbState
 
-_PENDING, _RECEIVING, _DONE = UrbState.PENDING, UrbState.RECEIVING, UrbState.DONE
+_NEW, _PENDING, _RECEIVING, _DONE = UrbState.NEW, UrbState.PENDING, UrbState.RECEIVING, UrbState.DONE
 
 #: How many given-up seqnums are remembered (so their late replies are dropped, not fatal).
 RETIRED_LIMIT = 1024
@@ -105,7 +105,7 @@ class UrbTable:
         ``deadline`` if given (see :meth:`add_timer`); returns its seqnum."""
         if self.lost:
             raise RuntimeError("the connection is lost")
-        if urb.state is not UrbState.NEW:
+        if urb.state is not _NEW:
             raise RuntimeError(f"{urb!r} was submitted already")
         if not seq:
             seq = self.next_seqnum()
