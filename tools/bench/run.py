@@ -15,6 +15,12 @@ process (worker.py), so the implementations never share an interpreter:
 * ``tls``       - our PyUSB backend over TLS through a local TLS terminator (tlsproxy.py), against
   plain TCP through the same terminator and plain TCP direct (``--only tls``).
 
+With two CPUs or more, the server side (the virtual server, the TLS terminators) runs on a CPU of
+its own and every client on the others (``--no-pin``: wherever the scheduler puts them). A real
+USB/IP server runs on another machine (an ESP32, a Linux box), so it never takes the client's
+CPU; on one shared CPU set, the scheduler often runs the server on the client's CPU right when
+the client sends, and what the client does after a send then waits for the server's turn.
+
 Runs of the implementations are interleaved (raw, ours, published, raw, ...) so that load from
 elsewhere on the machine hits every side alike; figures are the median of the runs with min and
 max. Only ratios mean anything across machines. The table is printed and written as JSON.
@@ -25,6 +31,7 @@ iterations of everything so CI can check the script works, PyPI reachable or not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -66,6 +73,36 @@ LOOP_DEVICES = 64
 LOOP_FIRST_BUS = SCALE_FIRST_BUS + 32
 
 
+#: (server CPUs, client CPUs) when pinned (see the module docstring), else None; set by main().
+PLACES: Optional[Tuple[Set[int], Set[int]]] = None
+
+
+def place(pin: bool) -> str:
+    """Pin this process (and so every client it starts) to the client CPUs; how, in words."""
+    global PLACES
+    getter = getattr(os, "sched_getaffinity", None)
+    cpus = sorted(getter(0)) if pin and getter is not None else []
+    if len(cpus) < 2:
+        PLACES = None
+        return "not pinned" + ("" if not pin else " (needs two CPUs and sched_setaffinity)")
+    PLACES = ({cpus[-1]}, set(cpus[:-1]))
+    os.sched_setaffinity(0, PLACES[1])
+    return f"server side on CPU {cpus[-1]}, clients on CPU {','.join(map(str, cpus[:-1]))}"
+
+
+@contextlib.contextmanager
+def server_side() -> Iterator[None]:
+    """Processes started inside run on the server's CPU (a child inherits its parent's affinity)."""
+    if PLACES is None:
+        yield
+        return
+    os.sched_setaffinity(0, PLACES[0])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, PLACES[1])
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -88,11 +125,12 @@ class Sim:
 
     def __init__(self, count: int, unlink: str = "kernel", devices: str = "loopback") -> None:
         self.unlink = unlink
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "usbip_backend.sim", "--host", "127.0.0.1", "--port", "0",
-             "--devices", devices, "--count", str(count), "--unlink", unlink],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ours_env(), text=True,
-        )
+        with server_side():
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "usbip_backend.sim", "--host", "127.0.0.1", "--port", "0",
+                 "--devices", devices, "--count", str(count), "--unlink", unlink],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=ours_env(), text=True,
+            )
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("LISTENING"):
@@ -121,8 +159,9 @@ class Proxy:
         args = [sys.executable, TLSPROXY, "--target", f"{sim.host}:{sim.port}"]
         if tls:
             args += ["--cert", os.path.join(CERTS, "server.pem"), "--key", os.path.join(CERTS, "server.key")]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+        with server_side():
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("LISTENING"):
@@ -903,7 +942,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                             "installing it into a throw-away venv")
     p.add_argument("--no-published", action="store_true", help="do not install or run the published client")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--no-pin", action="store_true",
+                   help="let the scheduler place the server and the clients (default: the server "
+                        "side on a CPU of its own)")
     args = p.parse_args(argv)
+    placement = place(not args.no_pin)
+    log(f"placement: {placement}")
     only = args.only or TESTS
     started = time.time()
     tmp = tempfile.mkdtemp(prefix="usbip-bench-")
@@ -942,13 +986,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         res = bench.res
         if why:
             res.notes.append(f"published client: {why}")
+        res.notes.append(f"placement: {placement}")
         meta = {
             "command": "python tools/bench/run.py" + (" --smoke" if args.smoke else "")
+                       + (" --no-pin" if args.no_pin else "")
                        + (f" --only {' '.join(args.only)}" if args.only else ""),
             "smoke": args.smoke, "runs": bench.runs, "python": platform.python_version(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "load_before": os.getloadavg(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
-            "seconds": round(time.time() - started, 1), "published": PUBLISHED,
+            "seconds": round(time.time() - started, 1), "published": PUBLISHED, "placement": placement,
         }
         checks = [c for r in res.rows for c in r["floors"] if c["met"] is not None]
         summary = f"floors met: {sum(c['met'] for c in checks)} of {len(checks)}"
