@@ -73,6 +73,8 @@ LOOP_DEVICES = 64
 LOOP_FIRST_BUS = SCALE_FIRST_BUS + 32
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 #: (server CPUs, client CPUs) when pinned (see the module docstring), else None; set by main().
 PLACES: Optional[Tuple[Set[int], Set[int]]] = None
 
@@ -138,6 +140,15 @@ class Sim:
             raise RuntimeError(f"virtual server did not start (said {line!r})")
         _, self.host, port = line.split()
         self.port = int(port)
+
+    def cpu(self) -> Optional[float]:
+        """CPU seconds the server process has used (all its threads), or None off Linux."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime (stat(5))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -451,7 +462,14 @@ class Bench:
                         if self.res.error(key, name):
                             continue
                         try:
-                            self.res.add(key, name, w.call(op, timeout=timeout, **params))
+                            before = self.sim.cpu()
+                            result = w.call(op, timeout=timeout, **params)
+                            after = self.sim.cpu()
+                            if before is not None and after is not None and params.get("n"):
+                                # What the server spent per URB meanwhile: a client needing more
+                                # CPU than this per URB, on a CPU of its own, is the bottleneck.
+                                result["server_cpu_per"] = (after - before) / params["n"]
+                            self.res.add(key, name, result)
                         except WorkerError as exc:
                             msg = "cannot" if exc.unsupported else f"failed: {exc}"
                             self.res.add(key, name, msg)
@@ -468,6 +486,13 @@ class Bench:
             return s
         err = self.res.error(key, client)
         return err or "not run"
+
+    def server_row(self, section: str, key: str, client: str) -> None:
+        self.res.row(section, f"  the virtual server's CPU per URB, while {client} ran", "us",
+                     self.stat(key, client, "server_cpu_per", 1e6), self.stat(key, "raw", "server_cpu_per", 1e6),
+                     None, higher_is_better=False,
+                     note="raw column: while raw ran; a client needing more CPU per URB than this "
+                          "cannot keep the server busy (ticks of 1/%d s)" % _CLK_TCK)
 
     # -- 1. control round trips -----------------------------------------------------------------------
     def control(self) -> None:
@@ -552,6 +577,7 @@ class Bench:
                     self.res.row("pipeline", "  CPU per URB, usb1", "us",
                                  self.stat(key, "usb1", "cpu_per", 1e6), self.stat(key, "raw", "cpu_per", 1e6),
                                  None, higher_is_better=False)
+                    self.server_row("pipeline", key, "usb1")
             if kind == "control":
                 ours16 = self.stat("pipe_control_16", "engine", "rate")
                 self.res.row("pipeline", "control: 16 in flight / 1 in flight, engine", "ratio",
@@ -587,6 +613,7 @@ class Bench:
             self.res.row("stream", "  CPU per URB, stream_in (sync)", "us",
                          self.stat(key, "stream", "cpu_per", 1e6), self.stat(key, "raw", "cpu_per", 1e6), None,
                          higher_is_better=False)
+            self.server_row("stream", key, "stream")
 
     # -- 3c. asyncio ---------------------------------------------------------------------------------------
     def aio(self) -> None:
