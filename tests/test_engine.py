@@ -108,6 +108,44 @@ def test_hundred_urbs_in_flight_answered_in_random_order():
             assert bytes(urb.in_data) == urb.seqnum.to_bytes(4, "big") * 16
 
 
+def test_window_of_big_replies_in_random_pieces_reaches_each_urb():
+    # Several replies owed: the read buffer grows to a window's worth and one recv may end in
+    # the middle of any reply (header or data); every URB still gets its own bytes.
+    size, count = 16384, 40
+    rng = random.Random(11)
+
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(count)]
+        blob = b"".join(ret_submit(c.seqnum, data=c.seqnum.to_bytes(4, "big") * (size // 4)) for c in cmds)
+        send_in_pieces(sock, blob, sorted(rng.sample(range(1, len(blob)), 60)))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, buffer=bytearray(size)) for _ in range(count)]
+        for urb in urbs:
+            urb.wait(5)
+            assert bytes(urb.in_data) == urb.seqnum.to_bytes(4, "big") * (size // 4)
+        assert len(conn._rd.buf) > size * 4  # it grew (a window of replies in one recv)
+
+
+def test_read_buffer_grows_keeping_what_it_holds():
+    from usbip_backend.engine.connection import _Reader
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname(), timeout=5)
+        b, _ = listener.accept()
+        with a, b:
+            rd = _Reader(a)
+            b.sendall(bytes(range(200)))
+            head = bytearray(10)
+            rd.read_into(memoryview(head))  # one recv: the other 190 bytes wait in the buffer
+            assert bytes(head) == bytes(range(10)) and rd.end - rd.start == 190
+            rd.grow(1 << 18)
+            rest = bytearray(190)
+            rd.read_into(memoryview(rest))
+            assert bytes(rest) == bytes(range(10, 200)) and len(rd.buf) == 1 << 18
+
+
 def test_timeout_unlinks_and_server_cancels():
     unlinks = []
 

@@ -123,7 +123,9 @@ _SEND_SLICE = 1 << 20
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
 #: What a buffered recv asks for when several replies are owed (pipelining): the whole buffer.
-_BATCH_CHUNK = 65536
+#: The read buffer once several replies are owed: room for a window of 16 KiB replies, so a recv
+#: takes whole replies (one begun at the end of the buffer costs a second lock hold and a recv).
+_BATCH_BUF = _HEADER + 262144
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 #: Set while a thread runs a done callback (the URB it was called for).
 _in_callback = threading.local()
@@ -613,6 +615,14 @@ class _Reader:
             dest[got: got + take] = view[:take]
             got += take
             self.start, self.end = take, n
+
+    def grow(self, size: int) -> None:
+        """Make the buffer ``size`` bytes, keeping what it holds (nobody may hold a view of it)."""
+        have = self.end - self.start
+        buf = bytearray(size)
+        buf[:have] = self.view[self.start:self.end]
+        self.buf, self.view = buf, memoryview(buf)
+        self.start, self.end = 0, have
 
     def skip(self, count: int) -> None:
         """Consume ``count`` bytes, through the buffer (never allocating what a peer asked for)."""
@@ -1181,7 +1191,8 @@ class Connection:
         try:
             # Other replies owed (pipelining): take as many as have come in one recv, ours first
             # with luck; the rest are dispatched from the buffer (_drain) without a recv each.
-            n = self.sock.recv_into(rd.view, self._chunk())
+            chunk = self._chunk()
+            n = self.sock.recv_into(rd.view, chunk)
         except (BlockingIOError, InterruptedError):
             return None  # SO_RCVTIMEO expired: _read_one waits out the rest
         if not n:
@@ -1214,10 +1225,16 @@ class Connection:
         return status, actual, error_count
 
     def _chunk(self) -> int:
-        """What a buffered recv asks for. Several replies owed: one recv may bring several (copied
-        out of the buffer, cheaper than a recv each). One owed: a small recv, so a big payload
-        goes straight to its buffer."""
-        return _BATCH_CHUNK if len(self._table.pending) > 1 else _CHUNK
+        """What a buffered recv asks for (token held; call it before taking a view of the
+        buffer). Several replies owed: one recv may bring several (copied out of the buffer,
+        cheaper than a recv each), as many as the buffer, grown for it, holds. One owed: a small
+        recv, so a big payload goes straight to its buffer."""
+        if len(self._table.pending) > 1:
+            rd = self._rd
+            if len(rd.buf) < _BATCH_BUF:
+                rd.grow(_BATCH_BUF)
+            return len(rd.buf)
+        return _CHUNK
 
     def _rest_into(self, dest: memoryview, got: int, actual: int) -> None:
         """Receive bytes ``got`` .. ``actual`` of a reply straight into ``dest`` (buffer empty)."""
@@ -1400,6 +1417,8 @@ class Connection:
             return False
         got: Optional[bool] = False
         rd = self._rd
+        if len(rd.buf) < _BATCH_BUF and len(self._table.pending) > 1:
+            self._chunk()  # grows the buffer: the loop's recv takes all the room there is
         drained = False
         try:
             while True:
