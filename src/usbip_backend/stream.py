@@ -295,10 +295,13 @@ class _InPlan(_Plan):
         self.ended = False
 
     def fill(self) -> None:
-        """Submit URBs until the window is full or nothing more is to be asked for: once a
-        quarter of the window is free (or nothing is in flight), all of them in one send."""
+        """Submit URBs until the window is full or nothing more is to be asked for, all of them
+        in one send: once a quarter of the window is free while the head URB is on its way (the
+        caller is about to wait: the server gets work first), half of it while the head has
+        ended (replies read together are consumed together, and go out again together: each
+        send wakes the server)."""
         pipe, flight, window = self.pipe, self.flight, self.window
-        if flight and window.size - len(flight) < window.size // 4:
+        if flight and window.size - len(flight) < window.size // (2 if flight[0][0].done() else 4):
             return
         try:
             self._fill()
