@@ -112,8 +112,10 @@ class UrbTable:
         urb.seqnum = seq
         urb.state = _PENDING
         self.pending[seq] = urb
-        if deadline is not None:
-            self.add_timer(deadline, DEADLINE, urb)
+        if deadline is not None:  # add_timer(deadline, DEADLINE, urb), one call less per URB
+            self._timer_n += 1
+            urb._timers += 1
+            heapq.heappush(self._timers, (deadline, self._timer_n, DEADLINE, urb, seq))
         return seq
 
     # -- replies ------------------------------------------------------------------------------------

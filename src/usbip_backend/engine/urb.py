@@ -133,8 +133,11 @@ class Urb:
         self.submit_failed = False
         self.state = _NEW
         self.timeout = None
-        self._done = threading.Lock()  # a new one: a late waiter of the last life holds the old
-        self._done.acquire()
+        if not self._done.acquire(False):
+            # Still held: renewed from a done callback, before the last life's waiters were let
+            # go (they hold the old lock). Free: nobody waits on the last life any more.
+            self._done = threading.Lock()
+            self._done.acquire()
         self._error = None
         self._led = False
 
