@@ -122,9 +122,9 @@ _SEND_SLICE = 1 << 20
 #: Most a buffered recv asks for: one reply header plus a small payload (or many small pipelined
 #: replies). Larger payloads then go straight into the caller's buffer instead of being copied.
 _CHUNK = 4096
-#: What a buffered recv asks for when several replies are owed (pipelining): the whole buffer.
-#: The read buffer once several replies are owed: room for a window of 16 KiB replies, so a recv
-#: takes whole replies (one begun at the end of the buffer costs a second lock hold and a recv).
+#: The read buffer once several replies are owed (pipelining), and what a buffered recv then
+#: asks for: room for a window of 16 KiB replies, so a recv takes whole replies (one begun at
+#: the end of the buffer costs a second lock hold and a recv).
 _BATCH_BUF = _HEADER + 262144
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 #: Set while a thread runs a done callback (the URB it was called for).
@@ -1191,7 +1191,7 @@ class Connection:
         try:
             # Other replies owed (pipelining): take as many as have come in one recv, ours first
             # with luck; the rest are dispatched from the buffer (_drain) without a recv each.
-            chunk = self._chunk()
+            chunk = self._chunk()  # first: it may replace rd.view
             n = self.sock.recv_into(rd.view, chunk)
         except (BlockingIOError, InterruptedError):
             return None  # SO_RCVTIMEO expired: _read_one waits out the rest
@@ -1224,17 +1224,21 @@ class Connection:
         self._rest_into(dest, got, actual)
         return status, actual, error_count
 
+    def _batching(self) -> bool:
+        """Whether several replies are owed; if so, the read buffer is grown to hold a window of
+        them (token held; it may replace the buffer, so call it before taking a view of it)."""
+        if len(self._table.pending) <= 1:
+            return False
+        rd = self._rd
+        if len(rd.buf) < _BATCH_BUF:
+            rd.grow(_BATCH_BUF)
+        return True
+
     def _chunk(self) -> int:
-        """What a buffered recv asks for (token held; call it before taking a view of the
-        buffer). Several replies owed: one recv may bring several (copied out of the buffer,
-        cheaper than a recv each), as many as the buffer, grown for it, holds. One owed: a small
-        recv, so a big payload goes straight to its buffer."""
-        if len(self._table.pending) > 1:
-            rd = self._rd
-            if len(rd.buf) < _BATCH_BUF:
-                rd.grow(_BATCH_BUF)
-            return len(rd.buf)
-        return _CHUNK
+        """What a buffered recv asks for (see :meth:`_batching`). Several replies owed: one recv
+        may bring several (copied out of the buffer, cheaper than a recv each), as many as the
+        buffer holds. One owed: a small recv, so a big payload goes straight to its buffer."""
+        return len(self._rd.buf) if self._batching() else _CHUNK
 
     def _rest_into(self, dest: memoryview, got: int, actual: int) -> None:
         """Receive bytes ``got`` .. ``actual`` of a reply straight into ``dest`` (buffer empty)."""
@@ -1417,8 +1421,7 @@ class Connection:
             return False
         got: Optional[bool] = False
         rd = self._rd
-        if len(rd.buf) < _BATCH_BUF and len(self._table.pending) > 1:
-            self._chunk()  # grows the buffer: the loop's recv takes all the room there is
+        self._batching()  # (the loop's recv below takes all the room the buffer has)
         drained = False
         try:
             while True:
