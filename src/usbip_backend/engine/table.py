@@ -112,10 +112,8 @@ class UrbTable:
         urb.seqnum = seq
         urb.state = _PENDING
         self.pending[seq] = urb
-        if deadline is not None:  # add_timer(deadline, DEADLINE, urb), one call less per URB
-            self._timer_n += 1
-            urb._timers += 1
-            heapq.heappush(self._timers, (deadline, self._timer_n, DEADLINE, urb, seq))
+        if deadline is not None:
+            self.add_timer(deadline, DEADLINE, urb)
         return seq
 
     # -- replies ------------------------------------------------------------------------------------
