@@ -128,6 +128,119 @@ def test_window_of_big_replies_in_random_pieces_reaches_each_urb():
         assert len(conn._rd.buf) > size * 4  # it grew (a window of replies in one recv)
 
 
+def _seq_body(seq: int, n: int) -> bytes:
+    return (seq.to_bytes(4, "big") * (n // 4 + 1))[:n]
+
+
+def _pump_as_a_loop(conn, urbs) -> None:
+    """Read as an event loop does: pump_ready() each time the socket is readable."""
+    import select
+    conn.set_loop_reader(True)
+    deadline = time.monotonic() + 10
+    while not all(u.done() for u in urbs):
+        assert time.monotonic() < deadline, "replies not dispatched"
+        select.select([conn.sock], [], [], 0.05)
+        conn.pump_ready(lambda: None)
+    conn.set_loop_reader(False)
+
+
+@pytest.mark.parametrize("reader", ["leader", "loop"])
+def test_pipelined_replies_that_break_the_in_place_guess_reach_their_own_urbs(reader):
+    # A window of IN replies is received straight into the URBs' buffers on the guess that they
+    # come in submission order. Replies that break it (short ones, another order, an unlink's
+    # answer in between, recvs cut anywhere) and every reply after them still reach their own
+    # URB, whole, in any of the readers (a leader waiting, an event loop pumping).
+    size, count = 8192, 12
+    rng = random.Random(5)
+    batches = [
+        # (index order of the replies, {index: (status, length)})
+        (list(range(count)), {1: (0, 100), 4: (-32, 0), 9: (0, 5000)}),
+        ([0, 2, 1, 3, 4, 5, 7, 6, 8, 11, 9, 10], {7: (0, 1)}),
+        (list(range(count)), {}),
+    ]
+
+    def script(sock):
+        for order, odd in batches:
+            cmds = [read_cmd(sock)[0] for _ in range(count)]
+            parts = []
+            for i in order:
+                status, n = odd.get(i, (0, size))
+                parts.append(ret_submit(cmds[i].seqnum, status, data=_seq_body(cmds[i].seqnum, n)))
+                if i == 5:
+                    parts.append(ret_unlink(0x7FFFFFF0, 0))  # answers no unlink of the client's: ignored
+            blob = b"".join(parts)
+            send_in_pieces(sock, blob, sorted(rng.sample(range(1, len(blob)), 8)))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        for order, odd in batches:
+            urbs = [conn.submit(BULK, 0x81, buffer=bytearray(size)) for _ in range(count)]
+            if reader == "loop":
+                _pump_as_a_loop(conn, urbs)
+            for i, urb in enumerate(urbs):
+                status, n = odd.get(i, (0, size))
+                try:
+                    urb.wait(5)
+                except UrbError:
+                    pass
+                assert (urb.status, urb.actual_length) == (status, n)
+                assert bytes(urb.in_data) == _seq_body(urb.seqnum, n)
+        assert conn.in_flight == 0 and not conn.closed
+
+
+def test_an_event_loop_keeps_a_reply_the_in_place_recv_cut_until_the_rest_comes():
+    # pump_ready never waits: a header or data cut by the recv goes to the read buffer, the URB
+    # stays pending, and the rest is dispatched when it comes. (The server sends each piece when
+    # the client submits another URB, so the cuts fall where the test puts them.)
+    size = 8192
+
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(4)]
+        blob = b"".join(ret_submit(c.seqnum, data=_seq_body(c.seqnum, size)) for c in cmds)
+        one = 48 + size
+        cuts = [one + 20, 2 * one + 48 + 1000]  # in the second reply's header, the third's data
+        sock.sendall(blob[:cuts[0]])
+        signals = [read_cmd(sock)[0]]
+        sock.sendall(blob[cuts[0]:cuts[1]])
+        signals.append(read_cmd(sock)[0])
+        sock.sendall(blob[cuts[1]:] + b"".join(ret_submit(c.seqnum, data=_seq_body(c.seqnum, size))
+                                               for c in signals))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, buffer=bytearray(size), timeout=5) for _ in range(4)]
+        _pump_as_a_loop(conn, urbs[:1])
+        for n in (2, 3):
+            urbs.append(conn.submit(BULK, 0x81, buffer=bytearray(size), timeout=5))
+            _pump_as_a_loop(conn, urbs[:n])
+        _pump_as_a_loop(conn, urbs)
+        for urb in urbs:
+            assert bytes(urb.wait(5).in_data) == _seq_body(urb.seqnum, size)
+
+
+@pytest.mark.parametrize("reader", ["leader", "loop"])
+def test_server_gone_in_the_middle_of_a_window_received_in_place(reader):
+    # The replies that came whole are delivered; the one cut by the hang-up and those after it
+    # end with the connection.
+    size = 8192
+
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(6)]
+        blob = b"".join(ret_submit(c.seqnum, data=_seq_body(c.seqnum, size)) for c in cmds)
+        sock.sendall(blob[:2 * (48 + size) + 48 + 100])
+        sock.shutdown(socket.SHUT_RDWR)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, buffer=bytearray(size), timeout=5) for _ in range(6)]
+        if reader == "loop":
+            _pump_as_a_loop(conn, urbs)
+        for urb in urbs[:2]:
+            assert bytes(urb.wait(5).in_data) == _seq_body(urb.seqnum, size)
+        for urb in urbs[2:]:
+            with pytest.raises(ConnectionLostError):
+                urb.wait(5)
+
+
 def test_read_buffer_grows_keeping_what_it_holds():
     from usbip_backend.engine.connection import _Reader
 

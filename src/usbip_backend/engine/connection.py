@@ -69,6 +69,7 @@ _log = logging.getLogger("usbip_backend.engine")
 
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
 _HAVE_RECVMSG = hasattr(socket.socket, "recvmsg_into")
+_HAVE_SCATTER = _HAVE_RECVMSG and hasattr(socket, "MSG_DONTWAIT")
 _HAVE_POLL = hasattr(select, "poll")
 #: Windows takes SO_RCVTIMEO as a DWORD of milliseconds, not a timeval, and leaves a socket whose
 #: receive timed out in an indeterminate state, so it is not used there: leaders wait for
@@ -126,6 +127,17 @@ _CHUNK = 4096
 #: asks for: room for a window of 16 KiB replies, so a recv takes whole replies (one begun at
 #: the end of the buffer costs a second lock hold and a recv).
 _BATCH_BUF = _HEADER + 262144
+#: Replies received in place (Connection._take_scattered): the smallest IN URB worth it (below,
+#: the copy out of the read buffer costs less than the buffer slot in the recv), and the most
+#: URBs one recv follows (two iovec entries each; IOV_MAX is 1024).
+_SCATTER_MIN = 4096
+_SCATTER_MAX = 64
+#: ... and the most bytes it asks for: what a guess gone wrong moves to the read buffer.
+_SCATTER_BYTES = 1 << 20
+#: Rounds without receiving in place after replies came in another order than guessed
+#: (doubling each time it happens again, up to the most; one round as guessed resets it).
+_SCATTER_BACKOFF = 4
+_SCATTER_BACKOFF_MOST = 256
 _TIMEVAL = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, BSD, macOS)
 #: Set while a thread runs a done callback (the URB it was called for).
 _in_callback = threading.local()
@@ -711,6 +723,11 @@ class Connection:
         self._rd.stall = self.reply_stall
         self._header = bytearray(_HEADER)
         self._hview = memoryview(self._header)
+        # _take_scattered: one header slot per URB a recv follows, and how many rounds to skip it
+        self._heads = bytearray(_HEADER * _SCATTER_MAX)
+        self._head_views = [memoryview(self._heads)[i * _HEADER:(i + 1) * _HEADER] for i in range(_SCATTER_MAX)]
+        self._scatter_skip = 0
+        self._scatter_backoff = 0
         self._r_sock = False  # the reader thread polls the socket
         self._r_until = _INF  # ... and sleeps until then at the latest (0: it is awake)
         self._r_backoff = False  # ... and that sleep is a backoff (it looks again by itself)
@@ -777,6 +794,7 @@ class Connection:
             setup: the 8-byte SETUP packet of a control URB.
             data: OUT payload (any buffer; sent without copying).
             buffer: IN destination (writable; received into without copying), or ``length``.
+                Its bytes past the actual_length the reply brings may be overwritten.
             interval: the URB interval (interrupt and ISO need one; see ``urb_interval``).
             iso_packet_lengths: ISO packet sizes (they add up to the length).
             transfer_flags: USBIP_URB_* flags (direction and ISO_ASAP are set for you).
@@ -1183,6 +1201,9 @@ class Connection:
         rd = self._rd
         if rd.end != rd.start or rd.rcvtimeo is None:
             return None  # (no SO_RCVTIMEO: only _Reader's poll() before each recv bounds a wait)
+        if direction and length >= _SCATTER_MIN and _HAVE_SCATTER and len(self._table.pending) > 1 \
+                and not self._scatter_skip:
+            return None  # several replies owed: _read_one receives them in place
         if direction and length > _CHUNK and _HAVE_RECVMSG and urb is None:
             table = self._table
             if not table.pending and not table.unlinks:
@@ -1264,7 +1285,7 @@ class Connection:
 
         Nothing else is owed, so what could follow the reply in the same recv is only a late
         reply to a URB given up on: it is moved to the buffer for _read_one, and the caller's
-        buffer past actual_length is then not left as it was (as in no other case).
+        buffer past actual_length is then not left as it was (as with :meth:`_take_scattered`).
         """
         rd = self._rd
         cap = min(length, len(rd.buf) - _HEADER)
@@ -1448,6 +1469,12 @@ class Connection:
                     break
                 if rd.start == rd.end:
                     rd.start = rd.end = 0
+                    if self._scatter_due():
+                        took = self._take_scattered(False)
+                        if took is not None:
+                            got = got or took[0]
+                            drained = took[1]
+                            continue
                 elif rd.start:
                     self._compact()
                 space = len(rd.buf) - rd.end
@@ -1602,9 +1629,165 @@ class Connection:
         self._finished(urb, callbacks)
         return True
 
+    def _scatter_due(self) -> bool:
+        """Whether the next recv should try :meth:`_take_scattered` (token held, buffer empty)."""
+        if len(self._table.pending) < 2 or not _HAVE_SCATTER:
+            return False
+        if self._scatter_skip:
+            self._scatter_skip -= 1
+            return False
+        return True
+
+    def _take_scattered(self, wait: bool) -> Optional[Tuple[bool, bool]]:
+        """Receive replies straight into their URBs' buffers (token held, read buffer empty).
+
+        Pipelined IN URBs are answered in the order they were sent (per endpoint, and a window
+        is usually one endpoint), so one recvmsg_into can follow the pending URBs in submission
+        order: a header slot and the URB's buffer for each, then the read buffer for whatever
+        comes after. Each reply found where it was guessed (its seqnum, full length) ends its URB
+        without being copied. The first one that is not (another seqnum, an unlink's answer, a
+        header cut by the recv) and everything after it are moved to the read buffer, for the
+        usual dispatch: nothing is lost, it is only copied as it would have been anyway. A short
+        reply ends its URB too, its buffer holding what follows it past ``actual_length``
+        (as the buffers of URBs still pending may: an IN buffer's bytes past what a reply
+        brought are not kept). The lock is held across the recv, which never waits
+        (MSG_DONTWAIT): a URB is written into only while nothing else can end it.
+
+        ``wait``: a reply the recv brought only the start of is read to its end into its buffer
+        (bounded by the stall time); otherwise (an event loop) it goes to the read buffer.
+
+        Returns None if there were not two URBs to follow (nothing received), else (whether a
+        URB ended, whether the recv emptied the socket: nothing had arrived, or less than it
+        asked for).
+        """
+        rd = self._rd
+        table = self._table
+        heads = self._head_views
+        ended: List[Tuple[Urb, Optional[List[DoneCallback]]]] = []
+        begun: Optional[Tuple[Urb, int, int, int, int]] = None
+        with self._lock:
+            plan: List[Urb] = []
+            iov: List[Any] = []
+            room = len(rd.buf)
+            asked = 0
+            for urb in table.pending.values():
+                length = urb.length
+                if not urb.direction or length < _SCATTER_MIN or urb.iso_packets is not None \
+                        or urb._unlink_seqnum or asked + length > _SCATTER_BYTES:
+                    break
+                buf = urb.buffer
+                assert buf is not None
+                iov.append(heads[len(plan)])
+                iov.append(buf if buf.nbytes == length else buf[:length])
+                room += _HEADER + length
+                asked += length
+                plan.append(urb)
+                if len(plan) == _SCATTER_MAX:
+                    break
+            if len(plan) < 2:
+                return None
+            iov.append(rd.view)
+            try:
+                n = self.sock.recvmsg_into(iov, 0, socket.MSG_DONTWAIT)[0]
+            except (BlockingIOError, InterruptedError):
+                return False, True
+            if not n:
+                raise EOFError
+            rd.start = rd.end = 0
+            left = n  # bytes received and not consumed yet
+            rest = -1  # iov index where the unconsumed bytes start (-1: all consumed or tail)
+            offset = 0  # ... and the offset in it
+            guessed = True
+            for i, urb in enumerate(plan):
+                if left < _HEADER:
+                    if left:
+                        rest = 2 * i
+                    break
+                (command, seq, _, _, _, status, actual, _, npackets,
+                 error_count) = _RET_SUBMIT_UNPACK(self._heads, i * _HEADER)
+                length = urb.length
+                if command != _RET_SUBMIT or seq != urb.seqnum or npackets or not 0 <= actual <= length:
+                    rest = 2 * i
+                    guessed = False
+                    break
+                if left - _HEADER < actual:
+                    if wait:
+                        table.claim(urb)  # PENDING -> RECEIVING: the rest of its data comes next
+                        begun = (urb, status, actual, error_count, left - _HEADER)
+                        left = 0
+                    else:
+                        rest = 2 * i
+                    break
+                left -= _HEADER + actual
+                del table.pending[seq]
+                urb.actual_length = actual
+                urb.error_count = error_count
+                urb.in_data = iov[2 * i + 1][:actual]
+                urb.status = status
+                urb.state = _DONE
+                if urb._timers:
+                    table._stale += urb._timers
+                    urb._timers = 0
+                ended.append((urb, urb._callbacks))
+                urb._callbacks = None
+                if actual < length:
+                    if left:
+                        rest, offset = 2 * i + 1, actual
+                    break
+            else:
+                rd.end = left  # every guess held: what follows is in the read buffer already
+                left = 0
+            if rest >= 0:
+                self._gather(iov, rest, offset, left)
+            if guessed:
+                self._scatter_backoff = 0
+            else:
+                self._scatter_backoff = min(max(2 * self._scatter_backoff, _SCATTER_BACKOFF),
+                                            _SCATTER_BACKOFF_MOST)
+                self._scatter_skip = self._scatter_backoff
+        for urb, callbacks in ended:
+            self._finished(urb, callbacks)
+        if begun is not None:
+            urb, status, actual, error_count, got = begun
+            dest = urb.buffer
+            assert dest is not None
+            rd.first = None
+            rd.busy = True
+            rd.chunk = self._chunk()
+            rd.read_into(dest[got:actual])
+            rd.busy = False
+            urb.in_data = dest[:actual]
+            urb.actual_length = actual
+            urb.error_count = error_count
+            self._complete(urb, status)
+        return bool(ended) or begun is not None, n < room
+
+    def _gather(self, iov: List[Any], index: int, offset: int, count: int) -> None:
+        """Move ``count`` received bytes, from ``iov[index][offset:]`` on, to the read buffer
+        (empty; the last iov entry is its view). At most _SCATTER_BYTES more than it holds."""
+        rd = self._rd
+        pieces = []
+        while count:
+            view = iov[index]
+            take = min(view.nbytes - offset, count)
+            pieces.append(view[offset:offset + take])
+            count -= take
+            index += 1
+            offset = 0
+        data = b"".join(pieces)
+        if len(data) > len(rd.buf):
+            rd.buf = bytearray(len(data))
+            rd.view = memoryview(rd.buf)
+        rd.view[:len(data)] = data
+        rd.start, rd.end = 0, len(data)
+
     def _read_one(self, first: Optional[float]) -> bool:
         """Read and dispatch one reply (token held); False if none began by ``first``."""
         rd = self._rd
+        if rd.end == rd.start and self._scatter_due():
+            took = self._take_scattered(True)
+            if took is not None and took[0]:
+                return True
         if rd.end - rd.start >= _HEADER and self._take_buffered():
             return True
         rd.begin(first)
