@@ -47,6 +47,7 @@ called by the constructor), the one place that decides.
 
 from __future__ import annotations
 
+import array
 import logging
 import math
 import select
@@ -69,7 +70,13 @@ _log = logging.getLogger("usbip_backend.engine")
 
 _HAVE_SENDMSG = hasattr(socket.socket, "sendmsg")
 _HAVE_RECVMSG = hasattr(socket.socket, "recvmsg_into")
-_HAVE_SCATTER = _HAVE_RECVMSG and hasattr(socket, "MSG_DONTWAIT")
+try:  # how many bytes a socket holds (Linux, BSD, macOS), to size an in-place recv to them
+    import fcntl
+    import termios
+    _FIONREAD: Optional[int] = termios.FIONREAD
+except (ImportError, AttributeError):
+    _FIONREAD = None
+_HAVE_SCATTER = _HAVE_RECVMSG and hasattr(socket, "MSG_DONTWAIT") and _FIONREAD is not None
 _HAVE_POLL = hasattr(select, "poll")
 #: Windows takes SO_RCVTIMEO as a DWORD of milliseconds, not a timeval, and leaves a socket whose
 #: receive timed out in an indeterminate state, so it is not used there: leaders wait for
@@ -728,6 +735,7 @@ class Connection:
         self._head_views = [memoryview(self._heads)[i * _HEADER:(i + 1) * _HEADER] for i in range(_SCATTER_MAX)]
         self._scatter_skip = 0
         self._scatter_backoff = 0
+        self._avail = array.array("i", [0])  # FIONREAD's answer
         self._r_sock = False  # the reader thread polls the socket
         self._r_until = _INF  # ... and sleeps until then at the latest (0: it is awake)
         self._r_backoff = False  # ... and that sleep is a backoff (it looks again by itself)
@@ -1656,11 +1664,21 @@ class Connection:
         ``wait``: a reply the recv brought only the start of is read to its end into its buffer
         (bounded by the stall time); otherwise (an event loop) it goes to the read buffer.
 
-        Returns None if there were not two URBs to follow (nothing received), else (whether a
-        URB ended, whether the recv emptied the socket: nothing had arrived, or less than it
-        asked for).
+        The recv follows only the URBs whose replies have begun to arrive (FIONREAD says how
+        many bytes wait), so building it costs nothing for replies still on their way.
+
+        Returns None if there was no URB to follow or not a whole header waiting (nothing
+        received), else (whether a URB ended, whether the recv emptied the socket: less came
+        than it asked for, or nothing, meanwhile).
         """
         rd = self._rd
+        try:
+            fcntl.ioctl(self.sock.fileno(), _FIONREAD, self._avail, True)  # type: ignore[arg-type]
+        except OSError:
+            return None  # (closed meanwhile: the usual recv reports it)
+        avail = self._avail[0]
+        if avail < _HEADER:
+            return None  # (nothing: the usual recv waits, or sees the end of the stream)
         table = self._table
         heads = self._head_views
         ended: List[Tuple[Urb, Optional[List[DoneCallback]]]] = []
@@ -1673,7 +1691,8 @@ class Connection:
             for urb in table.pending.values():
                 length = urb.length
                 if not urb.direction or length < _SCATTER_MIN or urb.iso_packets is not None \
-                        or urb._unlink_seqnum or asked + length > _SCATTER_BYTES:
+                        or urb._unlink_seqnum or asked + length > _SCATTER_BYTES \
+                        or room - len(rd.buf) >= avail:
                     break
                 buf = urb.buffer
                 assert buf is not None
@@ -1684,7 +1703,7 @@ class Connection:
                 plan.append(urb)
                 if len(plan) == _SCATTER_MAX:
                     break
-            if len(plan) < 2:
+            if not plan:
                 return None
             iov.append(rd.view)
             try:
