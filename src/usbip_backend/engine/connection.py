@@ -1741,7 +1741,8 @@ class Connection:
                 del table.pending[seq]
                 urb.actual_length = actual
                 urb.error_count = error_count
-                urb.in_data = iov[2 * i + 1][:actual]
+                data = iov[2 * i + 1]
+                urb.in_data = data if actual == length else data[:actual]
                 urb.status = status
                 urb.state = _DONE
                 if urb._timers:

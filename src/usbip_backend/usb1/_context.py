@@ -810,8 +810,8 @@ class USBContext:
                             self._ready.extendleft(reversed(batch[i + 1:]))
                         raise
                 # Replies that came in the same recv: theirs too before the resubmitted
-                # transfers go out, so one send carries more of them.
-                conn = self._busy_connection()
+                # transfers go out, so one send carries more of them. (Only a connection this
+                # thread pumped can hold them.)
                 if conn is None or not conn.buffered or not conn.pump(0):
                     break
         finally:
