@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import select
 import socket
 import threading
 import time
@@ -134,7 +135,6 @@ def _seq_body(seq: int, n: int) -> bytes:
 
 def _pump_as_a_loop(conn, urbs) -> None:
     """Read as an event loop does: pump_ready() each time the socket is readable."""
-    import select
     conn.set_loop_reader(True)
     deadline = time.monotonic() + 10
     while not all(u.done() for u in urbs):
@@ -239,6 +239,62 @@ def test_server_gone_in_the_middle_of_a_window_received_in_place(reader):
         for urb in urbs[2:]:
             with pytest.raises(ConnectionLostError):
                 urb.wait(5)
+
+
+@pytest.mark.parametrize("reader", ["leader", "loop"])
+def test_a_reply_longer_than_its_urb_in_a_window_fails_the_connection(reader):
+    # A lying actual_length inside a window received in place: the replies before it are
+    # delivered, the connection fails with the lie named, and no URB gets more than it asked for.
+    size = 8192
+
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(4)]
+        blob = ret_submit(cmds[0].seqnum, data=_seq_body(cmds[0].seqnum, size))
+        blob += ret_submit(cmds[1].seqnum, data=b"x" * 100, actual=size + 1)
+        sock.sendall(blob + b"y" * (3 * size))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        urbs = [conn.submit(BULK, 0x81, buffer=bytearray(size), timeout=5) for _ in range(4)]
+        if reader == "loop":
+            _pump_as_a_loop(conn, urbs)
+        assert bytes(urbs[0].wait(5).in_data) == _seq_body(urbs[0].seqnum, size)
+        for urb in urbs[1:]:
+            with pytest.raises(ConnectionLostError, match="actual_length"):
+                urb.wait(5)
+            assert urb.actual_length == 0
+
+
+@pytest.mark.parametrize("order", ["as sent", "first two swapped"])
+def test_a_window_of_a_mebibyte_waiting_whole_is_read_in_one_go(order):
+    # The in-place recv follows up to a mebibyte of replies. All of them as guessed: each ends
+    # its URB where it lies. The first not the one guessed: all the recv took moves to the read
+    # buffer (grown for it) and is dispatched from there.
+    import array
+    fcntl = pytest.importorskip("fcntl", reason="FIONREAD (how many bytes a socket holds) is POSIX's")
+    import termios
+    size, count = 16384, 64
+    blob_size = count * (48 + size)
+
+    def script(sock):
+        cmds = [read_cmd(sock)[0] for _ in range(count)]
+        indices = list(range(count)) if order == "as sent" else [1, 0] + list(range(2, count))
+        sock.sendall(b"".join(ret_submit(cmds[i].seqnum, data=_seq_body(cmds[i].seqnum, size)) for i in indices))
+        hold_until_client_closes(sock)
+
+    with ScriptedServer(script) as srv, connect(srv) as conn:
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * blob_size)
+        conn.set_loop_reader(True)  # nothing reads until the test pumps
+        urbs = [conn.submit(BULK, 0x81, buffer=bytearray(size), timeout=5) for _ in range(count)]
+        waiting = array.array("i", [0])
+        deadline = time.monotonic() + 10
+        while waiting[0] < blob_size:  # every reply is in the socket
+            assert time.monotonic() < deadline, f"only {waiting[0]} of {blob_size} bytes came"
+            select.select([conn.sock], [], [], 0.05)
+            fcntl.ioctl(conn.sock.fileno(), termios.FIONREAD, waiting, True)
+        _pump_as_a_loop(conn, urbs)
+        for urb in urbs:
+            assert bytes(urb.wait(5).in_data) == _seq_body(urb.seqnum, size)
 
 
 def test_read_buffer_grows_keeping_what_it_holds():
