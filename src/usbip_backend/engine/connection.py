@@ -23,7 +23,10 @@ So the socket is read by whoever holds the *read token*:
   ``_READER_BACKOFF_MOST``) rather than take the token between that caller's calls;
 * the PyUSB backend's calls take a lane (:meth:`Connection.sync_transfer`) that builds no
   :class:`Urb` unless something unusual happens: one send, one recv (a scatter recv for a big IN
-  reply: header into the buffer, data straight into the caller's), the count returned.
+  reply: header into the buffer, data straight into the caller's), the count returned;
+* whoever reads, with several IN replies owed (a pipeline, a stream's window), receives them
+  straight into their URBs' buffers on the guess that they come in submission order
+  (:meth:`Connection._take_scattered`); what breaks the guess is dispatched from the buffer.
 
 Time. The reader thread owns the engine's clock: a heap of deadlines (:mod:`.table`) it sleeps
 on. A URB submitted with a timeout is unlinked at its deadline; every unlink has a grace
