@@ -124,6 +124,27 @@ def test_stall_and_gone_raise_the_builtin_subclasses(server):
     run(main())
 
 
+def test_the_same_control_read_again_brings_fresh_data_each_time(server):
+    # A control IN request made again reuses the URB of its last run: what it returns is what
+    # the device answered this time, never the last run's bytes (shorter answers included), and
+    # a request that stalled is made afresh.
+    async def main():
+        async with aio.Context("127.0.0.1", port=server.port) as ctx:
+            device, _, _ = await open_loopback(ctx)
+            for data in (b"first answer", b"2nd", b"", b"a longer third answer"):
+                await device.write(0x40, 0x5B, 0, 0, data)
+                assert await device.read(0xC0, 0x5C, 0, 0, 64) == data
+            reads = await asyncio.gather(*(device.read(0xC0, 0x5C, 0, 0, 64) for _ in range(4)))
+            assert reads == [b"a longer third answer"] * 4
+            for _ in range(2):
+                with pytest.raises(aio.TransferStalled):
+                    await device.read(0xC0, 0x5F, 0, 0, 8)
+            assert await device.read(0xC0, 0x5C, 0, 0, 64) == b"a longer third answer"
+            assert len(device._idle_reads) <= 8 and all(len(kept) <= 16 for kept in device._idle_reads.values())
+
+    run(main())
+
+
 def test_a_read_that_completed_during_its_cancellation_is_not_lost(server):
     async def main():
         async with aio.Context("127.0.0.1", port=server.port) as ctx:

@@ -84,6 +84,10 @@ _ISOCHRONOUS = P.TransferType.ISOCHRONOUS
 _EPIPE, _EOVERFLOW, _EXDEV = -LinuxErrno.EPIPE, -LinuxErrno.EOVERFLOW, -LinuxErrno.EXDEV
 _STRING_LENGTH = 255
 _SETUP_PACK = P.SETUP_STRUCT.pack
+#: Ended control IN URBs a device keeps to make again: for this many distinct requests, and
+#: this many of each (coroutines polling the same request at once).
+_IDLE_REQUESTS = 8
+_IDLE_READS = 16
 _DONE = UrbState.DONE
 #: The loop reads sockets itself where a non-blocking recv on a blocking socket exists.
 _LOOP_READS = hasattr(socket, "MSG_DONTWAIT")
@@ -591,6 +595,10 @@ class Device:
         self.serial_number: Optional[str] = None
         self._claimed: Dict[int, "Interface"] = {}
         self._closing = False
+        # Control IN URBs that ended well, by SETUP packet, to be made again in place by the
+        # next read with the same request (a device polled for the same status, descriptor or
+        # register saves building a URB each time). Nobody else holds them: read() returns a copy.
+        self._idle_reads: Dict[bytes, List[Urb]] = {}
 
     def __repr__(self) -> str:
         return f"<aio.Device {self._dev.name}{'' if self.alive else ' gone'}>"
@@ -667,6 +675,12 @@ class Device:
                      **kwargs: Any) -> Urb:
         """Submit one URB (never blocking the loop) and await its end; arguments as
         :meth:`Connection.submit`. Returns the URB (raises its error, translated)."""
+        return await self._submit(transfer_type, endpoint, None, on_cancel_done, kwargs)
+
+    async def _submit(self, transfer_type: P.TransferType, endpoint: int, again: Optional[Urb],
+                      on_cancel_done: Optional[Callable[[Urb], None]], kwargs: Dict[str, Any]) -> Urb:
+        """:meth:`submit`, or with ``again`` (an ended URB of ours nobody else holds) that URB
+        made again in place (``kwargs`` then gives only its timeout)."""
         conn = self.conn
         if conn.closed:
             self._check()
@@ -681,8 +695,12 @@ class Device:
         # iteration, in one syscall (replies read together are resubmitted together).
         first = not self._sent
         try:
-            urb = conn.submit(transfer_type, endpoint, block=False, flush=first,
-                              callback=functools.partial(post, fut), **kwargs)
+            if again is not None:
+                urb = conn.resubmit(again, timeout=kwargs.get("timeout"), callback=functools.partial(post, fut),
+                                    block=False, flush=first, in_place=True)
+            else:
+                urb = conn.submit(transfer_type, endpoint, block=False, flush=first,
+                                  callback=functools.partial(post, fut), **kwargs)
         except UsbipError as exc:
             _raise(exc)
         if first:
@@ -704,11 +722,22 @@ class Device:
     async def read(self, request_type: int, request: int, value: int, index: int, size: int,
                    timeout: Optional[float] = None) -> bytes:
         """A control IN transfer of up to ``size`` bytes; returns what came."""
-        buf = bytearray(size)
         setup = _SETUP_PACK((request_type | 0x80) & 0xFF, request & 0xFF, value & 0xFFFF, index & 0xFFFF,
                             size & 0xFFFF)
-        urb = await self.submit(_CONTROL, 0x80, setup=setup, buffer=buf, timeout=timeout)
-        return bytes(buf[:urb.actual_length])
+        idle = self._idle_reads.get(setup)
+        if idle:
+            urb = await self._submit(_CONTROL, 0x80, idle.pop(), None, {"timeout": timeout})
+        else:
+            urb = await self.submit(_CONTROL, 0x80, setup=setup, buffer=bytearray(size), timeout=timeout)
+        assert urb.buffer is not None
+        data = bytes(urb.buffer[:urb.actual_length])
+        if idle is None:
+            if len(self._idle_reads) >= _IDLE_REQUESTS:
+                del self._idle_reads[next(iter(self._idle_reads))]  # the oldest request kept
+            idle = self._idle_reads[setup] = []
+        if len(idle) < _IDLE_READS:
+            idle.append(urb)
+        return data
 
     async def write(self, request_type: int, request: int, value: int, index: int,
                     data: Any = b"", timeout: Optional[float] = None) -> int:
