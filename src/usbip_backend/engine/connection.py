@@ -733,9 +733,10 @@ class Connection:
         self._rd.stall = self.reply_stall
         self._header = bytearray(_HEADER)
         self._hview = memoryview(self._header)
-        # _take_scattered: one header slot per URB a recv follows, and how many rounds to skip it
-        self._heads = bytearray(_HEADER * _SCATTER_MAX)
-        self._head_views = [memoryview(self._heads)[i * _HEADER:(i + 1) * _HEADER] for i in range(_SCATTER_MAX)]
+        # _take_scattered: one header slot per URB a recv follows (made once it is first needed:
+        # a device that never pipelines does without), and how many rounds to skip it
+        self._heads = bytearray(0)
+        self._head_views: List[memoryview] = []
         self._scatter_skip = 0
         self._scatter_backoff = 0
         self._avail = array.array("i", [0])  # FIONREAD's answer
@@ -1684,6 +1685,10 @@ class Connection:
             return None  # (nothing: the usual recv waits, or sees the end of the stream)
         table = self._table
         heads = self._head_views
+        if not heads:
+            self._heads = bytearray(_HEADER * _SCATTER_MAX)
+            whole = memoryview(self._heads)
+            heads = self._head_views = [whole[i * _HEADER:(i + 1) * _HEADER] for i in range(_SCATTER_MAX)]
         ended: List[Tuple[Urb, Optional[List[DoneCallback]]]] = []
         begun: Optional[Tuple[Urb, int, int, int, int]] = None
         with self._lock:
