@@ -140,7 +140,23 @@ def test_the_same_control_read_again_brings_fresh_data_each_time(server):
                 with pytest.raises(aio.TransferStalled):
                     await device.read(0xC0, 0x5F, 0, 0, 8)
             assert await device.read(0xC0, 0x5C, 0, 0, 64) == b"a longer third answer"
-            assert len(device._idle_reads) <= 8 and all(len(kept) <= 16 for kept in device._idle_reads.values())
+            kept = device._idle_reads.kept
+            assert len(kept) <= 8 and all(len(urbs) <= 16 for urbs in kept.values())
+
+    run(main())
+
+
+def test_the_same_bulk_read_again_brings_fresh_data_each_time(server):
+    # ep.read(size) made again reuses the URB of an earlier read of that size: each returns what
+    # the device sent this time (a shorter packet included), with reads of other sizes between.
+    async def main():
+        async with aio.Context("127.0.0.1", port=server.port) as ctx:
+            device, ep_in, ep_out = await open_loopback(ctx)
+            for data, size in ((b"one" * 100, 512), (b"2", 512), (b"x" * 64, 64), (b"three" * 50, 512)):
+                await ep_out.write(data)
+                assert await ep_in.read(size) == data
+            kept = ep_in._idle_reads.kept
+            assert sorted(kept) == [64, 512] and all(len(urbs) == 1 for urbs in kept.values())
 
     run(main())
 

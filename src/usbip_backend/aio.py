@@ -84,10 +84,6 @@ _ISOCHRONOUS = P.TransferType.ISOCHRONOUS
 _EPIPE, _EOVERFLOW, _EXDEV = -LinuxErrno.EPIPE, -LinuxErrno.EOVERFLOW, -LinuxErrno.EXDEV
 _STRING_LENGTH = 255
 _SETUP_PACK = P.SETUP_STRUCT.pack
-#: Ended control IN URBs a device keeps to make again: for this many distinct requests, and
-#: this many of each (coroutines polling the same request at once).
-_IDLE_REQUESTS = 8
-_IDLE_READS = 16
 _DONE = UrbState.DONE
 #: The loop reads sockets itself where a non-blocking recv on a blocking socket exists.
 _LOOP_READS = hasattr(socket, "MSG_DONTWAIT")
@@ -226,6 +222,33 @@ def _result(urb: Urb) -> Urb:
         return urb.result()
     except UsbipError as exc:
         _raise(exc)
+
+
+class _IdleUrbs:
+    """Ended URBs that nobody holds, by what they ask for (a SETUP packet, a length), to be
+    made again in place by the next transfer asking the same (Connection.resubmit): polling
+    the same request or reading the same size saves building a URB each time. Bounded: this
+    many keys (the oldest goes first), this many URBs a key (transfers of it at once)."""
+
+    __slots__ = ("kept",)
+    KEYS = 8
+    EACH = 16
+
+    def __init__(self) -> None:
+        self.kept: Dict[Any, List[Urb]] = {}
+
+    def take(self, key: Any) -> Optional[Urb]:
+        urbs = self.kept.get(key)
+        return urbs.pop() if urbs else None
+
+    def give(self, key: Any, urb: Urb) -> None:
+        urbs = self.kept.get(key)
+        if urbs is None:
+            if len(self.kept) >= self.KEYS:
+                del self.kept[next(iter(self.kept))]
+            urbs = self.kept[key] = []
+        if len(urbs) < self.EACH:
+            urbs.append(urb)
 
 
 # -- descriptors --------------------------------------------------------------------------------------
@@ -595,10 +618,8 @@ class Device:
         self.serial_number: Optional[str] = None
         self._claimed: Dict[int, "Interface"] = {}
         self._closing = False
-        # Control IN URBs that ended well, by SETUP packet, to be made again in place by the
-        # next read with the same request (a device polled for the same status, descriptor or
-        # register saves building a URB each time). Nobody else holds them: read() returns a copy.
-        self._idle_reads: Dict[bytes, List[Urb]] = {}
+        # control IN URBs that ended well, by SETUP packet (read() returns a copy of their data)
+        self._idle_reads = _IdleUrbs()
 
     def __repr__(self) -> str:
         return f"<aio.Device {self._dev.name}{'' if self.alive else ' gone'}>"
@@ -724,19 +745,14 @@ class Device:
         """A control IN transfer of up to ``size`` bytes; returns what came."""
         setup = _SETUP_PACK((request_type | 0x80) & 0xFF, request & 0xFF, value & 0xFFFF, index & 0xFFFF,
                             size & 0xFFFF)
-        idle = self._idle_reads.get(setup)
-        if idle:
-            urb = await self._submit(_CONTROL, 0x80, idle.pop(), None, {"timeout": timeout})
+        again = self._idle_reads.take(setup)
+        if again is not None:
+            urb = await self._submit(_CONTROL, 0x80, again, None, {"timeout": timeout})
         else:
             urb = await self.submit(_CONTROL, 0x80, setup=setup, buffer=bytearray(size), timeout=timeout)
         assert urb.buffer is not None
         data = bytes(urb.buffer[:urb.actual_length])
-        if idle is None:
-            if len(self._idle_reads) >= _IDLE_REQUESTS:
-                del self._idle_reads[next(iter(self._idle_reads))]  # the oldest request kept
-            idle = self._idle_reads[setup] = []
-        if len(idle) < _IDLE_READS:
-            idle.append(urb)
+        self._idle_reads.give(setup, urb)
         return data
 
     async def write(self, request_type: int, request: int, value: int, index: int,
@@ -904,6 +920,7 @@ class InEndpoint(Endpoint):
         super().__init__(device, info)
         #: data of reads that completed while their task was being cancelled (returned first)
         self.unclaimed: Deque[bytes] = deque()
+        self._idle_reads = _IdleUrbs()  # read()'s URBs that ended well, by length
 
     def _keep(self, urb: Urb) -> None:
         if urb.actual_length and urb.in_data is not None:
@@ -923,10 +940,17 @@ class InEndpoint(Endpoint):
         kept = self._take(size)
         if kept is not None:
             return kept
-        buf = bytearray(size)
-        urb = await self.device.submit(self.transfer_type, self.address, buffer=buf,
-                                       interval=self.interval, timeout=timeout, on_cancel_done=self._keep)
-        return bytes(buf[:urb.actual_length])
+        again = self._idle_reads.take(size)
+        if again is not None:
+            urb = await self.device._submit(self.transfer_type, self.address, again, self._keep,
+                                            {"timeout": timeout})
+        else:
+            urb = await self.device.submit(self.transfer_type, self.address, buffer=bytearray(size),
+                                           interval=self.interval, timeout=timeout, on_cancel_done=self._keep)
+        assert urb.buffer is not None
+        data = bytes(urb.buffer[:urb.actual_length])
+        self._idle_reads.give(size, urb)
+        return data
 
     async def read_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
         """One IN transfer straight into ``buffer`` (writable, not copied); returns the count."""
