@@ -735,7 +735,6 @@ class Connection:
         self._hview = memoryview(self._header)
         # _take_scattered: one header slot per URB a recv follows (made once it is first needed:
         # a device that never pipelines does without), and how many rounds to skip it
-        self._heads = bytearray(0)
         self._head_views: List[memoryview] = []
         self._scatter_skip = 0
         self._scatter_backoff = 0
@@ -1618,28 +1617,46 @@ class Connection:
                 end = begin
             if end >= 0:
                 rd.start = end
-                del table.pending[seq]
-                urb.actual_length = actual
-                urb.error_count = error_count
-                if dest is not None:
-                    urb.in_data = dest[:actual]
-                urb.status = status
-                urb.state = _DONE
-                if urb._timers:
-                    table._stale += urb._timers
-                    urb._timers = 0
-                callbacks = urb._callbacks
-                urb._callbacks = None
+                callbacks = self._end_taken(urb, status, actual, error_count,
+                                            None if dest is None else dest[:actual])
         if end < 0:
             rd.start = begin  # the header is consumed; the data is read as any begun reply's
-            rd.first = None
-            rd.busy = True
-            rd.chunk = self._chunk()
-            self._receive(urb, status, actual, 0, 0, error_count)
-            rd.busy = False
+            self._receive_begun(urb, status, actual, error_count, 0)
             return True
         self._finished(urb, callbacks)
         return True
+
+    def _receive_begun(self, urb: Urb, status: int, actual: int, error_count: int, got: int) -> None:
+        """Read the rest of a claimed (RECEIVING) URB's reply whose header, and ``got`` bytes of
+        data, a recv brought; bounded by the stall time as any begun reply."""
+        rd = self._rd
+        rd.first = None
+        rd.busy = True
+        rd.chunk = self._chunk()
+        self._receive(urb, status, actual, 0, 0, error_count, got)
+        rd.busy = False
+
+    def _end_taken(self, urb: Urb, status: int, actual: int, error_count: int,
+                   data: Optional[memoryview]) -> Optional[List[DoneCallback]]:
+        """End a PENDING URB whose whole reply was just taken, its IN data (``data``) already in
+        its buffer (lock held): one transition with its result, so nobody sees it done before
+        its result is whole. Returns its callbacks, to be run outside the lock."""
+        urb.actual_length = actual
+        urb.error_count = error_count
+        if data is not None:
+            urb.in_data = data
+        # UrbTable.finish for a PENDING URB with no unlink out (the only kind taken here),
+        # without its checks: once per URB of a pipeline
+        table = self._table
+        del table.pending[urb.seqnum]
+        urb.status = status
+        urb.state = _DONE
+        if urb._timers:
+            table._stale += urb._timers
+            urb._timers = 0
+        callbacks = urb._callbacks
+        urb._callbacks = None
+        return callbacks
 
     def _scatter_due(self) -> bool:
         """Whether the next recv should try :meth:`_take_scattered` (token held, buffer empty)."""
@@ -1686,27 +1703,25 @@ class Connection:
         table = self._table
         heads = self._head_views
         if not heads:
-            self._heads = bytearray(_HEADER * _SCATTER_MAX)
-            whole = memoryview(self._heads)
+            whole = memoryview(bytearray(_HEADER * _SCATTER_MAX))
             heads = self._head_views = [whole[i * _HEADER:(i + 1) * _HEADER] for i in range(_SCATTER_MAX)]
         ended: List[Tuple[Urb, Optional[List[DoneCallback]]]] = []
         begun: Optional[Tuple[Urb, int, int, int, int]] = None
         with self._lock:
             plan: List[Urb] = []
             iov: List[Any] = []
-            room = len(rd.buf)
-            asked = 0
+            planned = 0  # bytes the URBs' slots take (headers and data)
+            asked = 0  # ... of them data
             for urb in table.pending.values():
                 length = urb.length
                 if not urb.direction or length < _SCATTER_MIN or urb.iso_packets is not None \
-                        or urb._unlink_seqnum or asked + length > _SCATTER_BYTES \
-                        or room - len(rd.buf) >= avail:
+                        or urb._unlink_seqnum or asked + length > _SCATTER_BYTES or planned >= avail:
                     break
                 buf = urb.buffer
                 assert buf is not None
                 iov.append(heads[len(plan)])
                 iov.append(buf if buf.nbytes == length else buf[:length])
-                room += _HEADER + length
+                planned += _HEADER + length
                 asked += length
                 plan.append(urb)
                 if len(plan) == _SCATTER_MAX:
@@ -1714,6 +1729,7 @@ class Connection:
             if not plan:
                 return None
             iov.append(rd.view)
+            room = len(rd.buf) + planned  # what the recv asks for
             try:
                 n = self.sock.recvmsg_into(iov, 0, socket.MSG_DONTWAIT)[0]
             except (BlockingIOError, InterruptedError):
@@ -1731,7 +1747,7 @@ class Connection:
                         rest = 2 * i
                     break
                 (command, seq, _, _, _, status, actual, _, npackets,
-                 error_count) = _RET_SUBMIT_UNPACK(self._heads, i * _HEADER)
+                 error_count) = _RET_SUBMIT_UNPACK(heads[i])
                 length = urb.length
                 if command != _RET_SUBMIT or seq != urb.seqnum or npackets or not 0 <= actual <= length:
                     rest = 2 * i
@@ -1746,18 +1762,9 @@ class Connection:
                         rest = 2 * i
                     break
                 left -= _HEADER + actual
-                del table.pending[seq]
-                urb.actual_length = actual
-                urb.error_count = error_count
                 data = iov[2 * i + 1]
-                urb.in_data = data if actual == length else data[:actual]
-                urb.status = status
-                urb.state = _DONE
-                if urb._timers:
-                    table._stale += urb._timers
-                    urb._timers = 0
-                ended.append((urb, urb._callbacks))
-                urb._callbacks = None
+                ended.append((urb, self._end_taken(urb, status, actual, error_count,
+                                                   data if actual == length else data[:actual])))
                 if actual < length:
                     if left:
                         rest, offset = 2 * i + 1, actual
@@ -1776,18 +1783,7 @@ class Connection:
         for urb, callbacks in ended:
             self._finished(urb, callbacks)
         if begun is not None:
-            urb, status, actual, error_count, got = begun
-            dest = urb.buffer
-            assert dest is not None
-            rd.first = None
-            rd.busy = True
-            rd.chunk = self._chunk()
-            rd.read_into(dest[got:actual])
-            rd.busy = False
-            urb.in_data = dest[:actual]
-            urb.actual_length = actual
-            urb.error_count = error_count
-            self._complete(urb, status)
+            self._receive_begun(*begun)
         return bool(ended) or begun is not None, n < room
 
     def _gather(self, iov: List[Any], index: int, offset: int, count: int) -> None:
@@ -1841,13 +1837,14 @@ class Connection:
         return True
 
     def _receive(self, urb: Urb, status: int, actual: int, start_frame: int, npackets: int,
-                 error_count: int) -> None:
-        """Read the rest of ``urb``'s reply (it is RECEIVING) and end it."""
+                 error_count: int, got: int = 0) -> None:
+        """Read the rest of ``urb``'s reply (it is RECEIVING; ``got`` bytes of its data are in
+        its buffer already) and end it."""
         rd = self._rd
         dest = urb.buffer
         iso = urb.iso_packets
-        if dest is not None and actual:
-            rd.read_into(dest[:actual])
+        if dest is not None and actual > got:
+            rd.read_into(dest[got:actual])
         if iso is not None:
             raw = bytearray(npackets * P.ISO_PACKET_SIZE)  # npackets == len(iso) <= MAX_ISO_PACKETS
             rd.read_into(memoryview(raw))
