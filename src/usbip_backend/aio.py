@@ -745,14 +745,23 @@ class Device:
         """A control IN transfer of up to ``size`` bytes; returns what came."""
         setup = _SETUP_PACK((request_type | 0x80) & 0xFF, request & 0xFF, value & 0xFFFF, index & 0xFFFF,
                             size & 0xFFFF)
-        again = self._idle_reads.take(setup)
-        if again is not None:
-            urb = await self._submit(_CONTROL, 0x80, again, None, {"timeout": timeout})
-        else:
-            urb = await self.submit(_CONTROL, 0x80, setup=setup, buffer=bytearray(size), timeout=timeout)
+        return await self._read_reusing(self._idle_reads, setup, _CONTROL, 0x80, size, None, timeout,
+                                        {"setup": setup})
+
+    async def _read_reusing(self, idle: _IdleUrbs, key: Any, transfer_type: P.TransferType, endpoint: int,
+                            size: int, on_cancel_done: Optional[Callable[[Urb], None]],
+                            timeout: Optional[float], fresh: Dict[str, Any]) -> bytes:
+        """An IN transfer of ``size`` bytes by a URB ``idle`` keeps under ``key`` made again,
+        else by a new one (``fresh``: its other submit arguments); returns a copy of the data
+        and keeps the URB."""
+        again = idle.take(key)
+        if again is None:
+            fresh["buffer"] = bytearray(size)
+        fresh["timeout"] = timeout
+        urb = await self._submit(transfer_type, endpoint, again, on_cancel_done, fresh)
         assert urb.buffer is not None
         data = bytes(urb.buffer[:urb.actual_length])
-        self._idle_reads.give(setup, urb)
+        idle.give(key, urb)
         return data
 
     async def write(self, request_type: int, request: int, value: int, index: int,
@@ -940,17 +949,8 @@ class InEndpoint(Endpoint):
         kept = self._take(size)
         if kept is not None:
             return kept
-        again = self._idle_reads.take(size)
-        if again is not None:
-            urb = await self.device._submit(self.transfer_type, self.address, again, self._keep,
-                                            {"timeout": timeout})
-        else:
-            urb = await self.device.submit(self.transfer_type, self.address, buffer=bytearray(size),
-                                           interval=self.interval, timeout=timeout, on_cancel_done=self._keep)
-        assert urb.buffer is not None
-        data = bytes(urb.buffer[:urb.actual_length])
-        self._idle_reads.give(size, urb)
-        return data
+        return await self.device._read_reusing(self._idle_reads, size, self.transfer_type, self.address, size,
+                                               self._keep, timeout, {"interval": self.interval})
 
     async def read_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
         """One IN transfer straight into ``buffer`` (writable, not copied); returns the count."""
