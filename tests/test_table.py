@@ -237,6 +237,68 @@ def test_stale_deadlines_are_swept_so_the_heap_stays_bounded():
     assert t.timer_count() < 200
 
 
+def test_a_pump_s_deadlines_stay_as_many_as_its_urbs_in_flight_between_timer_runs():
+    """16 URBs resubmitted in place over and over with one timeout, and no due() call (the
+    reader thread sleeps until the first deadline): the ended lives' entries go as new ones come."""
+    t = UrbTable()
+    urbs = [urb() for _ in range(16)]
+    now = 0.0
+    for u in urbs:
+        t.add(u, deadline=now + 5.0)
+    for i in range(20000):
+        u = urbs[i % 16]
+        t.finish(u, 0)
+        u._renew()
+        now += 1e-5
+        t.add(u, deadline=now + 5.0)
+    assert t.timer_count() <= 17
+    assert t.next_timer() == pytest.approx(now - 15e-5 + 5.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("arm"), st.integers(0, 7), st.sampled_from([DEADLINE, GRACE]), st.integers(0, 40)),
+    st.tuples(st.just("end"), st.integers(0, 7)),
+    st.tuples(st.just("renew"), st.integers(0, 7)),
+    st.tuples(st.just("due"), st.integers(0, 40)),
+), max_size=60))
+def test_timers_fire_as_a_plain_list_of_them_says(ops):
+    """Deadlines armed in and out of order, URBs ended and made again in place, due() at any
+    time: what fires is what a list of (when, kind, urb, life) would say, earliest first."""
+    t = UrbTable()
+    urbs = [urb() for _ in range(8)]
+    for u in urbs:
+        t.add(u)
+    model = []  # (when, order, kind, index, seqnum armed for)
+    n = 0
+    for op in ops:
+        if op[0] == "arm":
+            _, i, kind, when = op
+            if urbs[i].state is UrbState.DONE and kind == DEADLINE:
+                continue  # a deadline is armed for a URB in flight
+            t.add_timer(float(when), kind, urbs[i])
+            n += 1
+            model.append((when, n, kind, i, urbs[i].seqnum))
+        elif op[0] == "end":
+            t.finish(urbs[op[1]], 0)
+        elif op[0] == "renew":
+            u = urbs[op[1]]
+            if u.state is UrbState.DONE:
+                u._renew()
+                t.add(u)
+        else:
+            now = op[1]
+            fired = [(k, urbs[i]) for w, _, k, i, seq in sorted(model) if w <= now and (
+                k == GRACE or (urbs[i].state is not UrbState.DONE and urbs[i].seqnum == seq))]
+            model = [m for m in model if m[0] > now]
+            got = t.due(float(now))
+            assert [k for k, _ in got] == [k for k, _ in fired]
+            assert [u for _, u in got] == [u for _, u in fired]
+            whens = [m[0] for m in model if m[2] == GRACE or (
+                urbs[m[3]].state is not UrbState.DONE and urbs[m[3]].seqnum == m[4])]
+            assert t.next_timer() == (min(whens) if whens else None)
+
+
 def test_rtt_estimate_follows_rfc6298_and_bounds_the_grace():
     est = RttEstimator(0.010)
     assert est.srtt == 0.010 and est.rttvar == 0.005

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Optional, Tuple, Union
+from collections import OrderedDict, deque
+from typing import Deque, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .. import protocol as P
 from ..errors import ProtocolError
@@ -68,6 +68,11 @@ class UrbTable:
         # heap of (when, n, kind, urb, seqnum): the seqnum tells a URB made again in place
         # (Connection.resubmit) from the life the timer was set for
         self._timers: List[Tuple[float, int, int, Urb, int]] = []
+        # DEADLINEs armed in the order they fall due (a pump's transfers share one timeout), as
+        # (when, n, urb, seqnum): O(1) to arm, and since such URBs mostly end in that order too, the
+        # ended ones at its head are dropped as new ones come, so it stays near the number in
+        # flight (its entries die young, which also spares the garbage collector)
+        self._fifo: Deque[Tuple[float, int, Urb, int]] = deque()
         self._timer_n = 0
         self._stale = 0
 
@@ -253,6 +258,7 @@ class UrbTable:
         self.unlinks.clear()
         self.retired.clear()
         self._timers.clear()
+        self._fifo.clear()
         self._stale = 0
         return victims
 
@@ -265,40 +271,63 @@ class UrbTable:
         self._timer_n += 1
         if kind == DEADLINE:
             urb._timers += 1
+            fifo = self._fifo
+            while fifo:
+                head = fifo[0]
+                if head[2].state is not _DONE and head[2].seqnum == head[3]:
+                    break
+                fifo.popleft()
+                self._stale -= 1
+            if not fifo or fifo[-1][0] <= when:
+                fifo.append((when, self._timer_n, urb, urb.seqnum))
+                return
         heapq.heappush(self._timers, (when, self._timer_n, kind, urb, urb.seqnum))
 
     def next_timer(self) -> Optional[float]:
         """When the next timer is due (time.monotonic() value), None if none is set."""
-        timers = self._timers
+        timers, fifo = self._timers, self._fifo
         while timers and timers[0][2] == DEADLINE and (timers[0][3].state is _DONE or
                                                        timers[0][3].seqnum != timers[0][4]):
             heapq.heappop(timers)
             self._stale -= 1
+        while fifo and (fifo[0][2].state is _DONE or fifo[0][2].seqnum != fifo[0][3]):
+            fifo.popleft()
+            self._stale -= 1
+        if fifo and (not timers or fifo[0][0] < timers[0][0]):
+            return fifo[0][0]
         return timers[0][0] if timers else None
 
     def due(self, now: float) -> List[Tuple[int, Urb]]:
-        """Pop the timers due by ``now``, as (kind, urb)."""
+        """Pop the timers due by ``now``, as (kind, urb), earliest first (ties: as armed)."""
         out: List[Tuple[int, Urb]] = []
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, _, kind, urb, seq = heapq.heappop(timers)
+        timers, fifo = self._timers, self._fifo
+        while True:
+            if fifo and fifo[0][0] <= now and (not timers or fifo[0][:2] < timers[0][:2]):
+                _, _, urb, seq = fifo.popleft()
+                kind = DEADLINE
+            elif timers and timers[0][0] <= now:
+                _, _, kind, urb, seq = heapq.heappop(timers)
+            else:
+                break
             if kind == DEADLINE:
                 if urb.state is _DONE or urb.seqnum != seq:
                     self._stale -= 1
                     continue
                 urb._timers -= 1
             out.append((kind, urb))
-        if self._stale > 64 and self._stale * 2 > len(timers):
+        if self._stale > 64 and self._stale * 2 > len(timers) + len(fifo):
             # Sweep: URBs that end before their deadline leave entries behind (a stream of
-            # transfers with long timeouts would otherwise grow the heap by rate x timeout).
+            # transfers with long timeouts behind one that never ends would otherwise grow
+            # them by rate x timeout).
             self._timers = [t for t in timers
                             if t[2] != DEADLINE or (t[3].state is not _DONE and t[3].seqnum == t[4])]
             heapq.heapify(self._timers)
+            self._fifo = deque(t for t in fifo if t[2].state is not _DONE and t[2].seqnum == t[3])
             self._stale = 0
         return out
 
     def timer_count(self) -> int:
-        return len(self._timers)
+        return len(self._timers) + len(self._fifo)
 
 
 class RttEstimator:
