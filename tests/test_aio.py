@@ -290,7 +290,43 @@ def test_streams_in_and_out_with_emsgsize_and_progress():
         run(main(srv.port))
 
 
-def test_the_loop_is_never_blocked_by_a_64_mib_write(sim_server):
+def test_an_in_stream_reading_waiting_replies_itself_still_lets_other_tasks_run(sim_server):
+    """A stream whose replies are already waiting takes them itself rather than waiting on the
+    loop, but gives the loop its turn after DIRECT_READS such reads: a heartbeat task never
+    sees more than that many reads' worth of chunks go by between two of its ticks."""
+    window, chunks = 16, 3000
+
+    async def main():
+        async with aio.Context(*sim_server) as ctx:
+            device = await ctx.device_get(product_id=0x0001).open()
+            await device.set_configuration(1)
+            source = device.interface_claim(0).open(0x82)
+            seen = [0]
+            between = []
+            stop = asyncio.Event()
+
+            async def heartbeat():
+                last = 0
+                while not stop.is_set():
+                    await asyncio.sleep(0)
+                    between.append(seen[0] - last)
+                    last = seen[0]
+
+            beat = asyncio.ensure_future(heartbeat())
+            await asyncio.sleep(0)
+            async for view in source.stream(chunks * 512, chunk=512, window=window, adaptive=False, timeout=10):
+                assert bytes(view) == pattern(512)  # each URB of the source starts its pattern afresh
+                seen[0] += 1
+            stop.set()
+            await beat
+            await device.close()
+            return seen[0], between
+
+    got, between = run(main())
+    assert got == chunks
+    assert len(between) > 1
+    assert 1 <= aio.AsyncInStream.DIRECT_READS <= 64  # a turn for the loop every few reads
+    assert max(between) <= (aio.AsyncInStream.DIRECT_READS + 1) * window, max(between)
     """A heartbeat task measures the gaps between its ticks while 64 MiB go out as four 16 MiB
     URBs at once (each far more than the socket takes without waiting).
 
