@@ -101,7 +101,7 @@ class RawAioDevice(asyncio.Protocol):
 
 async def window(dev: RawAioDevice, kind: str, depth: int, size: int, count: int) -> None:
     """``count`` URBs, ``depth`` in flight, in order (as rawclient.pipelined_loop)."""
-    make = dev.control if kind == "control" else (lambda: dev.bulk_in(0x82, size))
+    make = dev.control if kind == "control" else (lambda: dev.bulk_in(0x82 & 0x0F, size))
     flight: List["asyncio.Future[bytes]"] = [make() for _ in range(min(depth, count))]
     sent = len(flight)
     head = 0
