@@ -13,7 +13,10 @@
 How it runs. Each imported device is one engine :class:`~usbip_backend.engine.Connection`. The
 loop reads its socket: a reader callback (``loop.add_reader``) takes what has arrived without
 waiting and dispatches each reply that is whole (:meth:`Connection.pump_ready`), so completions
-happen on the loop's thread with no thread hop. A reply bigger than the engine's read buffer
+happen on the loop's thread with no thread hop. An IN stream whose head URB has not ended runs
+that same read itself before it waits (the server is often ahead: its replies are there
+already), and waits on the loop after :attr:`AsyncInStream.DIRECT_READS` such reads in a row, so
+other tasks get their turn. A reply bigger than the engine's read buffer
 (64 KiB) is handed to the connection's reader thread, which reads it (waiting for its bytes on its
 own thread) and gives the socket back. The reader thread also keeps the timers (timeouts,
 unlink graces). Submits never block (``submit(block=False)``: a CMD_SUBMIT and its payload go

@@ -28,8 +28,8 @@ So the socket is read by whoever holds the *read token*:
   straight into their URBs' buffers on the guess that they come in submission order
   (:meth:`Connection._take_scattered`); what breaks the guess is dispatched from the buffer.
 
-Time. The reader thread owns the engine's clock: a heap of deadlines (:mod:`.table`) it sleeps
-on. A URB submitted with a timeout is unlinked at its deadline; every unlink has a grace
+Time. The reader thread owns the engine's clock: the table's deadlines (:mod:`.table`) it
+sleeps on. A URB submitted with a timeout is unlinked at its deadline; every unlink has a grace
 (``2 x RTO`` of the measured round-trip time, see :class:`~.table.RttEstimator`), counted from
 when the CMD_UNLINK is on the wire, after which a URB the server never answers for is given up,
 so every URB ends. A reply that has begun is read

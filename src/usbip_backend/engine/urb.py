@@ -116,7 +116,7 @@ class Urb:
         self._ended_by = _NOT_UNLINKED
         self._error: Optional[UsbipError] = None
         self._led = False  # wait() has read the socket for it once already
-        self._timers = 0  # entries for it in the connection's timer heap
+        self._timers = 0  # live DEADLINE entries for it in the table's timers
         self._abandoned = False  # its unlink got no verdict within the grace
         self._verdict: Optional[int] = None  # the status its RET_UNLINK carried
 
