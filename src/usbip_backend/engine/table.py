@@ -52,6 +52,12 @@ class Retired(NamedTuple):
 Delivery = Union[Urb, Retired]
 
 
+def _lapsed(urb: Urb, seq: int) -> bool:
+    """Whether a DEADLINE set for ``urb``'s life under ``seq`` is stale: that life has ended (the
+    URB is DONE, or made again in place under another seqnum)."""
+    return urb.state is _DONE or urb.seqnum != seq
+
+
 class UrbTable:
     """Seqnums and URBs of one connection. Call every method with the connection's lock held."""
 
@@ -273,6 +279,7 @@ class UrbTable:
             urb._timers += 1
             fifo = self._fifo
             while fifo:
+                # not _lapsed(head), written out: this runs once per URB submitted
                 head = fifo[0]
                 if head[2].state is not _DONE and head[2].seqnum == head[3]:
                     break
@@ -286,11 +293,10 @@ class UrbTable:
     def next_timer(self) -> Optional[float]:
         """When the next timer is due (time.monotonic() value), None if none is set."""
         timers, fifo = self._timers, self._fifo
-        while timers and timers[0][2] == DEADLINE and (timers[0][3].state is _DONE or
-                                                       timers[0][3].seqnum != timers[0][4]):
+        while timers and timers[0][2] == DEADLINE and _lapsed(timers[0][3], timers[0][4]):
             heapq.heappop(timers)
             self._stale -= 1
-        while fifo and (fifo[0][2].state is _DONE or fifo[0][2].seqnum != fifo[0][3]):
+        while fifo and _lapsed(fifo[0][2], fifo[0][3]):
             fifo.popleft()
             self._stale -= 1
         if fifo and (not timers or fifo[0][0] < timers[0][0]):
@@ -310,7 +316,7 @@ class UrbTable:
             else:
                 break
             if kind == DEADLINE:
-                if urb.state is _DONE or urb.seqnum != seq:
+                if _lapsed(urb, seq):
                     self._stale -= 1
                     continue
                 urb._timers -= 1
@@ -319,10 +325,9 @@ class UrbTable:
             # Sweep: URBs that end before their deadline leave entries behind (a stream of
             # transfers with long timeouts behind one that never ends would otherwise grow
             # them by rate x timeout).
-            self._timers = [t for t in timers
-                            if t[2] != DEADLINE or (t[3].state is not _DONE and t[3].seqnum == t[4])]
+            self._timers = [t for t in timers if t[2] != DEADLINE or not _lapsed(t[3], t[4])]
             heapq.heapify(self._timers)
-            self._fifo = deque(t for t in fifo if t[2].state is not _DONE and t[2].seqnum == t[3])
+            self._fifo = deque(t for t in fifo if not _lapsed(t[2], t[3]))
             self._stale = 0
         return out
 
