@@ -1011,7 +1011,7 @@ class AsyncInStream:
     #: Reads of the socket a stream may make itself in a row before it waits on the loop.
     DIRECT_READS = 16
 
-    def __init__(self, plan: _InPlan, device: Optional[Device] = None) -> None:
+    def __init__(self, plan: _InPlan, device: Device) -> None:
         self._plan = plan
         self._device = device
         self._direct = 0
@@ -1042,8 +1042,7 @@ class AsyncInStream:
                     raise StopAsyncIteration
                 head = plan.flight[0][0]
                 if not head.done():  # (often it is: one read of the socket ends several)
-                    device = self._device
-                    if device is not None and self._direct < self.DIRECT_READS and device._read_now():
+                    if self._direct < self.DIRECT_READS and self._device._read_now():
                         # Replies were waiting (the server is often ahead): taken without a
                         # trip through the loop, which still gets its turn every few reads.
                         self._direct += 1
