@@ -327,6 +327,9 @@ def test_an_in_stream_reading_waiting_replies_itself_still_lets_other_tasks_run(
     assert len(between) > 1
     assert 1 <= aio.AsyncInStream.DIRECT_READS <= 64  # a turn for the loop every few reads
     assert max(between) <= (aio.AsyncInStream.DIRECT_READS + 1) * window, max(between)
+
+
+def test_the_loop_is_never_blocked_by_a_64_mib_write(sim_server):
     """A heartbeat task measures the gaps between its ticks while 64 MiB go out as four 16 MiB
     URBs at once (each far more than the socket takes without waiting).
 
