@@ -329,6 +329,54 @@ def test_an_in_stream_reading_waiting_replies_itself_still_lets_other_tasks_run(
     assert max(between) <= (aio.AsyncInStream.DIRECT_READS + 1) * window, max(between)
 
 
+def test_an_in_stream_cut_by_a_hang_up_reports_the_offset_it_reached(server):
+    # The server vanishes while the stream reads its replies (the stream's own reads and the
+    # loop's): the iteration raises StreamError with the offset of the bytes it yielded, and
+    # every URB of the window has ended.
+    async def main():
+        async with aio.Context("127.0.0.1", port=server.port) as ctx:
+            device = await ctx.device_get(product_id=0x0001).open()
+            await device.set_configuration(1)
+            source = device.interface_claim(0).open(0x82)
+            got = 0
+            stream = source.stream(chunk=4096, window=16, adaptive=False, timeout=10)
+            with pytest.raises(aio.StreamError) as info:
+                async for view in stream:
+                    got += len(view)
+                    if got == 64 * 4096:
+                        server.stop()
+            assert info.value.offset == got == stream.offset >= 64 * 4096
+            assert isinstance(info.value.cause, aio.DeviceError)
+            assert device.conn.in_flight == 0
+
+    run(main())
+
+
+def test_an_out_stream_cut_by_a_hang_up_reports_the_offset_it_reached(server):
+    # As for IN: the server vanishes with OUT URBs in flight; the failure's cause is this
+    # module's DeviceError, and the offset reached is what the server confirmed.
+    async def main():
+        async with aio.Context("127.0.0.1", port=server.port) as ctx:
+            device = await ctx.device_get(product_id=0x0001).open()
+            await device.set_configuration(1)
+            sink = device.interface_claim(0).open(0x02)
+            reports = []
+
+            def progress(p):
+                reports.append(p.offset)
+                if p.offset >= 64 * 4096:
+                    server.stop()
+
+            with pytest.raises(aio.StreamError) as info:
+                await sink.stream(pattern(4096) * 1024, chunk=4096, window=16, adaptive=False, timeout=10,
+                                  progress=progress, progress_every=0)
+            assert isinstance(info.value.cause, aio.DeviceError)
+            assert 64 * 4096 <= info.value.offset < 1024 * 4096
+            assert device.conn.in_flight == 0
+
+    run(main())
+
+
 def test_the_loop_is_never_blocked_by_a_64_mib_write(sim_server):
     """A heartbeat task measures the gaps between its ticks while 64 MiB go out as four 16 MiB
     URBs at once (each far more than the socket takes without waiting).

@@ -1036,7 +1036,7 @@ class AsyncInStream:
         plan.give_back()
         try:
             while True:
-                _fill(plan)
+                plan.fill()
                 if plan.done:
                     await self.aclose()
                     raise StopAsyncIteration
@@ -1052,7 +1052,8 @@ class AsyncInStream:
                 view = plan.settle()
                 if view is not None:
                     return view
-        except StreamError:
+        except StreamError as exc:
+            _translate_cause(exc)
             await self._abort()
             raise
         except asyncio.CancelledError:
@@ -1087,14 +1088,10 @@ class AsyncInStream:
         await self.aclose()
 
 
-def _fill(plan: Union[_InPlan, _OutPlan]) -> None:
-    """Top the plan's window up; a failure's cause is given as this module's errors."""
-    try:
-        plan.fill()
-    except StreamError as exc:
-        if exc.cause is not None:
-            exc.cause = _translate(exc.cause)
-        raise
+def _translate_cause(exc: StreamError) -> None:
+    """Give a stream failure's cause (the engine's error) as this module's errors."""
+    if exc.cause is not None:
+        exc.cause = _translate(exc.cause)
 
 
 async def _all_ended(urbs: Sequence[Urb]) -> None:
@@ -1148,14 +1145,16 @@ class OutEndpoint(Endpoint):
                         slow, progress_every, False, total)
         try:
             while True:
-                _fill(plan)
+                plan.fill()
                 if plan.done:
                     return plan.meter.report(plan.window, plan.chunk)
                 await _ended(plan.flight[0][0])
                 if plan.refused():
                     await _all_ended([u for u, _, _ in plan.flight])
                 plan.settle()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StreamError):
+                _translate_cause(exc)
             flight = [u for u, _, _ in plan.flight]
             for urb in flight:
                 urb.cancel()
