@@ -60,7 +60,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .. import protocol as P
 from ..errors import ConnectionLostError, ProtocolError
@@ -110,6 +110,7 @@ _RET_UNLINK = P.USBIP_RET_UNLINK
 _HEADER = P.URB_HEADER_SIZE
 _NEW, _PENDING, _DONE = UrbState.NEW, UrbState.PENDING, UrbState.DONE
 _monotonic = time.monotonic
+_time = time.time
 _INF = math.inf
 
 #: How long a synchronous caller reads the socket itself waiting for its reply before it hands
@@ -198,6 +199,10 @@ class _Stalled(ProtocolError):
     """The server stopped sending in the middle of a reply."""
 
 
+#: A message queued to send: a lone header, or (its buffers, called once it is all on its way).
+_Message = Union[bytes, Tuple[List[Any], Optional[Callable[[], None]]]]
+
+
 class _Sender:
     """One message at a time on the socket.
 
@@ -218,7 +223,7 @@ class _Sender:
     def __init__(self, sock: socket.socket, on_stuck: Callable[[], None]) -> None:
         self.sock = sock
         self.lock = threading.Lock()
-        self.queue: Deque[Tuple[List[Any], Optional[Callable[[], None]]]] = deque()
+        self.queue: Deque[_Message] = deque()
         self.tail: Optional[List[Any]] = None  # rest of a message sent in part (buffers); lock held
         self.tail_sent: Optional[Callable[[], None]] = None
         self.on_stuck = on_stuck
@@ -248,7 +253,7 @@ class _Sender:
         """Send the queued messages, blocking (lock held, no tail)."""
         queue = self.queue
         while queue:
-            parts, sent = queue.popleft()
+            parts, sent = _message_parts(queue.popleft())
             self.sendmsg(parts)
             if sent is not None:
                 sent()
@@ -257,7 +262,10 @@ class _Sender:
         """Queue a message (bytes, or a list of buffers sent as one) and send it if that needs no
         waiting (any thread); ``sent`` is called (by whichever thread sends it) once it is all on
         its way."""
-        self.queue.append(([message] if isinstance(message, bytes) else message, sent))
+        if sent is None and type(message) is bytes:
+            self.queue.append(message)
+        else:
+            self.queue.append(([message] if isinstance(message, bytes) else message, sent))
         self.kick()
 
     def push(self, parts: List[Any], total: int) -> None:
@@ -337,32 +345,39 @@ class _Sender:
         sendmsg; True if the socket is full (the rest kept as the tail and in the queue)."""
         sock, queue = self.sock, self.queue
         while True:
-            batch: List[Tuple[List[Any], Optional[Callable[[], None]]]]
+            batch: List[_Message]  # as queued, those with several parts as (their views, sent)
             every: List[Any] = []  # the batch's buffers, in order
             total = 0
+            callbacks = False  # whether a message of the batch has a ``sent``
             if self.tail is not None:
                 batch = [(self.tail, self.tail_sent)]
                 every = self.tail
                 total = sum(_nbytes(v) for v in every)
+                callbacks = self.tail_sent is not None
                 self.tail = self.tail_sent = None
             elif queue:
                 batch = []
                 parts = 0
                 while queue and parts < _IOV_MAX - 3:
-                    message, sent = queue.popleft()
-                    if len(message) == 1 and type(message[0]) is bytes:
-                        views = message  # a lone CMD_SUBMIT or CMD_UNLINK header (most are)
-                        total += len(message[0])
-                    else:
-                        views = [m if type(m) is bytes else memoryview(m).cast("B") for m in message]
-                        total += sum(_nbytes(v) for v in views)
+                    message = queue.popleft()
+                    if isinstance(message, bytes):  # a lone CMD_SUBMIT or CMD_UNLINK header (most are)
+                        batch.append(message)
+                        every.append(message)
+                        total += len(message)
+                        parts += 1
+                        continue
+                    buffers, sent = message
+                    views = [m if type(m) is bytes else memoryview(m).cast("B") for m in buffers]
+                    total += sum(_nbytes(v) for v in views)
                     batch.append((views, sent))
                     every += views
-                    parts += len(message)
+                    parts += len(views)
+                    callbacks = callbacks or sent is not None
             else:
                 return False
             if not _HAVE_DONTWAIT:
-                for views, sent in batch:
+                for message in batch:
+                    views, sent = _message_parts(message)
                     for view in views:
                         sock.sendall(view)
                     if sent is not None:
@@ -377,11 +392,14 @@ class _Sender:
             except BlockingIOError:
                 n = 0
             if n >= total:  # all of it went (the usual case): no message to split
-                for _, sent in batch:
-                    if sent is not None:
-                        sent()
+                if callbacks:
+                    for message in batch:
+                        sent = _message_parts(message)[1]
+                        if sent is not None:
+                            sent()
                 continue
-            for i, (views, sent) in enumerate(batch):
+            for i, message in enumerate(batch):
+                views, sent = _message_parts(message)
                 size = sum(_nbytes(v) for v in views)
                 if n >= size:
                     n -= size
@@ -409,6 +427,13 @@ def _head(views: List[Any], limit: int) -> List[Any]:
         out.append(v)
         left -= size
     return out
+
+
+def _message_parts(message: _Message) -> Tuple[List[Any], Optional[Callable[[], None]]]:
+    """A queued message as (its buffers, its ``sent`` callback)."""
+    if isinstance(message, bytes):
+        return [message], None
+    return message
 
 
 def _nbytes(buf: Any) -> int:
@@ -853,6 +878,16 @@ class Connection:
         if in_place and self.hook is None and not done._unlink_seqnum:
             urb = done
             urb._renew()
+            if not block and not flush and urb.direction and urb.iso_packets is None:
+                # What a pump does once per URB: _post's queued case for an IN URB, written out.
+                if callback is not None:
+                    urb._callbacks = [callback]
+                seq, wake = self._enter(urb, timeout, False)
+                self._sender.queue.append(self._submit_header(seq, 1, urb.endpoint, urb.transfer_flags,
+                                                              urb.length, urb.interval, urb.setup, None))
+                if wake:
+                    self._wake()
+                return urb
         else:
             direction = done.direction
             urb = Urb(self, done.transfer_type, done.endpoint, direction, done.setup, done.length, done.interval,
@@ -1052,7 +1087,7 @@ class Connection:
             parts.append(iso_raw)
             total += len(iso_raw)
         if not flush:
-            self._sender.queue.append((parts, None))
+            self._sender.queue.append(parts[0] if len(parts) == 1 else (parts, None))
         elif total <= _SEND_SLICE:
             try:
                 self._sender.push(parts, total)
@@ -1714,15 +1749,14 @@ class Connection:
             asked = 0  # ... of them data
             for urb in table.pending.values():
                 length = urb.length
-                if not urb.direction or length < _SCATTER_MIN or urb.iso_packets is not None \
-                        or urb._unlink_seqnum or asked + length > _SCATTER_BYTES or planned >= avail:
+                if planned >= avail or length < _SCATTER_MIN or not urb.direction \
+                        or urb.iso_packets is not None or urb._unlink_seqnum:
                     break
-                buf = urb.buffer
-                assert buf is not None
-                iov.append(heads[len(plan)])
-                iov.append(buf if buf.nbytes == length else buf[:length])
-                planned += _HEADER + length
                 asked += length
+                if asked > _SCATTER_BYTES:
+                    break
+                iov += (heads[len(plan)], urb.buffer)  # (an IN URB's buffer is its length: _prepare)
+                planned += _HEADER + length
                 plan.append(urb)
                 if len(plan) == _SCATTER_MAX:
                     break
@@ -1780,8 +1814,8 @@ class Connection:
                 self._scatter_backoff = min(max(2 * self._scatter_backoff, _SCATTER_BACKOFF),
                                             _SCATTER_BACKOFF_MOST)
                 self._scatter_skip = self._scatter_backoff
-        for urb, callbacks in ended:
-            self._finished(urb, callbacks)
+        if ended:
+            self._finished_all(ended)
         if begun is not None:
             self._receive_begun(*begun)
         return bool(ended) or begun is not None, n < room
@@ -1900,27 +1934,40 @@ class Connection:
 
     def _finished(self, urb: Urb, callbacks: Optional[List[DoneCallback]]) -> None:
         """After the transition to DONE (outside the lock): hook, callbacks, waiters."""
-        urb.complete_time = time.time()
-        done = urb._done  # (a callback may make the URB new in place: it gets a new lock)
+        self._finished_all(((urb, callbacks),))
+
+    def _finished_all(self, ended: Iterable[Tuple[Urb, Optional[List[DoneCallback]]]]) -> None:
+        """:meth:`_finished` for each URB of ``ended`` in turn (one recv's replies)."""
         hook = self.hook
-        if hook is not None:
-            self._call_hook(hook.urb_completed, urb)
-        if callbacks:
-            self._call_back(callbacks, urb)
-        done.release()
+        outer = getattr(_in_callback, "urb", None)
+        try:
+            for urb, callbacks in ended:
+                urb.complete_time = _time()
+                done = urb._done  # (a callback may make the URB new in place: it gets a new lock)
+                if hook is not None:
+                    self._call_hook(hook.urb_completed, urb)
+                if callbacks:
+                    _in_callback.urb = urb  # marked as running inside its callback (see _wait)
+                    self._run_callbacks(callbacks, urb)
+                done.release()
+        finally:
+            _in_callback.urb = outer
 
     def _call_back(self, callbacks: List[DoneCallback], urb: Urb) -> None:
         """Run ``urb``'s done callbacks, in order, marked as running inside one (see _wait)."""
         outer = getattr(_in_callback, "urb", None)
         _in_callback.urb = urb
         try:
-            for fn in callbacks:
-                try:
-                    fn(urb)
-                except Exception:  # a broken callback must never break the engine
-                    _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
+            self._run_callbacks(callbacks, urb)
         finally:
             _in_callback.urb = outer
+
+    def _run_callbacks(self, callbacks: List[DoneCallback], urb: Urb) -> None:
+        for fn in callbacks:
+            try:
+                fn(urb)
+            except Exception:  # a broken callback must never break the engine
+                _log.exception("%s: done callback %r of %r failed", self.name, fn, urb)
 
     def _add_done_callback(self, urb: Urb, fn: DoneCallback) -> None:
         with self._lock:

@@ -33,7 +33,7 @@ from ..device import (
     Device, libusb_speed, natural_busid_key, open_device, port_numbers_from_busid, retry_busy_after_release,
     seconds,
 )
-from ..engine import Urb, flat
+from ..engine import Urb, UrbState, flat
 from ..engine.transport import Connector, TlsArg, tls_context
 from ..errors import UsbipError
 from ..hooks import UrbHook
@@ -49,10 +49,11 @@ _T = TypeVar("_T")
 _HANDLE_EVENTS_TIMEOUT = 60.0
 #: How long handleEvents() reads one connection's socket itself before it looks again at
 #: interrupts and at completions another thread read.
+_PUMP_SLICE = 0.02
 #: How many times one handleEvents*() call goes on with replies already read (bounded: the
 #: caller's own loop must get a turn).
 _MORE_ROUNDS = 4
-_PUMP_SLICE = 0.02
+_DONE = UrbState.DONE
 #: "Some devices choke on size > 255" (libusb, descriptor.c).
 _STRING_LENGTH = 255
 
@@ -307,18 +308,18 @@ class USBDeviceHandle:
         if self._closed:
             raise USBErrorNoDevice()
         dev = self._dev
-        kind = transfer._type
-        assert kind is not None
         args = transfer._args
         last = transfer._urb
         queue = transfer._queue
         engine_type = None
         if args is None or last is None or transfer._urb_args is not args \
-                or last.conn is not dev.conn or not last.done() or queue is None:
+                or last.conn is not dev.conn or last.state is not _DONE or queue is None:
             # Not a transfer submitted again as it was set up (a pump, which the engine makes
             # again in place, without checking its arguments: only the transfer holds its URB,
             # and its result was taken before the callback that resubmits it).
             last = None
+            kind = transfer._type
+            assert kind is not None
             engine_type = P.transfer_type_from_attributes(kind)  # libusb numbers them as bmAttributes
             if args is None:
                 # What the engine is given, made once per setup (a pump resubmits the same transfer).
