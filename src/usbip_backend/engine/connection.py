@@ -1686,9 +1686,6 @@ class Connection:
         del table.pending[urb.seqnum]
         urb.status = status
         urb.state = _DONE
-        if urb._timers:
-            table._stale += urb._timers
-            urb._timers = 0
         callbacks = urb._callbacks
         urb._callbacks = None
         return callbacks

@@ -35,6 +35,9 @@ _NEW, _PENDING, _RECEIVING, _DONE = UrbState.NEW, UrbState.PENDING, UrbState.REC
 #: How many given-up seqnums are remembered (so their late replies are dropped, not fatal).
 RETIRED_LIMIT = 1024
 
+#: The fewest timers :meth:`UrbTable.due` sweeps stale DEADLINEs out of.
+SWEEP_MIN = 64
+
 #: Timer kinds.
 DEADLINE = 0  #: a URB's own timeout: unlink it
 GRACE = 1  #: an unlink's verdict is overdue: give the URB up
@@ -80,7 +83,7 @@ class UrbTable:
         # flight (its entries die young, which also spares the garbage collector)
         self._fifo: Deque[Tuple[float, int, Urb, int]] = deque()
         self._timer_n = 0
-        self._stale = 0
+        self._sweep_at = SWEEP_MIN  # due() sweeps stale DEADLINEs out once there are more timers
 
     # -- seqnums and submission ----------------------------------------------------------------------
     def next_seqnum(self) -> int:
@@ -187,9 +190,6 @@ class UrbTable:
             # Its unlink is still out: a server may answer it with a second RET_SUBMIT (some do
             # after a RET_UNLINK -104); skip that, rather than take it for an unknown seqnum.
             self._retire(urb)
-        if urb._timers:
-            self._stale += urb._timers
-            urb._timers = 0
         return True
 
     def ret_unlink(self, seq: int, status: int, now: float) -> Tuple[Optional[Urb], bool, Optional[float]]:
@@ -265,7 +265,7 @@ class UrbTable:
         self.retired.clear()
         self._timers.clear()
         self._fifo.clear()
-        self._stale = 0
+        self._sweep_at = SWEEP_MIN
         return victims
 
     # -- timers ------------------------------------------------------------------------------------------
@@ -274,31 +274,30 @@ class UrbTable:
         ends first; a GRACE always fires (it also sweeps the unlink out of ``unlinks``)."""
         if self.lost:
             return
-        self._timer_n += 1
+        n = self._timer_n = self._timer_n + 1
         if kind == DEADLINE:
-            urb._timers += 1
             fifo = self._fifo
             while fifo:
                 # not _lapsed(head), written out: this runs once per URB submitted
-                head = fifo[0]
-                if head[2].state is not _DONE and head[2].seqnum == head[3]:
-                    break
+                _, _, head, seq = fifo[0]
+                if head.state is not _DONE and head.seqnum == seq:
+                    if fifo[-1][0] > when:
+                        break  # (out of order: the heap's)
+                    fifo.append((when, n, urb, urb.seqnum))
+                    return
                 fifo.popleft()
-                self._stale -= 1
-            if not fifo or fifo[-1][0] <= when:
-                fifo.append((when, self._timer_n, urb, urb.seqnum))
+            else:
+                fifo.append((when, n, urb, urb.seqnum))
                 return
-        heapq.heappush(self._timers, (when, self._timer_n, kind, urb, urb.seqnum))
+        heapq.heappush(self._timers, (when, n, kind, urb, urb.seqnum))
 
     def next_timer(self) -> Optional[float]:
         """When the next timer is due (time.monotonic() value), None if none is set."""
         timers, fifo = self._timers, self._fifo
         while timers and timers[0][2] == DEADLINE and _lapsed(timers[0][3], timers[0][4]):
             heapq.heappop(timers)
-            self._stale -= 1
         while fifo and _lapsed(fifo[0][2], fifo[0][3]):
             fifo.popleft()
-            self._stale -= 1
         if fifo and (not timers or fifo[0][0] < timers[0][0]):
             return fifo[0][0]
         return timers[0][0] if timers else None
@@ -315,20 +314,18 @@ class UrbTable:
                 _, _, kind, urb, seq = heapq.heappop(timers)
             else:
                 break
-            if kind == DEADLINE:
-                if _lapsed(urb, seq):
-                    self._stale -= 1
-                    continue
-                urb._timers -= 1
+            if kind == DEADLINE and _lapsed(urb, seq):
+                continue
             out.append((kind, urb))
-        if self._stale > 64 and self._stale * 2 > len(timers) + len(fifo):
+        if len(timers) + len(fifo) > self._sweep_at:
             # Sweep: URBs that end before their deadline leave entries behind (a stream of
             # transfers with long timeouts behind one that never ends would otherwise grow
-            # them by rate x timeout).
+            # them by rate x timeout). Next time once what is left has doubled: each sweep
+            # costs no more than the entries added since the last.
             self._timers = [t for t in timers if t[2] != DEADLINE or not _lapsed(t[3], t[4])]
             heapq.heapify(self._timers)
             self._fifo = deque(t for t in fifo if not _lapsed(t[2], t[3]))
-            self._stale = 0
+            self._sweep_at = max(SWEEP_MIN, 2 * self.timer_count())
         return out
 
     def timer_count(self) -> int:

@@ -70,7 +70,7 @@ class Urb:
         "buffer", "submit_time", "status", "actual_length", "in_data", "iso_results",
         "error_count", "complete_time", "submit_failed", "state", "timeout",
         "_done", "_callbacks", "_unlink_seqnum", "_unlink_sent", "_grace_end", "_ended_by",
-        "_error", "_led", "_timers", "_abandoned", "_verdict",
+        "_error", "_led", "_abandoned", "_verdict",
     )
 
     def __init__(self, conn: "Connection", transfer_type: P.TransferType, endpoint: int, direction: int,
@@ -116,7 +116,6 @@ class Urb:
         self._ended_by = _NOT_UNLINKED
         self._error: Optional[UsbipError] = None
         self._led = False  # wait() has read the socket for it once already
-        self._timers = 0  # live DEADLINE entries for it in the table's timers
         self._abandoned = False  # its unlink got no verdict within the grace
         self._verdict: Optional[int] = None  # the status its RET_UNLINK carried
 
