@@ -35,7 +35,8 @@ _NEW, _PENDING, _RECEIVING, _DONE = UrbState.NEW, UrbState.PENDING, UrbState.REC
 #: How many given-up seqnums are remembered (so their late replies are dropped, not fatal).
 RETIRED_LIMIT = 1024
 
-#: The fewest timers :meth:`UrbTable.due` sweeps stale DEADLINEs out of.
+#: :meth:`UrbTable.due` sweeps stale DEADLINEs out once there are more timers than this, and
+#: than twice those the last sweep left.
 SWEEP_MIN = 64
 
 #: Timer kinds.
@@ -83,7 +84,7 @@ class UrbTable:
         # flight (its entries die young, which also spares the garbage collector)
         self._fifo: Deque[Tuple[float, int, Urb, int]] = deque()
         self._timer_n = 0
-        self._sweep_at = SWEEP_MIN  # due() sweeps stale DEADLINEs out once there are more timers
+        self._sweep_at = SWEEP_MIN  # due() sweeps once there are more timers than this
 
     # -- seqnums and submission ----------------------------------------------------------------------
     def next_seqnum(self) -> int:
