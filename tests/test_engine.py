@@ -1055,3 +1055,49 @@ def test_lane_big_in_reply_in_pieces(cuts):
 
     with ScriptedServer(script) as srv, connect(srv) as conn:
         assert _lane_read(conn, len(payload)) == payload
+
+
+def test_the_send_queue_keeps_order_through_partial_sends_and_calls_each_sent_once():
+    """Lone headers (queued as bytes) between messages of several parts with a ``sent`` callback,
+    more than the socket holds while nobody reads: every byte arrives in order, and each ``sent`` is called
+    once, in order."""
+    from usbip_backend.engine.connection import _Sender
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname(), timeout=10)
+        b, _ = listener.accept()
+    with a, b:
+        a.settimeout(None)  # blocking, as the engine's: MSG_DONTWAIT alone keeps sends from waiting
+        b.settimeout(10)
+        stuck = []
+        sender = _Sender(a, lambda: stuck.append(True))
+        expected = bytearray()
+        ends = []  # the messages with a ``sent``
+        called = []
+        got = bytearray()
+
+        def on_sent(i):
+            called.append(i)
+
+        for i in range(400):
+            header = i.to_bytes(4, "big") * 12
+            if i % 7 == 3:
+                payload = bytearray([i % 251]) * 400000  # 23 MB in all: more than the socket holds
+                expected += header + payload
+                ends.append(i)
+                sender.post([header, payload], sent=lambda i=i: on_sent(i))
+            else:
+                expected += header
+                sender.post(header)
+        while len(got) < len(expected):
+            chunk = b.recv(1 << 20)
+            assert chunk, "the stream ended early"
+            got += chunk
+            if sender.tail is not None:
+                sender.resume()  # (the reader thread does this once the socket is writable)
+            else:
+                sender.kick()
+        assert got == expected
+        assert stuck, "the socket never filled: the test did not test partial sends"
+        assert called == ends
+        assert not sender.queue and sender.tail is None and not sender.lock.locked()

@@ -237,6 +237,23 @@ def test_stale_deadlines_are_swept_so_the_heap_stays_bounded():
     assert t.timer_count() < 200
 
 
+def test_stale_deadlines_armed_out_of_order_are_swept_from_the_heap_too():
+    """Each deadline earlier than the live one armed first, so each goes to the heap; its URB
+    ends before it. The heap is swept, and the live deadline still fires."""
+    t = UrbTable()
+    keep = urb()
+    t.add(keep, deadline=2000.0)
+    for i in range(10000):
+        u = urb()
+        t.add(u, deadline=1000.0 - i * 0.01)
+        t.finish(u, 0)
+        t.due(0.0)
+    assert t.timer_count() < 200
+    assert t.due(1999.0) == []
+    assert t.due(2000.0) == [(DEADLINE, keep)]
+    assert t.timer_count() == 0
+
+
 def test_a_pump_s_deadlines_stay_as_many_as_its_urbs_in_flight_between_timer_runs():
     """16 URBs resubmitted in place over and over with one timeout, and no due() call (the
     reader thread sleeps until the first deadline): the ended lives' entries go as new ones come."""
